@@ -1,0 +1,109 @@
+"""Hidden states of a causal LM -> one vector per sequence -> streaming covariance, one per layer.
+
+The study's representation is the last non-padding token of the final layer after the final norm, which is
+``hidden_states[-1]`` in transformers. Other layers (indices into ``hidden_states``, 0 = embeddings) come from
+the same forward pass; ``norm="pre"`` replaces the final layer by the residual stream before the final norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from geomsweep.spectra import StreamingCovariance
+
+FINAL_NORM_NAMES = ("final_layer_norm", "norm", "ln_f", "final_layernorm")
+NORM_CHOICES = ("post", "pre")
+
+
+def encode_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, padding_side: str = "right"):
+    """Tokenize texts into padded batches (done once, so the same batches can be re-used and timed)."""
+    if not texts:
+        raise ValueError("the probe dataset is empty: no sequences to measure")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return [
+        tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
+                  return_tensors="pt")
+        for i in range(0, len(texts), batch_size)
+    ]
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last non-padding token of each row, under left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+def final_norm(model) -> torch.nn.Module:
+    base = model.base_model
+    for name in FINAL_NORM_NAMES:
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(
+        f"cannot find the final norm of {type(model).__name__} (looked for {', '.join(FINAL_NORM_NAMES)}); "
+        f"use probe.norm=post"
+    )
+
+
+@dataclass
+class Representations:
+    """Per-layer covariance accumulators, plus the next-token loss of the same forward passes."""
+
+    covariances: dict[int, StreamingCovariance]
+    loss: float  # mean cross-entropy over non-padding next-token predictions
+
+
+@torch.inference_mode()
+def accumulate(
+    model,
+    batches: Iterable,
+    layers: Sequence[int] = (-1,),
+    norm: str = "post",
+    progress: bool = True,
+) -> Representations:
+    """Stream last-token representations of the given layers into one covariance accumulator per layer."""
+    if norm not in NORM_CHOICES:
+        raise ValueError(f"probe.norm must be one of {', '.join(NORM_CHOICES)}, got {norm!r}")
+    n_states = model.config.num_hidden_layers + 1
+    bad = [layer for layer in layers if not -n_states <= layer < n_states]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: this model has hidden_states indices {-n_states}..{n_states - 1}")
+    covs = {layer: StreamingCovariance() for layer in layers}
+    pre_norm: list[torch.Tensor] = []
+    hook = None
+    if norm == "pre":
+        hook = final_norm(model).register_forward_pre_hook(lambda _m, args: pre_norm.append(args[0]))
+    device = next(model.parameters()).device
+    loss_sum, loss_count = 0.0, 0
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc="representations", unit="batch", disable=not progress, leave=False):
+            mask = batch["attention_mask"].to(device)
+            # Positions count real tokens only, so left-padded rows see the same positions as unpadded ones.
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions,
+                        output_hidden_states=True)
+            rows = torch.arange(mask.shape[0], device=device)
+            last = last_token_index(mask)
+            for layer in layers:
+                final = layer in (-1, n_states - 1)
+                states = pre_norm[-1] if (norm == "pre" and final) else out.hidden_states[layer]
+                covs[layer].update(states[rows, last].float())
+            pre_norm.clear()
+            both_real = (mask[:, 1:] * mask[:, :-1]) == 1
+            targets = batch["input_ids"][:, 1:].to(device).masked_fill(~both_real, -100)
+            loss_sum += float(torch.nn.functional.cross_entropy(
+                out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum"))
+            loss_count += int((targets != -100).sum())
+    finally:
+        if hook is not None:
+            hook.remove()
+    return Representations(covs, loss_sum / max(loss_count, 1))

@@ -1,0 +1,73 @@
+"""One Hydra job = one MLflow run: config in, measurements and artifacts out, failures recorded."""
+
+from __future__ import annotations
+
+import traceback
+
+from omegaconf import DictConfig
+
+METHODS = ("none",)
+
+
+class RunLogger:
+    """The few MLflow calls a job makes, bound to its run (so workers never rely on a global active run)."""
+
+    def __init__(self, run_id: str):
+        import mlflow
+
+        self.run_id = run_id
+        self.client = mlflow.MlflowClient()
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def figure(self, fig, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, fig, path)
+        plt.close(fig)
+
+    def table(self, frame, path: str) -> None:
+        self.client.log_text(self.run_id, frame.to_csv(index=False), path)
+
+
+def run_job(cfg: DictConfig) -> None:
+    import mlflow
+
+    from geomsweep import tracking
+
+    if cfg.method.name not in METHODS:
+        raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
+    with tracking.start_job_run(cfg) as run:
+        try:
+            tracking.log_config(cfg)
+            log = RunLogger(run.info.run_id)
+            _measure_and_report(cfg, log)
+        except BaseException as err:
+            mlflow.set_tag(tracking.TAG_ERROR, f"{type(err).__name__}: {err}"[:5000])
+            mlflow.log_text(traceback.format_exc(), "error.txt")
+            raise
+    print(tracking.results_message(run))
+
+
+def _measure_and_report(cfg: DictConfig, log: RunLogger) -> None:
+    from geomsweep import artifacts
+    from geomsweep.data import probe_texts
+    from geomsweep.trace import run_trace
+
+    needed = cfg.probe.fit_end + 1
+    if cfg.probe.n_sequences < needed:
+        raise ValueError(f"probe.n_sequences={cfg.probe.n_sequences} is too few for the alpha-ReQ fit range "
+                         f"{cfg.probe.fit_start}..{cfg.probe.fit_end}: it needs at least {needed} sequences")
+    toy = cfg.model.get("toy")
+    texts = probe_texts(cfg.data, toy, cfg.probe.n_sequences, seed=cfg.seed)
+    if len(texts) < cfg.probe.n_sequences:
+        raise ValueError(f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
+                         f"{cfg.probe.n_sequences}")
+    points = run_trace(cfg, texts, log)
+    artifacts.log_trace_artifacts(points, cfg.probe, log)

@@ -1,0 +1,85 @@
+"""Figures a user looks at first: the eigenspectra with their power-law fits, and the RankMe / alpha trajectory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, fit_end: int):
+    """Log-log eigenspectra (explained-variance ratio), one line per step coloured by step, with the fit of the
+    last step drawn over its fit range."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    steps = sorted(spectra)
+    cmap = plt.get_cmap("viridis")
+    for i, step in enumerate(steps):
+        eigs = spectra[step]
+        ratio = (eigs / eigs.sum()).numpy()
+        ranks = range(1, len(ratio) + 1)
+        ax.loglog(ranks, ratio, color=cmap(i / max(len(steps) - 1, 1)), lw=1, label=f"step {step}")
+    last = steps[-1]
+    fit = fits[last]
+    if fit.alpha == fit.alpha:  # not NaN
+        k = torch.arange(fit_start, fit_end + 1, dtype=torch.float64)
+        scale = spectra[last].sum()
+        ax.loglog(k, (fit.intercept - fit.alpha * k.log()).exp() / scale, "r--", lw=2,
+                  label=f"fit step {last}: α={fit.alpha:.2f}, R²={fit.r2:.3f}")
+    ax.set_xlabel("rank k")
+    ax.set_ylabel("λ_k / Σλ")
+    ax.set_title("Eigenspectrum of last-token representations")
+    if len(steps) <= 8:
+        ax.legend(fontsize=7)
+    else:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(steps[0], steps[-1]))
+        fig.colorbar(sm, ax=ax, label="step")
+        ax.legend(handles=ax.lines[-1:], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory(steps: Sequence[int], rankme: Sequence[float], alpha: Sequence[float],
+               loss: Sequence[float] | None = None, phases: Sequence[int] | None = None, xlabel: str = "step"):
+    """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given."""
+    plt = _pyplot()
+    panels = [("RankMe", rankme, "tab:blue"), ("α-ReQ", alpha, "tab:orange")]
+    if loss is not None:
+        panels.append(("loss", loss, "tab:gray"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), sharex=True)
+    for ax, (name, values, color) in zip(axes, panels):
+        ax.plot(steps, values, "o-", color=color, ms=3)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if phases is not None:
+            shade_phases(ax, steps, phases)
+    axes[-1].set_xscale("symlog", linthresh=1)
+    axes[-1].set_xlabel(xlabel)
+    axes[0].set_title("Representation geometry over training")
+    fig.tight_layout()
+    return fig
+
+
+PHASE_NAMES = ("warmup", "entropy-seeking", "compression-seeking")
+PHASE_COLORS = ("#dddddd", "#cfe8ff", "#ffe0c2")
+
+
+def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:
+    """Shade contiguous runs of the same phase label; boundaries sit halfway between checkpoints (in log-step)."""
+    edges = [steps[0]] + [((a + 1) * (b + 1)) ** 0.5 - 1 for a, b in zip(steps, steps[1:])] + [steps[-1]]
+    start = 0
+    for i in range(1, len(phases) + 1):
+        if i == len(phases) or phases[i] != phases[start]:
+            label = PHASE_NAMES[phases[start]]
+            ax.axvspan(edges[start], edges[i], color=PHASE_COLORS[phases[start]], alpha=0.6, lw=0,
+                       label=label if label not in ax.get_legend_handles_labels()[1] else None)
+            start = i

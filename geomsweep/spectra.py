@@ -1,0 +1,184 @@
+"""Spectral geometry of a set of representations: streaming covariance, eigenspectrum, RankMe, alpha-ReQ.
+
+Pure torch. Definitions follow the NeurIPS 2025 study (see README, "What the metrics mean"):
+RankMe is the exponentiated entropy of the normalized eigenspectrum; alpha-ReQ is the slope of a 1/k-weighted
+least-squares fit of log(lambda_k) against log(k) over a fixed rank window.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+RANKME_EPS = 1e-7
+RANKME_VARIANTS = ("eigen", "singular")
+
+
+class StreamingCovariance:
+    """Covariance of rows seen batch by batch, in float64, without ever holding the N x D matrix.
+
+    Batches are merged with Chan et al.'s pairwise update of (count, mean, centered scatter), which stays exact
+    when the mean is large relative to the spread, unlike a running sum of x x^T.
+    Shaped like a torchmetrics metric: ``update(batch)`` per batch, ``compute()`` at the end.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.scatter: torch.Tensor | None = None
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.mean is None else self.mean.numel()
+
+    def update(self, batch: torch.Tensor) -> None:
+        if batch.ndim != 2:
+            raise ValueError(f"expected a (batch, dim) matrix, got shape {tuple(batch.shape)}")
+        if batch.shape[0] == 0:
+            return
+        x = batch.detach().to(device="cpu", dtype=torch.float64)
+        n_b = x.shape[0]
+        mean_b = x.mean(dim=0)
+        centered = x - mean_b
+        scatter_b = centered.T @ centered
+        if self.mean is None:
+            self.count, self.mean, self.scatter = n_b, mean_b, scatter_b
+            return
+        if x.shape[1] != self.dim:
+            raise ValueError(f"batch has dim {x.shape[1]}, earlier batches had dim {self.dim}")
+        n_a, total = self.count, self.count + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / total)
+        self.scatter = self.scatter + scatter_b + torch.outer(delta, delta) * (n_a * n_b / total)
+        self.count = total
+
+    def compute(self) -> torch.Tensor:
+        """Unbiased covariance (divides by N - 1)."""
+        if self.scatter is None or self.count < 2:
+            raise ValueError(f"need at least 2 representations for a covariance, got {self.count}")
+        return self.scatter / (self.count - 1)
+
+
+def eigenspectrum(covariance: torch.Tensor, max_eigs: int | None = None) -> torch.Tensor:
+    """Eigenvalues of a symmetric PSD matrix in descending order, tiny negative round-off clamped to 0.
+
+    ``max_eigs`` keeps only the largest ones (the reference code caps at 2048); None keeps all.
+    """
+    eigs = torch.linalg.eigvalsh(covariance.to(torch.float64)).flip(0).clamp(min=0.0)
+    if max_eigs is not None:
+        if max_eigs < 1:
+            raise ValueError(f"max_eigs must be a positive integer or None, got {max_eigs}")
+        eigs = eigs[:max_eigs]
+    return eigs
+
+
+def rankme(eigs: torch.Tensor, variant: str = "eigen") -> float:
+    """Effective rank exp(H(p)), p_i = s_i / sum|s| + 1e-7, with s = eigenvalues ("eigen", the study's
+    definition) or their square roots, the singular values of the centered data ("singular", Garrido et al.)."""
+    if variant not in RANKME_VARIANTS:
+        raise ValueError(f"unknown RankMe variant {variant!r}; valid: {', '.join(RANKME_VARIANTS)}")
+    s = eigs.to(torch.float64)
+    if variant == "singular":
+        s = s.clamp(min=0).sqrt()
+    total = s.abs().sum()
+    if total <= 0:
+        raise ValueError("the spectrum is all zeros: the representations do not vary")
+    p = s / total + RANKME_EPS
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    alpha: float  # decay exponent: lambda_k ~ k^-alpha
+    intercept: float  # log-lambda at k = 1 of the fitted line
+    r2: float  # R^2 of log-lambda vs the fit over ranks fit_start .. fit_end - 1 (the reference's window)
+    r2_wide: float  # R^2 over ranks fit_start .. min(500, D - 10)
+
+
+def _r2(log_eigs: torch.Tensor, log_ranks: torch.Tensor, alpha: float, intercept: float) -> float:
+    predicted = intercept - alpha * log_ranks
+    ss_res = ((log_eigs - predicted) ** 2).sum()
+    ss_tot = ((log_eigs - log_eigs.mean()) ** 2).sum()
+    return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def alpha_req(eigs: torch.Tensor, fit_start: int = 12, fit_end: int = 100) -> PowerLawFit:
+    """Fit lambda_k ~ k^-alpha by least squares of log(lambda) on log(k), weights 1/k, over 1-based ranks
+    fit_start .. fit_end inclusive (Stringer et al. 2019; 12 .. 100 in the study).
+
+    A spectrum shorter than the window raises; zero eigenvalues inside the window (fewer samples than ranks)
+    give NaN with a warning rather than a number computed from log(0).
+    """
+    if not 1 <= fit_start < fit_end:
+        raise ValueError(f"fit range must satisfy 1 <= fit_start < fit_end, got {fit_start}..{fit_end}")
+    n = eigs.numel()
+    if n < fit_end:
+        raise ValueError(
+            f"the spectrum has {n} eigenvalues but the alpha-ReQ fit range {fit_start}..{fit_end} needs at "
+            f"least {fit_end}: lower probe.fit_end (<= {n}) or use a wider model / more sequences"
+        )
+    eigs = eigs.to(torch.float64)
+    window = eigs[fit_start - 1 : fit_end]
+    if (window <= 0).any():
+        zero_from = fit_start + int((window <= 0).nonzero()[0])
+        warnings.warn(
+            f"eigenvalue {zero_from} is zero inside the alpha-ReQ fit range {fit_start}..{fit_end} (too few "
+            f"sequences, or collapsed representations); alpha is NaN",
+            stacklevel=2,
+        )
+        nan = float("nan")
+        return PowerLawFit(nan, nan, nan, nan)
+    ranks = torch.arange(fit_start, fit_end + 1, dtype=torch.float64)
+    x, y, w = ranks.log(), window.log(), 1.0 / ranks
+    # Weighted least squares for y = intercept - alpha * x, in closed form.
+    xm, ym = (w * x).sum() / w.sum(), (w * y).sum() / w.sum()
+    slope = (w * (x - xm) * (y - ym)).sum() / (w * (x - xm) ** 2).sum()
+    alpha, intercept = float(-slope), float(ym - slope * xm)
+
+    def r2_over(last: int) -> float:
+        last = min(last, n)
+        if last <= fit_start or (eigs[fit_start - 1 : last] <= 0).any():
+            return float("nan")
+        k = torch.arange(fit_start, last + 1, dtype=torch.float64)
+        return _r2(eigs[fit_start - 1 : last].log(), k.log(), alpha, intercept)
+
+    return PowerLawFit(alpha, intercept, r2_over(fit_end - 1), r2_over(min(500, n - 10)))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Every spectral measure of one set of representations, plus the definition choices behind them."""
+
+    eigs: torch.Tensor
+    rankme: float
+    fit: PowerLawFit
+    n_samples: int
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "geometry/rankme": self.rankme,
+            "geometry/alpha_req": self.fit.alpha,
+            "geometry/alpha_r2": self.fit.r2,
+            "geometry/alpha_r2_wide": self.fit.r2_wide,
+        }
+
+
+def measure(
+    cov: StreamingCovariance,
+    *,
+    rankme_variant: str = "eigen",
+    fit_start: int = 12,
+    fit_end: int = 100,
+    max_eigs: int | None = None,
+) -> Geometry:
+    """Covariance accumulator -> eigenspectrum -> RankMe and alpha-ReQ, refusing too few samples up front."""
+    if cov.count < fit_end + 1:
+        raise ValueError(
+            f"{cov.count} sequences give at most {max(cov.count - 1, 0)} non-zero eigenvalues, but the alpha-ReQ "
+            f"fit range {fit_start}..{fit_end} needs at least {fit_end + 1} sequences: raise probe.n_sequences "
+            f"or lower probe.fit_end"
+        )
+    eigs = eigenspectrum(cov.compute(), max_eigs)
+    return Geometry(eigs, rankme(eigs, rankme_variant), alpha_req(eigs, fit_start, fit_end), cov.count)

@@ -1,0 +1,184 @@
+"""Pretrain the embedded tiny GPT-NeoX on the synthetic corpus, saving checkpoints at log-spaced steps.
+
+The checkpoints are laid out like a hub model with one revision per directory (``step0``, ``step1``, ...,
+each a ``save_pretrained`` folder with safetensors weights and the tokenizer), so the same loader serves the toy
+model and local mirrors of Pythia/OLMo. Results are cached under a hash of the configuration: a second run
+with the same settings reuses them, and concurrent jobs wait on a file lock instead of training twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from geomsweep.toy.corpus import generate_documents, make_language
+
+COMPLETE_MARKER = "COMPLETE"
+TRAIN_SEED_OFFSET, PROBE_SEED_OFFSET = 1_000, 2_000
+
+
+@dataclass
+class ToyConfig:
+    """Everything that determines the toy world and its pretraining trace (hashed into the cache key)."""
+
+    n_words: int = 600
+    n_subjects: int = 40
+    zipf_exponent: float = 1.1
+    n_train_docs: int = 20_000
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    seq_len: int = 64
+    batch_size: int = 32
+    max_steps: int = 1500
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.01
+    n_checkpoints: int = 24
+    extra_steps: list[int] = field(default_factory=list)
+    seed: int = 0
+
+    @classmethod
+    def from_cfg(cls, node) -> "ToyConfig":
+        """From a Hydra/OmegaConf node (or a plain dict, or None for the defaults)."""
+        from omegaconf import OmegaConf
+
+        if node is None:
+            return cls()
+        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown model.toy fields {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checkpoint_steps(cfg: ToyConfig) -> list[int]:
+    """Step 0 plus ``n_checkpoints`` log-spaced steps up to ``max_steps`` (Pythia-style dense early sampling)."""
+    logspaced = np.geomspace(1, cfg.max_steps, num=max(cfg.n_checkpoints, 2))
+    steps = {0, cfg.max_steps, *(int(round(s)) for s in logspaced), *cfg.extra_steps}
+    return sorted(s for s in steps if 0 <= s <= cfg.max_steps)
+
+
+def language(cfg: ToyConfig):
+    return make_language(n_words=cfg.n_words, n_subjects=cfg.n_subjects, zipf_exponent=cfg.zipf_exponent,
+                         seed=cfg.seed)
+
+
+def train_documents(cfg: ToyConfig) -> list[str]:
+    return generate_documents(language(cfg), cfg.n_train_docs, seed=cfg.seed + TRAIN_SEED_OFFSET)
+
+
+def probe_documents(cfg: ToyConfig, n: int, seed: int = 0) -> list[str]:
+    """Held-out documents of the same language (a seed stream disjoint from the training one)."""
+    return generate_documents(language(cfg), n, seed=cfg.seed + PROBE_SEED_OFFSET + seed)
+
+
+def train_tokenizer(docs: list[str], vocab_size: int):
+    """A BPE tokenizer trained offline with `tokenizers`, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>", "<unk>"],
+                                  show_progress=False)
+    tok.train_from_iterator(docs, trainer=trainer)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.BPEDecoder()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<eos>")
+
+
+def build_model(cfg: ToyConfig, vocab_size: int):
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,
+        max_position_embeddings=cfg.seq_len, tie_word_embeddings=False, use_cache=False,
+        bos_token_id=0, eos_token_id=0, pad_token_id=1,
+    )
+    return GPTNeoXForCausalLM(config)
+
+
+def packed_dataset(tokenizer, docs: list[str], seq_len: int):
+    """Documents joined by EOS and cut into equal blocks: no padding, every token trains."""
+    from datasets import Dataset
+
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    stream = np.fromiter((t for doc in ids for t in (*doc, tokenizer.eos_token_id)), dtype=np.int64)
+    n_blocks = len(stream) // seq_len
+    if n_blocks == 0:
+        raise ValueError(f"the training corpus has {len(stream)} tokens, fewer than one block of {seq_len}")
+    blocks = stream[: n_blocks * seq_len].reshape(n_blocks, seq_len)
+    return Dataset.from_dict({"input_ids": blocks.tolist()})
+
+
+def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike) -> Path:
+    """Directory holding ``step{N}`` checkpoints of the toy model; pretrains it first if not cached."""
+    from filelock import FileLock
+
+    root = Path(cache_dir).expanduser() / f"toy-{cfg.key()}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / COMPLETE_MARKER).exists():
+            staging = root.with_name(root.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            _pretrain(cfg, staging)
+            shutil.rmtree(root, ignore_errors=True)
+            staging.rename(root)
+    return root
+
+
+def _pretrain(cfg: ToyConfig, out: Path) -> None:
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    docs = train_documents(cfg)
+    tokenizer = train_tokenizer(docs, cfg.vocab_size)
+    model = build_model(cfg, len(tokenizer))
+    save_at = set(checkpoint_steps(cfg))
+
+    def save(step: int, model) -> None:
+        model.save_pretrained(out / f"step{step}")
+        tokenizer.save_pretrained(out / f"step{step}")
+
+    class LogSpacedCheckpoints(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in save_at:
+                save(state.global_step, model)
+
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none",
+        logging_steps=max(cfg.max_steps // 10, 1), use_cpu=True, bf16=False, dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=packed_dataset(tokenizer, docs, cfg.seq_len),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=[LogSpacedCheckpoints()],
+    )
+    save(0, model)
+    trainer.train()
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    (out / "toy_config.json").write_text(json.dumps(asdict(cfg) | {"tokens_per_step": cfg.tokens_per_step}, indent=1))
+    (out / COMPLETE_MARKER).write_text("")

@@ -1,0 +1,67 @@
+"""method=none: measure the geometry of every selected pretraining checkpoint, stepped by pretraining step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from geomsweep import checkpoints as ckpts
+from geomsweep.extract import accumulate, encode_batches
+from geomsweep.spectra import Geometry, measure
+
+
+@dataclass
+class Point:
+    """One checkpoint's measurements."""
+
+    checkpoint: ckpts.Checkpoint
+    geometry: dict[int, Geometry]  # by layer
+    loss: float
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, got {device!r}")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "float16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
+
+
+def measure_checkpoint(checkpoint: ckpts.Checkpoint, texts: list[str], probe, device: str, dtype: str,
+                       progress: bool = True) -> Point:
+    model, tokenizer = checkpoint.load(device, dtype)
+    batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
+    reps = accumulate(model, batches, list(probe.layers), probe.norm, progress=progress)
+    geometry = {
+        layer: measure(cov, rankme_variant=probe.rankme, fit_start=probe.fit_start, fit_end=probe.fit_end,
+                       max_eigs=probe.max_eigs)
+        for layer, cov in reps.covariances.items()
+    }
+    return Point(checkpoint, geometry, reps.loss)
+
+
+def run_trace(cfg, texts: list[str], log) -> list[Point]:
+    """Measure each checkpoint in step order, logging its metrics as soon as it is done (a crash keeps them)."""
+    available = ckpts.available(cfg.model, cfg.cache_dir)
+    selected = ckpts.select(available, cfg.checkpoint.select, cfg.checkpoint.get("steps"))
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    points = []
+    for checkpoint in tqdm(selected, desc="checkpoints", unit="ckpt", disable=not cfg.progress):
+        point = measure_checkpoint(checkpoint, texts, cfg.probe, device, dtype, progress=cfg.progress)
+        metrics = point.geometry[cfg.probe.layers[0]].metrics() | {"eval/probe_loss": point.loss}
+        if checkpoint.tokens is not None:
+            metrics["tokens_seen"] = float(checkpoint.tokens)
+        log.metrics(metrics, step=checkpoint.step)
+        points.append(point)
+    return points
