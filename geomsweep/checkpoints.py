@@ -89,7 +89,7 @@ def select(available: list[Checkpoint], selection: str, steps: list[int] | None 
     raise ValueError(f"unknown checkpoint.select {selection!r}; valid: {', '.join(SELECTIONS)}")
 
 
-def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
+def available(model_cfg, cache_dir: str, progress: bool = True) -> list[Checkpoint]:
     """Every checkpoint the model config can offer (the toy model is pretrained on first use)."""
     source = model_cfg.source
     tokens_per_step = model_cfg.get("tokens_per_step")
@@ -97,7 +97,7 @@ def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
         from geomsweep.toy.pretrain import ToyConfig, ensure_pretrained
 
         toy = ToyConfig.from_cfg(model_cfg.toy)
-        return local_revisions(ensure_pretrained(toy, cache_dir), toy.tokens_per_step)
+        return local_revisions(ensure_pretrained(toy, cache_dir, progress), toy.tokens_per_step)
     if source == "local":
         return local_revisions(Path(str(model_cfg.path)).expanduser(), tokens_per_step)
     if source == "hub":

@@ -20,7 +20,7 @@ NORM_CHOICES = ("post", "pre")
 
 
 def encode_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, padding_side: str = "right"):
-    """Tokenize texts into padded batches (done once, so the same batches can be re-used and timed)."""
+    """Tokenize texts into padded batches, lazily: memory stays flat however many texts there are."""
     if not texts:
         raise ValueError("the probe dataset is empty: no sequences to measure")
     if padding_side not in ("left", "right"):
@@ -28,11 +28,11 @@ def encode_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length:
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return [
+    return (
         tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
                   return_tensors="pt")
         for i in range(0, len(texts), batch_size)
-    ]
+    )
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -68,6 +68,7 @@ def accumulate(
     layers: Sequence[int] = (-1,),
     norm: str = "post",
     progress: bool = True,
+    total: int | None = None,
 ) -> Representations:
     """Stream last-token representations of the given layers into one covariance accumulator per layer."""
     if norm not in NORM_CHOICES:
@@ -85,7 +86,8 @@ def accumulate(
     loss_sum, loss_count = 0.0, 0
     model.eval()
     try:
-        for batch in tqdm(batches, desc="representations", unit="batch", disable=not progress, leave=False):
+        for batch in tqdm(batches, desc="representations", unit="batch", total=total, disable=not progress,
+                          leave=False):
             mask = batch["attention_mask"].to(device)
             # Positions count real tokens only, so left-padded rows see the same positions as unpadded ones.
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)

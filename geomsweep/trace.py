@@ -41,7 +41,8 @@ def measure_checkpoint(checkpoint: ckpts.Checkpoint, texts: list[str], probe, de
                        progress: bool = True) -> Point:
     model, tokenizer = checkpoint.load(device, dtype)
     batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
-    reps = accumulate(model, batches, list(probe.layers), probe.norm, progress=progress)
+    reps = accumulate(model, batches, list(probe.layers), probe.norm, progress=progress,
+                      total=-(-len(texts) // probe.batch_size))
     geometry = {
         layer: measure(cov, rankme_variant=probe.rankme, fit_start=probe.fit_start, fit_end=probe.fit_end,
                        max_eigs=probe.max_eigs)
@@ -52,7 +53,7 @@ def measure_checkpoint(checkpoint: ckpts.Checkpoint, texts: list[str], probe, de
 
 def run_trace(cfg, texts: list[str], log) -> list[Point]:
     """Measure each checkpoint in step order, logging its metrics as soon as it is done (a crash keeps them)."""
-    available = ckpts.available(cfg.model, cfg.cache_dir)
+    available = ckpts.available(cfg.model, cfg.cache_dir, cfg.progress)
     selected = ckpts.select(available, cfg.checkpoint.select, cfg.checkpoint.get("steps"))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

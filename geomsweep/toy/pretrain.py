@@ -83,9 +83,16 @@ def train_documents(cfg: ToyConfig) -> list[str]:
     return generate_documents(language(cfg), cfg.n_train_docs, seed=cfg.seed + TRAIN_SEED_OFFSET)
 
 
-def probe_documents(cfg: ToyConfig, n: int, seed: int = 0) -> list[str]:
-    """Held-out documents of the same language (a seed stream disjoint from the training one)."""
-    return generate_documents(language(cfg), n, seed=cfg.seed + PROBE_SEED_OFFSET + seed)
+def probe_documents(cfg: ToyConfig, n: int, seed: int = 0, min_words: int = 4) -> list[str]:
+    """Held-out documents of the same language (a seed stream disjoint from the training one), each cut at a
+    random word: like natural text truncated to a context length, the last token varies from text to text."""
+    docs = generate_documents(language(cfg), n, seed=cfg.seed + PROBE_SEED_OFFSET + seed)
+    rng = np.random.default_rng(cfg.seed + PROBE_SEED_OFFSET + seed)
+    cut = []
+    for doc in docs:
+        words = doc.split()
+        cut.append(" ".join(words[: int(rng.integers(min(min_words, len(words)), len(words) + 1))]))
+    return cut
 
 
 def train_tokenizer(docs: list[str], vocab_size: int):
@@ -132,7 +139,12 @@ def packed_dataset(tokenizer, docs: list[str], seq_len: int):
     return Dataset.from_dict({"input_ids": blocks.tolist()})
 
 
-def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike) -> Path:
+def default_cache_dir() -> str:
+    """Where pretrained toy checkpoints live unless cache_dir says otherwise (as in conf/config.yaml)."""
+    return os.environ.get("GEOMSWEEP_CACHE") or str(Path.home() / ".cache" / "geomsweep")
+
+
+def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Directory holding ``step{N}`` checkpoints of the toy model; pretrains it first if not cached."""
     from filelock import FileLock
 
@@ -142,13 +154,13 @@ def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike) -> Path:
         if not (root / COMPLETE_MARKER).exists():
             staging = root.with_name(root.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
-            _pretrain(cfg, staging)
+            _pretrain(cfg, staging, progress)
             shutil.rmtree(root, ignore_errors=True)
             staging.rename(root)
     return root
 
 
-def _pretrain(cfg: ToyConfig, out: Path) -> None:
+def _pretrain(cfg: ToyConfig, out: Path, progress: bool) -> None:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     docs = train_documents(cfg)
@@ -170,7 +182,7 @@ def _pretrain(cfg: ToyConfig, out: Path) -> None:
         learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none",
         logging_steps=max(cfg.max_steps // 10, 1), use_cpu=True, bf16=False, dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=not progress,
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=packed_dataset(tokenizer, docs, cfg.seq_len),

@@ -1,0 +1,32 @@
+# geomsweep: `make demo` runs the default trace, `make test` the test suite; both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# On a machine without CUDA, pin the CPU build of torch that pip finds locally, so nothing pulls a CUDA build.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+EXTRAS ?= dev
+
+.PHONY: install demo test bench ui clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: install
+	$(BIN)/python -m geomsweep
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m geomsweep.bench
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny toy world pretrained once per session, and isolated MLflow stores."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A toy world small enough to pretrain in seconds; the fit range is shrunk to match its width.
+TINY_MODEL = [
+    "model.toy.max_steps=40", "model.toy.n_checkpoints=4", "model.toy.hidden_size=32", "model.toy.num_heads=2",
+    "model.toy.n_train_docs=1500", "model.toy.vocab_size=512",
+]
+TINY_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
+TINY = TINY_MODEL + TINY_PROBE + ["progress=false"]
+TINY_TOY = {"max_steps": 40, "n_checkpoints": 4, "hidden_size": 32, "num_heads": 2, "n_train_docs": 1500,
+            "vocab_size": 512}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One toy-model cache for the whole session (the first user pretrains it, ~5 s)."""
+    return tmp_path_factory.mktemp("geomsweep-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(cache_dir) -> Path:
+    from geomsweep.toy.pretrain import ToyConfig, ensure_pretrained
+
+    return ensure_pretrained(ToyConfig(**TINY_TOY), cache_dir, progress=False)
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    """A fresh sqlite tracking URI in a temporary directory."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def run_app(args: list[str], cwd: Path, cache_dir: Path, tracking_uri: str | None = None, check: bool = True):
+    """Run ``python -m geomsweep`` as a user would, in its own process."""
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    proc = subprocess.run([sys.executable, "-m", "geomsweep", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"geomsweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

@@ -1,0 +1,90 @@
+"""The app end to end, as a user runs it, into real temporary sqlite stores read back with MlflowClient."""
+
+import mlflow
+import pytest
+
+from tests.conftest import TINY, TINY_PROBE, run_app
+
+pytestmark = pytest.mark.slow
+
+
+def client_for(uri):
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def only_run(client, **filters):
+    exp = client.get_experiment_by_name("geomsweep")
+    return client.search_runs([exp.experiment_id], **filters)
+
+
+def test_single_run_logs_the_trace(tmp_path, cache_dir, tiny_checkpoints, store):
+    proc = run_app(TINY, tmp_path, cache_dir, store)
+    assert "mlflow ui --backend-store-uri" in proc.stdout
+    client = client_for(store)
+    (run,) = only_run(client)
+    assert run.info.status == "FINISHED"
+    steps = sorted(int(p.name[4:]) for p in tiny_checkpoints.iterdir() if p.name.startswith("step"))
+    history = client.get_metric_history(run.info.run_id, "geometry/rankme")
+    assert sorted(m.step for m in history) == steps
+    assert all(1.0 <= m.value <= 32 for m in history)
+    tokens = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "tokens_seen")}
+    assert tokens[40] == 40 * 32 * 64
+    for key in ("geometry/alpha_req", "geometry/alpha_r2", "eval/probe_loss"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == len(steps)
+    params = run.data.params
+    assert params["cfg.probe.fit_end"] == "20" and params["cfg.model.toy.hidden_size"] == "32"
+    assert params["cfg.probe.rankme"] == "eigen" and params["cfg.method.name"] == "none"
+    assert len(run.data.tags["geomsweep.config_hash"]) == 16
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "spectra", "plots"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        "plots/eigenspectrum.png", "plots/trajectory.png"}
+    table = client.download_artifacts(run.info.run_id, "spectra/eigenspectra.csv", str(tmp_path))
+    lines = open(table).read().splitlines()
+    assert lines[0] == "step,revision,rank,eigenvalue,explained_variance_ratio"
+    assert len(lines) == 1 + 32 * len(steps)
+
+
+def test_tracking_uri_from_config_and_default_sqlite_in_cwd(tmp_path, cache_dir, tiny_checkpoints):
+    run_app(TINY + ["checkpoint=final"], tmp_path, cache_dir)
+    assert (tmp_path / "mlflow.db").exists()
+    other = tmp_path / "elsewhere.db"
+    run_app(TINY + ["checkpoint=final", f"tracking.uri=sqlite:///{other}"], tmp_path, cache_dir)
+    assert len(only_run(client_for(f"sqlite:///{other}"))) == 1
+
+
+def test_multirun_nests_jobs_under_a_sweep_parent(tmp_path, cache_dir, tiny_checkpoints, store):
+    run_app(["-m", "probe.norm=post,pre", "checkpoint=final", *TINY], tmp_path, cache_dir, store)
+    client = client_for(store)
+    runs = only_run(client)
+    parents = [r for r in runs if r.data.tags.get("geomsweep.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("geomsweep.role") == "job"]
+    assert len(parents) == 1 and len(children) == 2
+    assert parents[0].info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.data.params["cfg.probe.norm"] for c in children} == {"post", "pre"}
+    assert len({c.data.tags["geomsweep.config_hash"] for c in children}) == 2
+
+
+def test_unknown_choice_lists_valid_options(tmp_path, cache_dir):
+    proc = run_app(["model=gpt5"], tmp_path, cache_dir, check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'model/gpt5'" in proc.stderr and "tiny" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=local", "model.path=/nonexistent/model"], "model.path '/nonexistent/model' does not exist"),
+    (["probe.n_sequences=10"], "probe.n_sequences=10 is too few for the alpha-ReQ fit range 2..20: it needs at least 21"),
+    (["data=files", "data.path=EMPTY"], "has no text of at least 1 characters"),
+])
+def test_bad_inputs_fail_with_one_clear_message_and_a_failed_run(tmp_path, cache_dir, store, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    args = [a.replace("EMPTY", str(empty)) for a in args]
+    base = TINY_PROBE + ["progress=false"] if "model=local" in args else TINY
+    proc = run_app(base + args, tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    (run,) = only_run(client_for(store))
+    assert run.info.status == "FAILED"
+    assert message in run.data.tags["geomsweep.error"]

@@ -1,0 +1,79 @@
+"""Batched last-token extraction must equal the naive one-sequence-per-forward-pass procedure."""
+
+import pytest
+import torch
+
+from geomsweep.checkpoints import Checkpoint
+from geomsweep.extract import accumulate, encode_batches, final_norm, last_token_index
+from geomsweep.spectra import StreamingCovariance
+from geomsweep.toy.pretrain import probe_documents, ToyConfig
+from tests.conftest import TINY_TOY
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_checkpoints):
+    model, tokenizer = Checkpoint("final", 40, None, str(tiny_checkpoints / "step40")).load()
+    texts = probe_documents(ToyConfig(**TINY_TOY), 24)
+    return model, tokenizer, texts
+
+
+def one_at_a_time(model, tokenizer, texts, layer):
+    """The paper authors' procedure: one unpadded sequence per forward pass."""
+    rows, loss_sum, count = [], 0.0, 0
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=48)["input_ids"]
+            out = model(input_ids=ids, labels=ids, output_hidden_states=True)
+            rows.append(out.hidden_states[layer][0, -1])
+            loss_sum += float(out.loss) * (ids.shape[1] - 1)
+            count += ids.shape[1] - 1
+    return torch.stack(rows), loss_sum / count
+
+
+def test_last_token_index_under_both_paddings():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]])
+    assert last_token_index(right).tolist() == [2, 3, 0]
+    assert last_token_index(left).tolist() == [3, 3, 3]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batched_equals_one_sequence_at_a_time(lm, padding_side):
+    model, tokenizer, texts = lm
+    layers = [0, 1, -1]
+    batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48, padding_side=padding_side))
+    assert any((b["attention_mask"] == 0).any() for b in batches), "the probe must actually contain padding"
+    reps = accumulate(model, batches, layers=layers, progress=False)
+    for layer in layers:
+        reference, ref_loss = one_at_a_time(model, tokenizer, texts, layer)
+        expected = StreamingCovariance()
+        expected.update(reference)
+        got = reps.covariances[layer]
+        assert got.count == len(texts)
+        torch.testing.assert_close(got.mean, expected.mean, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.compute(), expected.compute(), rtol=1e-4, atol=1e-4)
+    assert reps.loss == pytest.approx(ref_loss, rel=1e-4)
+
+
+def test_pre_norm_is_the_input_of_the_final_norm(lm):
+    model, tokenizer, texts = lm
+    # With one sequence, the accumulator's mean is that sequence's vector itself.
+    batches = list(encode_batches(tokenizer, texts[:1], batch_size=1, max_length=48))
+    pre = accumulate(model, batches, norm="pre", progress=False).covariances[-1].mean.float()
+    post = accumulate(model, batches, norm="post", progress=False).covariances[-1].mean.float()
+    assert not torch.allclose(pre, post, atol=1e-3)
+    with torch.inference_mode():
+        torch.testing.assert_close(final_norm(model)(pre[None])[0], post, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_name_the_value(lm):
+    model, tokenizer, texts = lm
+    with pytest.raises(ValueError, match="probe dataset is empty"):
+        encode_batches(tokenizer, [], 4, 16)
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right', got 'middle'"):
+        encode_batches(tokenizer, texts, 4, 16, padding_side="middle")
+    batches = list(encode_batches(tokenizer, texts[:2], 2, 16))
+    with pytest.raises(ValueError, match=r"layers \[7\] out of range"):
+        accumulate(model, batches, layers=[7], progress=False)
+    with pytest.raises(ValueError, match="probe.norm must be one of post, pre, got 'mid'"):
+        accumulate(model, batches, norm="mid", progress=False)

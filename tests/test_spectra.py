@@ -1,0 +1,111 @@
+"""Closed-form spectra: the metrics must return what the definitions say, exactly where they can."""
+
+import math
+
+import pytest
+import torch
+
+from geomsweep.spectra import StreamingCovariance, alpha_req, eigenspectrum, measure, rankme
+
+
+def rotated_covariance(eigs: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Q diag(eigs) Q^T for a random orthogonal Q: a covariance with a known spectrum."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=gen, dtype=torch.float64))
+    return q @ torch.diag(eigs.to(torch.float64)) @ q.T
+
+
+def test_isotropic_gaussian_has_rankme_near_dimension():
+    d = 64
+    x = torch.randn(20_000, d, generator=torch.Generator().manual_seed(0))
+    cov = StreamingCovariance()
+    cov.update(x)
+    value = rankme(eigenspectrum(cov.compute()))
+    assert 0.99 * d < value <= d
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_exact_power_law_is_recovered(alpha):
+    k = torch.arange(1, 201, dtype=torch.float64)
+    eigs = eigenspectrum(rotated_covariance(k**-alpha))
+    fit = alpha_req(eigs)
+    assert fit.alpha == pytest.approx(alpha, abs=1e-6)
+    assert fit.r2 == pytest.approx(1.0, abs=1e-9)
+    assert fit.r2_wide == pytest.approx(1.0, abs=1e-9)
+
+
+def test_power_law_fit_uses_only_the_fit_range():
+    # Outside ranks 12..100 the spectrum is garbage; the fit must not see it.
+    k = torch.arange(1, 301, dtype=torch.float64)
+    eigs = k**-1.3
+    eigs[:11] = 50.0
+    eigs[100:] = 1e-9
+    assert alpha_req(eigs, 12, 100).alpha == pytest.approx(1.3, abs=1e-9)
+    assert alpha_req(eigs, 5, 100).alpha != pytest.approx(1.3, abs=1e-3)
+
+
+def test_rank_r_data_has_rankme_at_most_r():
+    gen = torch.Generator().manual_seed(1)
+    r, d = 5, 48
+    x = torch.randn(2000, r, generator=gen) @ torch.randn(r, d, generator=gen)
+    cov = StreamingCovariance()
+    cov.update(x)
+    value = rankme(eigenspectrum(cov.compute()))
+    assert 1.0 < value <= r + 1e-3
+
+
+def test_metrics_are_scale_invariant():
+    k = torch.arange(1, 151, dtype=torch.float64)
+    eigs = k**-0.9 + 0.01 * torch.rand(150, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    eigs = eigs.sort(descending=True).values
+    for scale in (1e-6, 3.0, 1e6):
+        assert rankme(scale * eigs) == pytest.approx(rankme(eigs), rel=1e-6)
+        assert alpha_req(scale * eigs).alpha == pytest.approx(alpha_req(eigs).alpha, abs=1e-9)
+
+
+def test_rankme_golden_values():
+    # eigen: p = (0.8, 0.2); singular: sqrt -> (2, 1) -> p = (2/3, 1/3); epsilon 1e-7 is negligible here.
+    eigs = torch.tensor([4.0, 1.0], dtype=torch.float64)
+    assert rankme(eigs, "eigen") == pytest.approx(math.exp(-(0.8 * math.log(0.8) + 0.2 * math.log(0.2))), rel=1e-5)
+    assert rankme(eigs, "singular") == pytest.approx(1.8898815748, rel=1e-5)
+    assert rankme(torch.ones(10, dtype=torch.float64)) == pytest.approx(10.0, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown RankMe variant 'svd'.*eigen, singular"):
+        rankme(eigs, "svd")
+
+
+def test_streaming_covariance_equals_one_shot():
+    gen = torch.Generator().manual_seed(3)
+    x = 1000.0 + torch.randn(3001, 40, generator=gen, dtype=torch.float64) * torch.linspace(0.1, 5, 40)
+    cov = StreamingCovariance()
+    start = 0
+    for size in (1, 7, 500, 1, 1200, 1292):  # uneven batches, including single rows
+        cov.update(x[start : start + size])
+        start += size
+    assert start == len(x) and cov.count == len(x)
+    torch.testing.assert_close(cov.compute(), torch.cov(x.T), rtol=0, atol=1e-10)
+
+
+def test_eigenspectrum_is_descending_nonnegative_and_capped():
+    eigs = eigenspectrum(rotated_covariance(torch.tensor([0.0, 0.0, 1.0, 3.0, 2.0])))
+    assert (eigs >= 0).all()
+    assert torch.all(eigs[:-1] >= eigs[1:])
+    torch.testing.assert_close(eigs[:3], torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    assert len(eigenspectrum(rotated_covariance(torch.arange(1.0, 11.0)), max_eigs=4)) == 4
+
+
+def test_short_spectrum_error_names_both_sizes():
+    with pytest.raises(ValueError, match=r"has 64 eigenvalues.*fit range 12\.\.100"):
+        alpha_req(torch.linspace(1, 0.1, 64))
+
+
+def test_zero_eigenvalues_in_fit_range_give_nan_with_warning():
+    eigs = torch.cat([torch.arange(1, 51, dtype=torch.float64) ** -1.0, torch.zeros(60, dtype=torch.float64)])
+    with pytest.warns(UserWarning, match="eigenvalue 51 is zero"):
+        assert math.isnan(alpha_req(eigs).alpha)
+
+
+def test_measure_refuses_too_few_sequences():
+    cov = StreamingCovariance()
+    cov.update(torch.randn(50, 128))
+    with pytest.raises(ValueError, match=r"50 sequences.*fit range 12\.\.100 needs at least 101"):
+        measure(cov)
