@@ -58,7 +58,7 @@ class Representations:
     """Per-layer covariance accumulators, plus the next-token loss of the same forward passes."""
 
     covariances: dict[int, StreamingCovariance]
-    loss: float  # mean cross-entropy over non-padding next-token predictions
+    loss: float  # mean cross-entropy over non-padding next-token predictions (NaN when not asked for)
 
 
 @torch.inference_mode()
@@ -69,6 +69,7 @@ def accumulate(
     norm: str = "post",
     progress: bool = True,
     total: int | None = None,
+    with_loss: bool = True,
 ) -> Representations:
     """Stream last-token representations of the given layers into one covariance accumulator per layer."""
     if norm not in NORM_CHOICES:
@@ -100,12 +101,14 @@ def accumulate(
                 states = pre_norm[-1] if (norm == "pre" and final) else out.hidden_states[layer]
                 covs[layer].update(states[rows, last].float())
             pre_norm.clear()
-            both_real = (mask[:, 1:] * mask[:, :-1]) == 1
-            targets = batch["input_ids"][:, 1:].to(device).masked_fill(~both_real, -100)
-            loss_sum += float(torch.nn.functional.cross_entropy(
-                out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum"))
-            loss_count += int((targets != -100).sum())
+            if with_loss:
+                # Shift the targets, not the logits: flattening a sliced logits tensor would copy it.
+                both_real = torch.cat([(mask[:, 1:] * mask[:, :-1]) == 1, torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1)
+                targets = batch["input_ids"].to(device).roll(-1, dims=1).masked_fill(~both_real, -100)
+                loss_sum += float(torch.nn.functional.cross_entropy(
+                    out.logits.flatten(0, 1), targets.flatten(), reduction="sum"))
+                loss_count += int(both_real.sum())
     finally:
         if hook is not None:
             hook.remove()
-    return Representations(covs, loss_sum / max(loss_count, 1))
+    return Representations(covs, loss_sum / loss_count if loss_count else float("nan"))

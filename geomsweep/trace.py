@@ -42,7 +42,7 @@ def measure_checkpoint(checkpoint: ckpts.Checkpoint, texts: list[str], probe, de
     model, tokenizer = checkpoint.load(device, dtype)
     batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
     reps = accumulate(model, batches, list(probe.layers), probe.norm, progress=progress,
-                      total=-(-len(texts) // probe.batch_size))
+                      total=-(-len(texts) // probe.batch_size), with_loss=probe.loss)
     geometry = {
         layer: measure(cov, rankme_variant=probe.rankme, fit_start=probe.fit_start, fit_end=probe.fit_end,
                        max_eigs=probe.max_eigs)
@@ -60,7 +60,9 @@ def run_trace(cfg, texts: list[str], log) -> list[Point]:
     points = []
     for checkpoint in tqdm(selected, desc="checkpoints", unit="ckpt", disable=not cfg.progress):
         point = measure_checkpoint(checkpoint, texts, cfg.probe, device, dtype, progress=cfg.progress)
-        metrics = point.geometry[cfg.probe.layers[0]].metrics() | {"eval/probe_loss": point.loss}
+        metrics = point.geometry[cfg.probe.layers[0]].metrics()
+        if cfg.probe.loss:
+            metrics["eval/probe_loss"] = point.loss
         if checkpoint.tokens is not None:
             metrics["tokens_seen"] = float(checkpoint.tokens)
         log.metrics(metrics, step=checkpoint.step)

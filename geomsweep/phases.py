@@ -1,0 +1,95 @@
+"""Segment a (step, RankMe) trajectory into the study's phases.
+
+The study names the phases by eye: **warmup** runs from initialization to RankMe's first minimum,
+**entropy-seeking** is a stretch where RankMe rises, **compression-seeking** one where it falls after having
+risen. Continued training can repeat entropy -> compression cycles.
+
+The rule used here: smooth log RankMe with a Gaussian kernel in log(step + 1) (checkpoints are log-spaced and
+uneven), then find turning points by a *zigzag*. A minimum or maximum counts only once the curve has moved
+away from it by at least ``min_change`` (a relative change of RankMe). Noise smaller than that, a flat curve and
+a monotone curve therefore give no boundaries. A run that starts by rising has no warmup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+WARMUP, ENTROPY, COMPRESSION, NO_PHASE = 0, 1, 2, -1
+NAMES = {WARMUP: "warmup", ENTROPY: "entropy-seeking", COMPRESSION: "compression-seeking", NO_PHASE: "none"}
+
+
+@dataclass(frozen=True)
+class Phases:
+    labels: list[int]  # one per checkpoint: 0 warmup, 1 entropy-seeking, 2 compression-seeking, -1 none
+    boundaries: list[int]  # steps where a phase ends (the turning checkpoints)
+    smoothed: list[float]  # the smoothed RankMe the segmentation was read from
+
+    def describe(self) -> str:
+        """``warmup until 13, entropy-seeking until 420, compression-seeking``."""
+        parts, start = [], 0
+        ends = [i for i in range(1, len(self.labels)) if self.labels[i] != self.labels[i - 1]]
+        for end in [*ends, len(self.labels)]:
+            name = NAMES[self.labels[start]]
+            parts.append(f"{name} until {self.boundaries[len(parts)]}" if end < len(self.labels) else name)
+            start = end
+        return ", ".join(parts)
+
+
+def smooth_log(steps: Sequence[float], values: Sequence[float], bandwidth: float) -> torch.Tensor:
+    """Nadaraya-Watson smoothing of log(values) against log(step + 1) with a Gaussian kernel."""
+    x = torch.tensor([math.log1p(s) for s in steps], dtype=torch.float64)
+    y = torch.tensor(values, dtype=torch.float64).log()
+    if bandwidth <= 0:
+        return y
+    weights = torch.exp(-0.5 * ((x[:, None] - x[None, :]) / bandwidth) ** 2)
+    return (weights @ y) / weights.sum(dim=1)
+
+
+def turning_points(y: Sequence[float], threshold: float) -> list[int]:
+    """Indices of extrema that the curve later leaves by at least ``threshold`` (the zigzag indicator)."""
+    points: list[int] = []
+    direction = 0  # +1 rising, -1 falling, 0 not yet known
+    extreme = 0  # index of the running extreme of the current leg
+    for i in range(1, len(y)):
+        if direction == 0:
+            if abs(y[i] - y[0]) >= threshold:
+                direction = 1 if y[i] > y[0] else -1
+                extreme = max(range(i + 1), key=lambda j: direction * y[j])  # the leg's extreme so far
+            continue
+        if direction * (y[i] - y[extreme]) > 0:
+            extreme = i
+        elif direction * (y[extreme] - y[i]) >= threshold:
+            points.append(extreme)
+            direction, extreme = -direction, i
+    return points
+
+
+def detect(steps: Sequence[int], rankme: Sequence[float], min_change: float = 0.15,
+           bandwidth: float = 0.25) -> Phases:
+    """Phase label per checkpoint and the steps where phases end. ``min_change`` is the relative RankMe
+    change a swing must reach to count; ``bandwidth`` the smoothing width in log(step + 1)."""
+    if len(steps) != len(rankme):
+        raise ValueError(f"{len(steps)} steps but {len(rankme)} RankMe values")
+    if list(steps) != sorted(steps):
+        raise ValueError("steps must be in increasing order")
+    if min_change <= 0:
+        raise ValueError(f"min_change must be positive, got {min_change}")
+    y = smooth_log(steps, rankme, bandwidth)
+    turns = turning_points(y.tolist(), math.log1p(min_change))
+    if not turns:
+        total = float(y[-1] - y[0]) if len(y) else 0.0
+        label = NO_PHASE if abs(total) < math.log1p(min_change) else (ENTROPY if total > 0 else WARMUP)
+        return Phases([label] * len(steps), [], y.exp().tolist())
+    labels, start = [], 0
+    rising_first = y[turns[0]] > y[0]
+    for leg, end in enumerate([*turns, len(steps) - 1]):
+        rising = rising_first if leg % 2 == 0 else not rising_first
+        label = ENTROPY if rising else (WARMUP if leg == 0 else COMPRESSION)
+        count = end - start + 1 if leg == 0 else end - start
+        labels += [label] * count
+        start = end
+    return Phases(labels, [steps[i] for i in turns], y.exp().tolist())

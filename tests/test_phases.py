@@ -1,0 +1,80 @@
+"""Phase segmentation on synthetic trajectories: finds real phases, invents none."""
+
+import math
+
+import numpy as np
+import pytest
+
+from geomsweep.phases import COMPRESSION, ENTROPY, NO_PHASE, WARMUP, detect
+
+STEPS = sorted({0, *np.unique(np.geomspace(1, 10_000, 40).round().astype(int)).tolist()})
+
+
+def piecewise(steps, knots):
+    """log RankMe linear in log(step + 1) between (step, RankMe) knots."""
+    xs = [math.log1p(s) for s, _ in knots]
+    ys = [math.log(r) for _, r in knots]
+    return [math.exp(np.interp(math.log1p(s), xs, ys)) for s in steps]
+
+
+def runs(labels):
+    """Collapse labels into the sequence of phases, e.g. [0, 0, 1, 1, 2] -> [0, 1, 2]."""
+    return [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
+
+
+THREE_PHASES = [(0, 400), (30, 40), (2000, 800), (10_000, 300)]
+
+
+def test_clean_three_phases():
+    phases = detect(STEPS, piecewise(STEPS, THREE_PHASES))
+    assert runs(phases.labels) == [WARMUP, ENTROPY, COMPRESSION]
+    assert len(phases.boundaries) == 2
+    assert 20 <= phases.boundaries[0] <= 45 and 1300 <= phases.boundaries[1] <= 3000
+    assert phases.describe().startswith("warmup until ")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noisy_three_phases(seed):
+    rng = np.random.default_rng(seed)
+    noisy = [r * math.exp(rng.normal(0, 0.05)) for r in piecewise(STEPS, THREE_PHASES)]
+    phases = detect(STEPS, noisy)
+    assert runs(phases.labels) == [WARMUP, ENTROPY, COMPRESSION]
+
+
+@pytest.mark.parametrize("knots, expected", [
+    ([(0, 50), (10_000, 900)], [ENTROPY]),  # monotone up
+    ([(0, 900), (10_000, 50)], [WARMUP]),  # monotone down
+    ([(0, 300), (10_000, 300)], [NO_PHASE]),  # flat
+])
+def test_monotone_and_flat_get_no_boundaries(knots, expected):
+    rng = np.random.default_rng(0)
+    values = [r * math.exp(rng.normal(0, 0.03)) for r in piecewise(STEPS, knots)]
+    phases = detect(STEPS, values)
+    assert phases.boundaries == [] and runs(phases.labels) == expected
+
+
+def test_missing_warmup():
+    phases = detect(STEPS, piecewise(STEPS, [(0, 40), (2000, 800), (10_000, 300)]))
+    assert runs(phases.labels) == [ENTROPY, COMPRESSION] and len(phases.boundaries) == 1
+
+
+def test_repeated_cycles():
+    knots = [(0, 400), (10, 40), (200, 600), (1000, 200), (4000, 700), (10_000, 250)]
+    phases = detect(STEPS, piecewise(STEPS, knots))
+    assert runs(phases.labels) == [WARMUP, ENTROPY, COMPRESSION, ENTROPY, COMPRESSION]
+    assert len(phases.boundaries) == 4
+
+
+def test_uneven_step_spacing():
+    rng = np.random.default_rng(3)
+    steps = sorted({0, *rng.integers(1, 10_000, 25).tolist()})
+    phases = detect(steps, piecewise(steps, THREE_PHASES))
+    assert runs(phases.labels) == [WARMUP, ENTROPY, COMPRESSION]
+    assert len(phases.labels) == len(steps)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="3 steps but 2 RankMe values"):
+        detect([0, 1, 2], [1.0, 2.0])
+    with pytest.raises(ValueError, match="increasing order"):
+        detect([2, 1], [1.0, 2.0])
