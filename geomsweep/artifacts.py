@@ -28,7 +28,21 @@ def layers_table(points) -> pd.DataFrame:
     ])
 
 
-def log_trace_artifacts(points, probe, log) -> None:
+def log_phases(points, probe, phases_cfg, log):
+    """Detect phases on the headline layer's RankMe; log ``geometry/phase`` per checkpoint and the boundaries."""
+    from geomsweep import phases as ph
+
+    layer = probe.layers[0]
+    found = ph.detect([p.checkpoint.step for p in points], [p.geometry[layer].rankme for p in points],
+                      min_change=phases_cfg.min_change, bandwidth=phases_cfg.bandwidth)
+    for point, label in zip(points, found.labels):
+        log.metrics({"geometry/phase": label}, step=point.checkpoint.step)
+    log.tags({"geomsweep.phases": found.describe(),
+              "geomsweep.phase_boundaries": ",".join(map(str, found.boundaries)) or "none"})
+    return found
+
+
+def log_trace_artifacts(points, probe, log, phases=None) -> None:
     layer = probe.layers[0]
     log.table(spectra_table(points, layer), "spectra/eigenspectra.csv")
     log.table(layers_table(points), "spectra/metrics_by_layer.csv")
@@ -39,4 +53,5 @@ def log_trace_artifacts(points, probe, log) -> None:
         log.figure(plots.trajectory([p.checkpoint.step for p in points],
                                     [p.geometry[layer].rankme for p in points],
                                     [p.geometry[layer].fit.alpha for p in points],
-                                    loss=[p.loss for p in points]), "plots/trajectory.png")
+                                    loss=[p.loss for p in points] if probe.loss else None,
+                                    phases=phases.labels if phases else None), "plots/trajectory.png")

@@ -26,6 +26,11 @@ class RunLogger:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
+    def tags(self, values: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in values.items()])
+
     def figure(self, fig, path: str) -> None:
         import matplotlib.pyplot as plt
 
@@ -70,4 +75,5 @@ def _measure_and_report(cfg: DictConfig, log: RunLogger) -> None:
         raise ValueError(f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
                          f"{cfg.probe.n_sequences}")
     points = run_trace(cfg, texts, log)
-    artifacts.log_trace_artifacts(points, cfg.probe, log)
+    phases = artifacts.log_phases(points, cfg.probe, cfg.phases, log) if len(points) > 2 else None
+    artifacts.log_trace_artifacts(points, cfg.probe, log, phases)

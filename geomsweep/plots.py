@@ -62,6 +62,8 @@ def trajectory(steps: Sequence[int], rankme: Sequence[float], alpha: Sequence[fl
         ax.grid(alpha=0.3)
         if phases is not None:
             shade_phases(ax, steps, phases)
+    if phases is not None:
+        axes[0].legend(loc="best", fontsize=7)
     axes[-1].set_xscale("symlog", linthresh=1)
     axes[-1].set_xlabel(xlabel)
     axes[0].set_title("Representation geometry over training")
@@ -69,17 +71,21 @@ def trajectory(steps: Sequence[int], rankme: Sequence[float], alpha: Sequence[fl
     return fig
 
 
-PHASE_NAMES = ("warmup", "entropy-seeking", "compression-seeking")
-PHASE_COLORS = ("#dddddd", "#cfe8ff", "#ffe0c2")
+PHASE_COLORS = {0: "#dddddd", 1: "#cfe8ff", 2: "#ffe0c2"}
 
 
 def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:
-    """Shade contiguous runs of the same phase label; boundaries sit halfway between checkpoints (in log-step)."""
+    """Shade contiguous runs of one phase label; edges sit halfway between checkpoints in log(step + 1)."""
+    from geomsweep.phases import NAMES
+
     edges = [steps[0]] + [((a + 1) * (b + 1)) ** 0.5 - 1 for a, b in zip(steps, steps[1:])] + [steps[-1]]
     start = 0
     for i in range(1, len(phases) + 1):
-        if i == len(phases) or phases[i] != phases[start]:
-            label = PHASE_NAMES[phases[start]]
-            ax.axvspan(edges[start], edges[i], color=PHASE_COLORS[phases[start]], alpha=0.6, lw=0,
-                       label=label if label not in ax.get_legend_handles_labels()[1] else None)
-            start = i
+        if i < len(phases) and phases[i] == phases[start]:
+            continue
+        label = phases[start]
+        if label in PHASE_COLORS:  # -1: no phase detected, left unshaded
+            seen = ax.get_legend_handles_labels()[1]
+            ax.axvspan(edges[start], edges[i], color=PHASE_COLORS[label], alpha=0.6, lw=0,
+                       label=None if NAMES[label] in seen else NAMES[label])
+        start = i

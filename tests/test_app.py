@@ -88,3 +88,19 @@ def test_bad_inputs_fail_with_one_clear_message_and_a_failed_run(tmp_path, cache
     (run,) = only_run(client_for(store))
     assert run.info.status == "FAILED"
     assert message in run.data.tags["geomsweep.error"]
+
+
+def test_phases_are_logged_per_checkpoint(tmp_path, cache_dir, tiny_checkpoints, store):
+    run_app(TINY + ["phases.min_change=0.05"], tmp_path, cache_dir, store)
+    client = client_for(store)
+    (run,) = only_run(client)
+    labels = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "geometry/phase")}
+    rankme = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "geometry/rankme")}
+    assert labels.keys() == rankme.keys() and set(labels.values()) <= {-1, 0, 1, 2}
+    from geomsweep.phases import detect
+
+    steps = sorted(rankme)
+    expected = detect(steps, [rankme[s] for s in steps], min_change=0.05)
+    assert [labels[s] for s in steps] == expected.labels
+    assert run.data.tags["geomsweep.phases"] == expected.describe()
+    assert run.data.tags["geomsweep.phase_boundaries"] == (",".join(map(str, expected.boundaries)) or "none")
