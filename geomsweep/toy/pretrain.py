@@ -162,6 +162,9 @@ def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike, progress: bo
 
 def _pretrain(cfg: ToyConfig, out: Path, progress: bool) -> None:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "writing shards" bar per checkpoint drowns the training bar
 
     docs = train_documents(cfg)
     tokenizer = train_tokenizer(docs, cfg.vocab_size)
