@@ -37,9 +37,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def measure_checkpoint(checkpoint: ckpts.Checkpoint, texts: list[str], probe, device: str, dtype: str,
+def measure_checkpoint(checkpoint: ckpts.Checkpoint, model, tokenizer, texts: list[str], probe,
                        progress: bool = True) -> Point:
-    model, tokenizer = checkpoint.load(device, dtype)
     batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
     reps = accumulate(model, batches, list(probe.layers), probe.norm, progress=progress,
                       total=-(-len(texts) // probe.batch_size), with_loss=probe.loss)
@@ -51,20 +50,37 @@ def measure_checkpoint(checkpoint: ckpts.Checkpoint, texts: list[str], probe, de
     return Point(checkpoint, geometry, reps.loss)
 
 
+def toy_behavior_items(cfg):
+    """Long- and short-range next-word items, when the model speaks the toy language (else None)."""
+    if cfg.model.source != "toy" or not cfg.eval.toy_n_docs:
+        return None
+    from geomsweep.toy.pretrain import ToyConfig, language
+    from geomsweep.toy.probes import dependency_items
+
+    return dependency_items(language(ToyConfig.from_cfg(cfg.model.toy)), cfg.eval.toy_n_docs, seed=cfg.seed + 7)
+
+
 def run_trace(cfg, texts: list[str], log) -> list[Point]:
     """Measure each checkpoint in step order, logging its metrics as soon as it is done (a crash keeps them)."""
     available = ckpts.available(cfg.model, cfg.cache_dir, cfg.progress)
     selected = ckpts.select(available, cfg.checkpoint.select, cfg.checkpoint.get("steps"))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    toy_items = toy_behavior_items(cfg)
     points = []
     for checkpoint in tqdm(selected, desc="checkpoints", unit="ckpt", disable=not cfg.progress):
-        point = measure_checkpoint(checkpoint, texts, cfg.probe, device, dtype, progress=cfg.progress)
+        model, tokenizer = checkpoint.load(device, dtype)
+        point = measure_checkpoint(checkpoint, model, tokenizer, texts, cfg.probe, progress=cfg.progress)
         metrics = point.geometry[cfg.probe.layers[0]].metrics()
         if cfg.probe.loss:
             metrics["eval/probe_loss"] = point.loss
         if checkpoint.tokens is not None:
             metrics["tokens_seen"] = float(checkpoint.tokens)
+        if toy_items is not None:
+            from geomsweep.toy.probes import next_word_accuracy
+
+            metrics["eval/long_range_acc"] = next_word_accuracy(model, tokenizer, toy_items[0])
+            metrics["eval/short_range_acc"] = next_word_accuracy(model, tokenizer, toy_items[1])
         log.metrics(metrics, step=checkpoint.step)
         points.append(point)
     return points

@@ -104,3 +104,12 @@ def test_phases_are_logged_per_checkpoint(tmp_path, cache_dir, tiny_checkpoints,
     assert [labels[s] for s in steps] == expected.labels
     assert run.data.tags["geomsweep.phases"] == expected.describe()
     assert run.data.tags["geomsweep.phase_boundaries"] == (",".join(map(str, expected.boundaries)) or "none")
+
+
+def test_toy_models_get_long_and_short_range_accuracy(tmp_path, cache_dir, tiny_checkpoints, store):
+    run_app(TINY + ["checkpoint=steps", "checkpoint.steps=[0,40]"], tmp_path, cache_dir, store)
+    client = client_for(store)
+    (run,) = only_run(client)
+    for key in ("eval/long_range_acc", "eval/short_range_acc"):
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        assert history.keys() == {0, 40} and all(0.0 <= v <= 1.0 for v in history.values())

@@ -1,0 +1,53 @@
+"""Behavioral probes that the toy grammar makes exact: next-word accuracy where the answer depends on a
+long-range dependency (the subject recalled after ``so``, dozens of tokens back) and where it depends on the
+previous word alone (the fixed pairs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from geomsweep.extract import last_token_index
+from geomsweep.toy.corpus import RECALL_MARKER, generate_documents
+
+
+@dataclass(frozen=True)
+class NextWordItems:
+    prefixes: list[str]
+    targets: list[str]
+
+
+def dependency_items(language, n_docs: int, seed: int) -> tuple[NextWordItems, NextWordItems]:
+    """(long-range, short-range) items from held-out documents: a prefix and the word that must follow.
+    Documents are kept short enough (<= 30 words) to fit the context the model was trained with."""
+    triggers = {language.words[t] for t in language.fixed_pairs}
+    long_p, long_t, short_p, short_t = [], [], [], []
+    for doc in generate_documents(language, n_docs, seed=seed, arithmetic_fraction=0.0, max_words=30):
+        words = doc.split()
+        for i, word in enumerate(words[:-1]):
+            if word == RECALL_MARKER and i > 0:
+                long_p.append(" ".join(words[: i + 1]))
+                long_t.append(words[i + 1])
+            elif word in triggers:
+                short_p.append(" ".join(words[: i + 1]))
+                short_t.append(words[i + 1])
+    return NextWordItems(long_p, long_t), NextWordItems(short_p, short_t)
+
+
+@torch.inference_mode()
+def next_word_accuracy(model, tokenizer, items: NextWordItems, batch_size: int = 64) -> float:
+    """Fraction of items whose greedy next token is the first token of the target word."""
+    if not items.prefixes:
+        return float("nan")
+    tokenizer.padding_side = "right"
+    device = next(model.parameters()).device
+    firsts = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in items.targets])
+    correct = 0
+    for i in range(0, len(items.prefixes), batch_size):
+        batch = tokenizer(items.prefixes[i : i + batch_size], padding=True, return_tensors="pt").to(device)
+        logits = model(**batch).logits
+        last = last_token_index(batch["attention_mask"])
+        predicted = logits[torch.arange(len(last), device=device), last].argmax(-1).cpu()
+        correct += int((predicted == firsts[i : i + batch_size]).sum())
+    return correct / len(items.prefixes)

@@ -1,0 +1,64 @@
+"""The embedded world: deterministic, Zipfian, with the dependencies its probes rely on."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from geomsweep.toy.corpus import RECALL_MARKER, generate_documents, make_language
+from geomsweep.toy.probes import NextWordItems, dependency_items, next_word_accuracy
+from geomsweep.toy.pretrain import ToyConfig, checkpoint_steps, probe_documents
+
+
+def test_corpus_is_deterministic_and_seed_dependent():
+    lang = make_language(seed=0)
+    assert generate_documents(lang, 50, seed=1) == generate_documents(make_language(seed=0), 50, seed=1)
+    assert generate_documents(lang, 50, seed=1) != generate_documents(lang, 50, seed=2)
+
+
+def test_word_frequencies_are_skewed():
+    lang = make_language(seed=0)
+    counts = Counter(w for d in generate_documents(lang, 2000, seed=3) for w in d.split())
+    top = [c for _, c in counts.most_common(200)]
+    assert top[0] > 20 * top[-1]  # Zipf: the head dwarfs the tail
+
+
+def test_every_story_recalls_its_subject():
+    lang = make_language(seed=0)
+    for doc in generate_documents(lang, 200, seed=4, arithmetic_fraction=0.0):
+        words = doc.split()
+        assert words[-3] == RECALL_MARKER and words[-2] == words[0] and words[0] in lang.subjects
+
+
+def test_probe_documents_end_at_varied_words():
+    docs = probe_documents(ToyConfig(), 200)
+    assert len({d.split()[-1] for d in docs}) > 50
+
+
+def test_checkpoint_steps_are_log_spaced_and_include_both_ends():
+    steps = checkpoint_steps(ToyConfig(max_steps=1000, n_checkpoints=10, extra_steps=[500]))
+    assert steps[0] == 0 and steps[-1] == 1000 and 500 in steps and steps == sorted(set(steps))
+    gaps = [b / a for a, b in zip(steps[1:], steps[2:]) if a >= 10]
+    assert max(gaps) < 3
+
+
+def test_dependency_items_and_accuracy(tiny_checkpoints):
+    from geomsweep.checkpoints import Checkpoint
+
+    lang = make_language(seed=0)
+    long_range, short_range = dependency_items(lang, 100, seed=5)
+    assert len(long_range.prefixes) == 100 and len(short_range.prefixes) > 10
+    assert all(p.split()[-1] == RECALL_MARKER and t == p.split()[0] for p, t in
+               zip(long_range.prefixes, long_range.targets))
+    model, tokenizer = Checkpoint("s", 0, None, str(tiny_checkpoints / "step40")).load()
+    # Targets made of the model's own greedy predictions (one at a time) score 1, any other token scores 0.
+    prefixes = long_range.prefixes[:20]
+    special = set(tokenizer.all_special_ids)
+    with torch.inference_mode():
+        predicted = [int(model(input_ids=tokenizer(p, return_tensors="pt")["input_ids"]).logits[0, -1].argmax())
+                     for p in prefixes]
+    other = [next(j for j in range(3, len(tokenizer)) if j != i and j not in special) for i in predicted]
+    right = NextWordItems(prefixes, [tokenizer.decode([i]) for i in predicted])
+    wrong = NextWordItems(prefixes, [tokenizer.decode([i]) for i in other])
+    assert next_word_accuracy(model, tokenizer, right, batch_size=7) == pytest.approx(1.0)
+    assert next_word_accuracy(model, tokenizer, wrong, batch_size=7) == 0.0
