@@ -35,8 +35,7 @@ def log_phases(points, probe, phases_cfg, log):
     layer = probe.layers[0]
     found = ph.detect([p.checkpoint.step for p in points], [p.geometry[layer].rankme for p in points],
                       min_change=phases_cfg.min_change, bandwidth=phases_cfg.bandwidth)
-    for point, label in zip(points, found.labels):
-        log.metrics({"geometry/phase": label}, step=point.checkpoint.step)
+    log.history({"geometry/phase": {p.checkpoint.step: label for p, label in zip(points, found.labels)}})
     log.tags({"geomsweep.phases": found.describe(),
               "geomsweep.phase_boundaries": ",".join(map(str, found.boundaries)) or "none"})
     return found

@@ -19,12 +19,18 @@ class RunLogger:
         self.client = mlflow.MlflowClient()
 
     def metrics(self, values: dict[str, float], step: int) -> None:
+        self.history({key: {step: value} for key, value in values.items()})
+
+    def history(self, series: dict[str, dict[int, float]]) -> None:
+        """Many (key, step, value) points in one batched call."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), now, step) for key, by_step in series.items() for step, value in by_step.items()
+        ])
 
     def tags(self, values: dict[str, str]) -> None:
         from mlflow.entities import RunTag
