@@ -54,3 +54,14 @@ def log_trace_artifacts(points, probe, log, phases=None) -> None:
                                     [p.geometry[layer].fit.alpha for p in points],
                                     loss=[p.loss for p in points] if probe.loss else None,
                                     phases=phases.labels if phases else None), "plots/trajectory.png")
+
+
+def log_ablation_table(points, phases, log) -> None:
+    """``ablation/tail_ablation.csv``: Table 1 of the paper, one row per (checkpoint, task)."""
+    from geomsweep import ablation
+
+    labels = phases.labels if phases else [None] * len(points)
+    rows = [{"step": p.checkpoint.step, "phase": label, "results": p.ablation}
+            for p, label in zip(points, labels) if p.ablation]
+    if rows:
+        log.table(ablation.table(rows), "ablation/tail_ablation.csv")

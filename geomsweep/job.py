@@ -83,3 +83,4 @@ def _measure_and_report(cfg: DictConfig, log: RunLogger) -> None:
     points = run_trace(cfg, texts, log)
     phases = artifacts.log_phases(points, cfg.probe, cfg.phases, log) if len(points) > 2 else None
     artifacts.log_trace_artifacts(points, cfg.probe, log, phases)
+    artifacts.log_ablation_table(points, phases, log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ class Point:
     checkpoint: ckpts.Checkpoint
     geometry: dict[int, Geometry]  # by layer
     loss: float
+    ablation: dict[str, float] | None = None  # spectral-tail ablation results (geomsweep/ablation.py)
 
 
 def resolve_device(device: str) -> str:
@@ -38,7 +40,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def measure_checkpoint(checkpoint: ckpts.Checkpoint, model, tokenizer, texts: list[str], probe,
-                       progress: bool = True) -> Point:
+                       progress: bool = True) -> tuple[Point, dict]:
+    """The checkpoint's Point, and its per-layer covariance accumulators (for the ablation; not kept)."""
     batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
     reps = accumulate(model, batches, list(probe.layers), probe.norm, progress=progress,
                       total=-(-len(texts) // probe.batch_size), with_loss=probe.loss)
@@ -47,17 +50,32 @@ def measure_checkpoint(checkpoint: ckpts.Checkpoint, model, tokenizer, texts: li
                        max_eigs=probe.max_eigs)
         for layer, cov in reps.covariances.items()
     }
-    return Point(checkpoint, geometry, reps.loss)
+    return Point(checkpoint, geometry, reps.loss), reps.covariances
 
 
-def toy_behavior_items(cfg):
-    """Long- and short-range next-word items, when the model speaks the toy language (else None)."""
+def toy_evaluation(cfg):
+    """The toy world's behavior probes, when the model speaks the toy language (else None)."""
     if cfg.model.source != "toy" or not cfg.eval.toy_n_docs:
         return None
-    from geomsweep.toy.pretrain import ToyConfig, language
-    from geomsweep.toy.probes import dependency_items
+    from geomsweep.toy.pretrain import ToyConfig
+    from geomsweep.toy.probes import ToyEvaluation
 
-    return dependency_items(language(ToyConfig.from_cfg(cfg.model.toy)), cfg.eval.toy_n_docs, seed=cfg.seed + 7)
+    return ToyEvaluation(ToyConfig.from_cfg(cfg.model.toy), cfg.eval.toy_n_docs, cfg.eval.ngram_order,
+                         seed=cfg.seed + 7)
+
+
+def ablation_ks(cfg, log) -> list[int]:
+    """The ablation's K list; empty (with the reason as a run tag) when the probe does not measure the
+    unembedding's input, e.g. a sweep over probe.norm, where the other cells still run their ablation."""
+    ks = list(cfg.eval.ablation_k or [])
+    if ks and (-1 not in cfg.probe.layers or cfg.probe.norm != "post"):
+        reason = (f"skipped: eval.ablation_k={ks} projects the unembedding's input, measured only with "
+                  f"probe.norm=post and -1 in probe.layers (got norm={cfg.probe.norm}, "
+                  f"layers={list(cfg.probe.layers)})")
+        warnings.warn(reason)
+        log.tags({"geomsweep.ablation": reason})
+        return []
+    return ks
 
 
 def run_trace(cfg, texts: list[str], log) -> list[Point]:
@@ -66,21 +84,25 @@ def run_trace(cfg, texts: list[str], log) -> list[Point]:
     selected = ckpts.select(available, cfg.checkpoint.select, cfg.checkpoint.get("steps"))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    toy_items = toy_behavior_items(cfg)
+    toy = toy_evaluation(cfg)
+    ablation_k = ablation_ks(cfg, log) if toy is not None else []
     points = []
     for checkpoint in tqdm(selected, desc="checkpoints", unit="ckpt", disable=not cfg.progress):
         model, tokenizer = checkpoint.load(device, dtype)
-        point = measure_checkpoint(checkpoint, model, tokenizer, texts, cfg.probe, progress=cfg.progress)
+        point, covariances = measure_checkpoint(checkpoint, model, tokenizer, texts, cfg.probe, progress=cfg.progress)
         metrics = point.geometry[cfg.probe.layers[0]].metrics()
         if cfg.probe.loss:
             metrics["eval/probe_loss"] = point.loss
         if checkpoint.tokens is not None:
             metrics["tokens_seen"] = float(checkpoint.tokens)
-        if toy_items is not None:
-            from geomsweep.toy.probes import next_word_accuracy
+        if toy is not None:
+            metrics.update(toy.behavior(model, tokenizer))
+        if ablation_k:
+            from geomsweep.ablation import tail_ablation
 
-            metrics["eval/long_range_acc"] = next_word_accuracy(model, tokenizer, toy_items[0])
-            metrics["eval/short_range_acc"] = next_word_accuracy(model, tokenizer, toy_items[1])
+            point.ablation = tail_ablation(model, covariances[-1], ablation_k, lambda: toy.tasks(model, tokenizer))
+            metrics.update({f"ablation/{key}": value for key, value in point.ablation.items()
+                            if not key.startswith("full/")})
         log.metrics(metrics, step=checkpoint.step)
         points.append(point)
     return points

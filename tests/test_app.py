@@ -63,6 +63,8 @@ def test_multirun_nests_jobs_under_a_sweep_parent(tmp_path, cache_dir, tiny_chec
     assert parents[0].info.status == "FINISHED"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.data.params["cfg.probe.norm"] for c in children} == {"post", "pre"}
+    pre = next(c for c in children if c.data.params["cfg.probe.norm"] == "pre")
+    assert pre.data.tags["geomsweep.ablation"].startswith("skipped: eval.ablation_k=[2, 8] projects")
     assert len({c.data.tags["geomsweep.config_hash"] for c in children}) == 2
 
 
@@ -113,3 +115,11 @@ def test_toy_models_get_long_and_short_range_accuracy(tmp_path, cache_dir, tiny_
     for key in ("eval/long_range_acc", "eval/short_range_acc"):
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert history.keys() == {0, 40} and all(0.0 <= v <= 1.0 for v in history.values())
+    alignment = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "behavior/ngram_alignment")}
+    assert alignment.keys() == {0, 40} and alignment[40] > alignment[0]  # training pulls the model to the corpus
+    for key in ("top2_only", "without_top2", "top8_only", "without_top8"):
+        assert len(client.get_metric_history(run.info.run_id, f"ablation/{key}/long_range_acc")) == 2
+    path = client.download_artifacts(run.info.run_id, "ablation/tail_ablation.csv", str(tmp_path))
+    lines = open(path).read().splitlines()
+    assert lines[0] == "step,phase,task,full,top2_only,without_top2,top8_only,without_top8"
+    assert len(lines) == 1 + 2 * 2  # (2 checkpoints) x (long, short range)

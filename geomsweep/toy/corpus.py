@@ -30,10 +30,11 @@ class Language:
     successors: np.ndarray  # (n_words, n_successors) preferred next words
     fixed_pairs: dict[int, int]  # trigger word -> the word that always follows it
     subjects: list[str]  # names that open documents and are recalled at their end
+    follow_prob: float  # how often the next word is a preferred successor rather than a fresh Zipf draw
 
 
 def make_language(n_words: int = 600, n_subjects: int = 40, zipf_exponent: float = 1.1, n_successors: int = 4,
-                  n_fixed_pairs: int = 40, seed: int = 0) -> Language:
+                  n_fixed_pairs: int = 40, follow_prob: float = 0.7, seed: int = 0) -> Language:
     rng = np.random.default_rng(seed)
     names: set[str] = set()
     while len(names) < n_words + n_subjects:
@@ -48,11 +49,11 @@ def make_language(n_words: int = 600, n_subjects: int = 40, zipf_exponent: float
     successors = rng.choice(n_words, size=(n_words, n_successors), p=unigram)
     triggers = rng.choice(np.arange(n_words // 4, n_words), size=n_fixed_pairs, replace=False)
     fixed_pairs = {int(t): int(rng.integers(0, n_words)) for t in triggers}
-    return Language(words, unigram, successors, fixed_pairs, subjects)
+    return Language(words, unigram, successors, fixed_pairs, subjects, follow_prob)
 
 
 def generate_documents(language: Language, n_docs: int, seed: int, min_words: int = 12, max_words: int = 40,
-                       arithmetic_fraction: float = 0.15, max_operand: int = 9, follow_prob: float = 0.7) -> list[str]:
+                       arithmetic_fraction: float = 0.15, max_operand: int = 9) -> list[str]:
     """Sample documents; different seeds give disjoint samples of the same language (train vs held out)."""
     rng = np.random.default_rng(seed)
     n_words, n_succ = language.successors.shape
@@ -63,7 +64,7 @@ def generate_documents(language: Language, n_docs: int, seed: int, min_words: in
             docs.append(ARITH_TEMPLATE.format(a=a, b=b, c=a + b))
             continue
         length = int(rng.integers(min_words, max_words + 1))
-        follow = rng.random(length) < follow_prob
+        follow = rng.random(length) < language.follow_prob
         succ_pick = rng.integers(0, n_succ, size=length)
         fresh = rng.choice(n_words, size=length, p=language.unigram)
         ids = [int(fresh[0])]

@@ -30,6 +30,8 @@ class ToyConfig:
     n_words: int = 600
     n_subjects: int = 40
     zipf_exponent: float = 1.1
+    n_successors: int = 4
+    follow_prob: float = 0.7
     n_train_docs: int = 20_000
     vocab_size: int = 1024
     hidden_size: int = 128
@@ -76,7 +78,7 @@ def checkpoint_steps(cfg: ToyConfig) -> list[int]:
 
 def language(cfg: ToyConfig):
     return make_language(n_words=cfg.n_words, n_subjects=cfg.n_subjects, zipf_exponent=cfg.zipf_exponent,
-                         seed=cfg.seed)
+                         n_successors=cfg.n_successors, follow_prob=cfg.follow_prob, seed=cfg.seed)
 
 
 def train_documents(cfg: ToyConfig) -> list[str]:

@@ -1,15 +1,19 @@
 """Behavioral probes that the toy grammar makes exact: next-word accuracy where the answer depends on a
 long-range dependency (the subject recalled after ``so``, dozens of tokens back) and where it depends on the
-previous word alone (the fixed pairs)."""
+previous word alone (the fixed pairs); and n-gram memorization against the pretraining corpus."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from geomsweep.extract import last_token_index
 from geomsweep.toy.corpus import RECALL_MARKER, generate_documents
+
+if TYPE_CHECKING:
+    from geomsweep.toy.pretrain import ToyConfig
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,45 @@ def next_word_accuracy(model, tokenizer, items: NextWordItems, batch_size: int =
         predicted = logits[torch.arange(len(last), device=device), last].argmax(-1).cpu()
         correct += int((predicted == firsts[i : i + batch_size]).sum())
     return correct / len(items.prefixes)
+
+
+class ToyEvaluation:
+    """Everything a toy checkpoint is scored on, built once per job: ``tasks`` (the accuracies, also used by the
+    spectral-tail ablation) and ``behavior`` (tasks plus n-gram alignment)."""
+
+    def __init__(self, toy: "ToyConfig", n_docs: int, ngram_order: int, seed: int):
+        from geomsweep.toy.pretrain import language
+
+        self.toy, self.ngram_order = toy, ngram_order
+        self.long_range, self.short_range = dependency_items(language(toy), n_docs, seed=seed)
+        self.held_out = generate_documents(language(toy), n_docs, seed=seed + 1, max_words=30)
+        self._ngram = None
+
+    def tasks(self, model, tokenizer) -> dict[str, float]:
+        return {"long_range_acc": next_word_accuracy(model, tokenizer, self.long_range),
+                "short_range_acc": next_word_accuracy(model, tokenizer, self.short_range)}
+
+    def behavior(self, model, tokenizer) -> dict[str, float]:
+        from geomsweep.behavior.ngram import ngram_alignment
+
+        metrics = {f"eval/{name}": value for name, value in self.tasks(model, tokenizer).items()}
+        if self.ngram_order:
+            ngram = self._ngram_model(tokenizer)
+            metrics["behavior/ngram_alignment"] = ngram_alignment(model, ngram, self._encode(tokenizer, self.held_out),
+                                                                  tokenizer.pad_token_id)
+        return metrics
+
+    @staticmethod
+    def _encode(tokenizer, docs: list[str]) -> list[list[int]]:
+        """Each document as the model saw it in pretraining: after an EOS, the corpus's document separator."""
+        return [[tokenizer.eos_token_id, *ids] for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]]
+
+    def _ngram_model(self, tokenizer):
+        """Kneser-Ney over the exact pretraining documents, in the checkpoints' own tokens (shared by all)."""
+        from geomsweep.behavior.ngram import KneserNeyLM
+        from geomsweep.toy.pretrain import train_documents
+
+        if self._ngram is None:
+            corpus = self._encode(tokenizer, train_documents(self.toy))
+            self._ngram = KneserNeyLM(self.ngram_order, vocab_size=len(tokenizer)).fit(corpus)
+        return self._ngram
