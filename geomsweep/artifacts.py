@@ -65,3 +65,16 @@ def log_ablation_table(points, phases, log) -> None:
             for p, label in zip(points, labels) if p.ablation]
     if rows:
         log.table(ablation.table(rows), "ablation/tail_ablation.csv")
+
+
+def log_post_training_artifacts(history: dict[int, dict[str, float]], method: str, log) -> None:
+    """``post_training/history.csv`` (every measurement by post-training step) and the trajectory over it."""
+    frame = pd.DataFrame.from_dict(history, orient="index").rename_axis("step").reset_index()
+    log.table(frame, "post_training/history.csv")
+    geometry = frame.dropna(subset=["geometry/rankme"])
+    if len(geometry) > 1:
+        fig = plots.trajectory(list(geometry["step"]), list(geometry["geometry/rankme"]),
+                               list(geometry["geometry/alpha_req"]),
+                               loss=list(geometry["eval/probe_loss"]) if "eval/probe_loss" in geometry else None,
+                               xlabel=f"{method} step")
+        log.figure(fig, "plots/trajectory.png")

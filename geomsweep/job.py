@@ -6,7 +6,7 @@ import traceback
 
 from omegaconf import DictConfig
 
-METHODS = ("none",)
+METHODS = ("none", "sft", "dpo", "rlvr")
 
 
 class RunLogger:
@@ -80,6 +80,12 @@ def _measure_and_report(cfg: DictConfig, log: RunLogger) -> None:
     if len(texts) < cfg.probe.n_sequences:
         raise ValueError(f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
                          f"{cfg.probe.n_sequences}")
+    if cfg.method.name != "none":
+        from post_training.run import post_train
+
+        history = post_train(cfg, texts, log)
+        artifacts.log_post_training_artifacts(history, cfg.method.name, log)
+        return
     points = run_trace(cfg, texts, log)
     phases = artifacts.log_phases(points, cfg.probe, cfg.phases, log) if len(points) > 2 else None
     artifacts.log_trace_artifacts(points, cfg.probe, log, phases)

@@ -39,9 +39,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def measure_checkpoint(checkpoint: ckpts.Checkpoint, model, tokenizer, texts: list[str], probe,
-                       progress: bool = True) -> tuple[Point, dict]:
-    """The checkpoint's Point, and its per-layer covariance accumulators (for the ablation; not kept)."""
+def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = True):
+    """(geometry by layer, probe loss, covariance accumulators by layer) of the probe texts under ``model``."""
     batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
     reps = accumulate(model, batches, list(probe.layers), probe.norm, progress=progress,
                       total=-(-len(texts) // probe.batch_size), with_loss=probe.loss)
@@ -50,7 +49,14 @@ def measure_checkpoint(checkpoint: ckpts.Checkpoint, model, tokenizer, texts: li
                        max_eigs=probe.max_eigs)
         for layer, cov in reps.covariances.items()
     }
-    return Point(checkpoint, geometry, reps.loss), reps.covariances
+    return geometry, reps.loss, reps.covariances
+
+
+def measure_checkpoint(checkpoint: ckpts.Checkpoint, model, tokenizer, texts: list[str], probe,
+                       progress: bool = True) -> tuple[Point, dict]:
+    """The checkpoint's Point, and its per-layer covariance accumulators (for the ablation; not kept)."""
+    geometry, loss, covariances = measure_model(model, tokenizer, texts, probe, progress)
+    return Point(checkpoint, geometry, loss), covariances
 
 
 def toy_evaluation(cfg):

@@ -1,0 +1,43 @@
+"""Geometry during post-training: a TrainerCallback that measures the probe set at step 0, every N steps and at
+the end, and ID/OOD behavior at the start and the end, logging into the job's MLflow run at step=global_step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from transformers import TrainerCallback
+
+
+class GeometryCallback(TrainerCallback):
+    """``measure(model) -> metrics`` every ``every`` optimizer steps; ``behave(model) -> metrics`` at both ends.
+
+    Each measurement is logged as soon as it is taken (a crash keeps what was measured) and kept in
+    ``history`` (step -> metrics) for the job's artifacts."""
+
+    def __init__(self, measure: Callable, behave: Callable, log, every: int):
+        if every < 1:
+            raise ValueError(f"method.geometry_every must be >= 1, got {every}")
+        self.measure, self.behave, self.log, self.every = measure, behave, log, every
+        self.history: dict[int, dict[str, float]] = {}
+
+    def _record(self, step: int, model, with_behavior: bool) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            metrics = self.measure(model)
+            if with_behavior:
+                metrics |= self.behave(model)
+        finally:
+            model.train(was_training)
+        self.history.setdefault(step, {}).update(metrics)
+        self.log.metrics(metrics, step=step)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._record(state.global_step, model, with_behavior=True)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self._record(state.global_step, model, with_behavior=False)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._record(state.global_step, model, with_behavior=True)

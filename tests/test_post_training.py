@@ -1,0 +1,124 @@
+"""Post-training: the task suite, rewards and TRL configs as units; real TRL trainers on the tiny model."""
+
+import json
+
+import mlflow
+import pytest
+from omegaconf import OmegaConf
+
+from post_training.data import arithmetic_task, final_number, load_split, load_task
+from post_training.rewards import exact_answer, first_number
+from post_training.trl_args import trl_config
+from tests.conftest import TINY, run_app
+
+
+def test_arithmetic_task_has_disjoint_id_and_ood_splits():
+    task = arithmetic_task(max_operand=9, ood_max_operand=19, id_fraction=0.3, seed=0)
+    assert len(task.train) == 70 and len(task.id_eval) == 30 and len(task.ood_eval) == 30
+    assert not set(task.train["prompt"]) & set(task.id_eval["prompt"])
+    for row in task.train:
+        a, b = (int(w) for w in row["prompt"].split()[1::2])
+        assert max(a, b) <= 9 and row["completion"] == f" {a + b} ." == row["chosen"] and row["answer"] == str(a + b)
+        assert row["rejected"] != row["chosen"]
+    assert all(max(int(w) for w in p.split()[1::2]) > 9 for p in task.ood_eval["prompt"])
+    assert arithmetic_task(seed=0).train["prompt"] == task.train["prompt"]
+
+
+def test_a_method_gets_its_columns_or_a_clear_error(tmp_path):
+    task = arithmetic_task()
+    assert task.for_method("rlvr").column_names == ["prompt", "answer"]
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"})
+                  + "\n" + json.dumps({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}))
+    task = load_task(OmegaConf.create({"source": "files", "path": str(hh), "schema": "hh", "id_fraction": 0.5}))
+    with pytest.raises(ValueError, match=r"method=rlvr needs task columns \['prompt', 'answer'\], but task 'hh' lacks \['answer'\]"):
+        task.for_method("rlvr")
+
+
+def test_real_data_schemas_load_from_local_files(tmp_path):
+    rows = {
+        "gsm8k": {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"},
+        "hh": {"chosen": "\n\nHuman: Hi?\n\nAssistant: Sure.\n\nHuman: More?\n\nAssistant: Yes, here.",
+               "rejected": "\n\nHuman: Hi?\n\nAssistant: Sure.\n\nHuman: More?\n\nAssistant: No."},
+        "ultrafeedback": {"prompt": "Name a colour.", "chosen": [{"role": "user", "content": "Name a colour."},
+                                                                 {"role": "assistant", "content": "Blue."}],
+                          "rejected": [{"role": "user", "content": "Name a colour."},
+                                       {"role": "assistant", "content": "Seven."}]},
+    }
+    for schema, row in rows.items():
+        path = tmp_path / f"{schema}.jsonl"
+        path.write_text(json.dumps(row) + "\n")
+        data = load_split(OmegaConf.create({"source": "files", "path": str(path), "schema": schema}))[0]
+        if schema == "gsm8k":
+            assert data["prompt"].startswith("Question: Tom") and data["answer"] == "7"
+        if schema == "hh":
+            assert data["prompt"].endswith("More?\n\nAssistant:")
+            assert (data["chosen"], data["rejected"]) == (" Yes, here.", " No.")
+        if schema == "ultrafeedback":
+            assert (data["prompt"], data["chosen"], data["rejected"]) == ("Name a colour.", "Blue.", "Seven.")
+    with pytest.raises(ValueError, match=r"task schema 'gsm8k' needs columns \['question', 'answer'\]; the dataset lacks \['question', 'answer'\] \(it has \['chosen', 'rejected'\]\)"):
+        load_split(OmegaConf.create({"source": "files", "path": str(tmp_path / "hh.jsonl"), "schema": "gsm8k"}))
+    with pytest.raises(ValueError, match="unknown task schema 'alpaca'; valid: gsm8k, hh, ultrafeedback"):
+        load_split(OmegaConf.create({"source": "files", "path": str(tmp_path / "hh.jsonl"), "schema": "alpaca"}))
+
+
+def test_answers_and_rewards():
+    assert final_number("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert final_number("it is 12, or maybe 13.5") == "13.5" and final_number("no idea") is None
+    assert first_number(" 7 .") == "7" and first_number(" seven 7") is None and first_number("") is None
+    reward = exact_answer("first_number")
+    assert reward([" 7 .", " 8 .", "so"], answer=["7", "7", "7"], prompt=["p"] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_trl_config_passes_fields_through_and_names_unknown_ones(tmp_path):
+    from trl import GRPOConfig, SFTConfig
+
+    config = trl_config(GRPOConfig, {"num_generations": 4, "learning_rate": 3e-4}, str(tmp_path), "cpu", 1, False)
+    assert (config.num_generations, config.learning_rate, config.bf16, config.report_to) == (4, 3e-4, False, ["mlflow"])
+    with pytest.raises(ValueError, match=r"method.args has \['num_generations'\], not fields of trl.SFTConfig"):
+        trl_config(SFTConfig, {"num_generations": 4}, str(tmp_path), "cpu", 1, False)
+
+
+# "++": a sweep over methods composes its sweep config with method=none first, where method.args does not exist.
+FAST = ["++method.args.max_steps=2", "++method.geometry_every=1", "++method.args.per_device_train_batch_size=4",
+        "++method.args.logging_steps=1"]
+
+
+@pytest.mark.slow
+def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache_dir, tiny_checkpoints, store):
+    run_app(["-m", "method=sft,dpo", *TINY, *FAST], tmp_path, cache_dir, store)
+    run_app(["method=rlvr", *TINY, *FAST, "method.args.num_generations=4"], tmp_path, cache_dir, store)
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    jobs = {r.data.params["cfg.method.name"]: r for r in runs if r.data.tags.get("geomsweep.role") == "job"}
+    assert jobs.keys() == {"sft", "dpo", "rlvr"}
+    for method, run in jobs.items():
+        assert run.info.status == "FINISHED", method
+        rankme = client.get_metric_history(run.info.run_id, "geometry/rankme")
+        assert sorted(m.step for m in rankme) == [0, 1, 2], method
+        for key in ("eval/id_loss", "eval/id_acc", "eval/ood_loss", "eval/ood_acc"):
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 2], (method, key)
+        assert run.data.tags["geomsweep.base_revision"] == "step40"
+        assert "learning_rate" in run.data.params  # the trainer's own MLflow reporting joined the job's run
+        assert client.get_metric_history(run.info.run_id, "train_loss" if method != "rlvr" else "reward")
+    assert any(p.path == "post_training/history.csv" for p in client.list_artifacts(jobs["sft"].info.run_id, "post_training"))
+
+
+@pytest.mark.slow
+def test_a_trainer_that_raises_fails_its_run_and_the_sweep_goes_on(tmp_path, cache_dir, tiny_checkpoints, store):
+    # GRPO refuses a generation batch (4) that num_generations (3) does not divide; 2 divides it.
+    proc = run_app(["-m", "method=rlvr", "method.args.num_generations=3,2", *TINY, *FAST], tmp_path, cache_dir,
+                   store, check=False)
+    assert proc.returncode != 0
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    jobs = {r.data.params["cfg.method.args.num_generations"]: r for r in runs
+            if r.data.tags.get("geomsweep.role") == "job"}
+    assert jobs["3"].info.status == "FAILED" and "num_generations" in jobs["3"].data.tags["geomsweep.error"]
+    assert jobs["2"].info.status == "FINISHED"
+
+
+def test_post_training_needs_one_base_checkpoint(tmp_path, cache_dir, tiny_checkpoints, store):
+    proc = run_app(["method=sft", "checkpoint=all", *TINY], tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0
+    assert "method=sft post-trains one base checkpoint, but checkpoint.select=all picks" in proc.stderr
