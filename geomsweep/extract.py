@@ -112,3 +112,10 @@ def accumulate(
         if hook is not None:
             hook.remove()
     return Representations(covs, loss_sum / loss_count if loss_count else float("nan"))
+
+
+def next_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log P(token_t | tokens < t) for t >= 1, shape (B, T - 1), on the CPU in float32 (padding included)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
+    return torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0].cpu()

@@ -32,12 +32,12 @@ def _encode_pairs(tokenizer, prompts: list[str], completions: list[str]):
 @torch.inference_mode()
 def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int = 32) -> tuple[list[float], list[int]]:
     """Summed log-probability of each completion given its prompt, and its number of tokens."""
-    device = next(model.parameters()).device
+    from geomsweep.extract import next_token_logprobs
+
     sums, counts = [], []
     for i in range(0, len(prompts), batch_size):
         ids, attention, target = _encode_pairs(tokenizer, prompts[i : i + batch_size], completions[i : i + batch_size])
-        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float().cpu()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+        logp = next_token_logprobs(model, ids, attention)
         mask = target[:, 1:].float()
         sums.extend((logp * mask).sum(-1).tolist())
         counts.extend(mask.sum(-1).int().tolist())

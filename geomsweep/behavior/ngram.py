@@ -81,18 +81,16 @@ class KneserNeyLM:
 @torch.inference_mode()
 def model_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[list[float]]:
     """The model's log P(token_i | previous tokens), i >= 1, for each sequence (right-padded batches)."""
-    device = next(model.parameters()).device
+    from torch.nn.utils.rnn import pad_sequence
+
+    from geomsweep.extract import next_token_logprobs
+
     out = []
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
+        chunk = [torch.tensor(seq) for seq in sequences[start : start + batch_size]]
+        ids = pad_sequence(chunk, batch_first=True, padding_value=pad_id)
+        mask = pad_sequence([torch.ones_like(seq) for seq in chunk], batch_first=True)
+        picked = next_token_logprobs(model, ids, mask)
         out.extend(picked[row, : len(seq) - 1].tolist() for row, seq in enumerate(chunk))
     return out
 
