@@ -4,6 +4,8 @@
     N x D matrix): sequences/s ratio, target >= 20x.
 (b) geomsweep vs bare batched forward passes over the same batches (the limit): time ratio, target <= 1.15x.
 (c) peak resident memory measuring 20k vs 1k sequences (each in a fresh subprocess): ratio, target <= 1.10x.
+(d) sampling for pass@k: the hf sampler (prompts batched, n sequences per prompt) vs one ``generate`` call per
+    sample, in generated tokens/s; and vLLM vs the hf sampler (target >= 10x) where vLLM and CUDA are present.
 """
 
 from __future__ import annotations
@@ -62,6 +64,34 @@ def timed(fn, *args, repeat: int = 3) -> float:
     return best
 
 
+def sampling_speeds(model, tokenizer, n: int = 16, max_tokens: int = 8) -> dict[str, float]:
+    """Generated tokens/s of each available way to draw n samples for each of the arithmetic task's prompts."""
+    from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
+    from post_training.data import arithmetic_task
+
+    prompts = list(arithmetic_task().id_eval["prompt"])
+    settings = SampleSettings(n=n, max_tokens=max_tokens, batch_size=8)
+
+    def tokens_per_s(draw) -> float:
+        start = time.perf_counter()
+        samples = draw()
+        return sum(len(ids) for row in samples.token_ids for ids in row) / (time.perf_counter() - start)
+
+    one_at_a_time = HFSampler(SampleSettings(n=1, max_tokens=max_tokens, batch_size=1))
+    speeds = {
+        "hf": tokens_per_s(lambda: HFSampler(settings).sample(model, tokenizer, prompts)),
+        "hf, one sample per call": tokens_per_s(lambda: one_at_a_time.sample(model, tokenizer, prompts * n)),
+    }
+    try:
+        vllm = VLLMSampler(settings, {"gpu_memory_utilization": 0.3})
+    except RuntimeError as err:
+        print(f"(d) vLLM not measured: {err}")
+    else:
+        vllm.sample(model, tokenizer, prompts)  # engine start and compilation are not sampling speed
+        speeds["vllm"] = tokens_per_s(lambda: vllm.sample(model, tokenizer, prompts))
+    return speeds
+
+
 def peak_rss_mb(n: int, cache_dir: str) -> float:
     """Peak RSS of a fresh process that measures n sequences (run as a subprocess by the parent)."""
     model, tokenizer = final_checkpoint(cache_dir)
@@ -114,6 +144,12 @@ def main() -> None:
     print(f"    geometry only (probe.loss=false): {t_geometry_only / t_bare:6.3f}x")
     print(f"(c) peak RSS 20k vs 1k sequences: {rss_20k / rss_1k:6.3f}x ({rss_20k:.0f} MB vs {rss_1k:.0f} MB)"
           f"   target <= 1.10x")
+    speeds = sampling_speeds(model, tokenizer)
+    print(f"(d) sampling: hf sampler vs one generate call per sample: "
+          f"{speeds['hf'] / speeds['hf, one sample per call']:6.1f}x tokens/s "
+          f"({speeds['hf']:.0f} vs {speeds['hf, one sample per call']:.0f} tokens/s)")
+    if "vllm" in speeds:
+        print(f"    vLLM vs hf sampler: {speeds['vllm'] / speeds['hf']:6.1f}x tokens/s   target >= 10x")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ class RunLogger:
     def table(self, frame, path: str) -> None:
         self.client.log_text(self.run_id, frame.to_csv(index=False), path)
 
+    def json_table(self, columns: dict[str, list], path: str) -> None:
+        """An MLflow table (readable in the UI's artifact view and through ``mlflow.load_table``)."""
+        self.client.log_table(self.run_id, columns, path)
+
 
 def run_job(cfg: DictConfig) -> None:
     import mlflow

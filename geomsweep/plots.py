@@ -89,3 +89,21 @@ def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:
             ax.axvspan(edges[start], edges[i], color=PHASE_COLORS[label], alpha=0.6, lw=0,
                        label=None if NAMES[label] in seen else NAMES[label])
         start = i
+
+
+def pass_at_k(curves: dict[str, dict[int, float]], n: int):
+    """pass@k against k (log2 axis), one line per labelled curve (e.g. a split before and after post-training)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, curve in curves.items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], "o-", ms=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"pass@k (unbiased estimate from n={n} samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geomsweep import checkpoints as ckpts
+from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.extract import accumulate, encode_batches
 from geomsweep.spectra import Geometry, measure
 
@@ -92,6 +93,8 @@ def run_trace(cfg, texts: list[str], log) -> list[Point]:
     dtype = resolve_dtype(cfg.dtype, device)
     toy = toy_evaluation(cfg)
     ablation_k = ablation_ks(cfg, log) if toy is not None else []
+    sampling = sampling_probe(cfg)
+    sample_at = {c.step for c in selected} if cfg.sampler.at == "all" else {selected[-1].step}
     points = []
     for checkpoint in tqdm(selected, desc="checkpoints", unit="ckpt", disable=not cfg.progress):
         model, tokenizer = checkpoint.load(device, dtype)
@@ -109,6 +112,10 @@ def run_trace(cfg, texts: list[str], log) -> list[Point]:
             point.ablation = tail_ablation(model, covariances[-1], ablation_k, lambda: toy.tasks(model, tokenizer))
             metrics.update({f"ablation/{key}": value for key, value in point.ablation.items()
                             if not key.startswith("full/")})
+        if sampling is not None and checkpoint.step in sample_at:
+            metrics.update(sampling.update(model, tokenizer, checkpoint.step, log))
         log.metrics(metrics, step=checkpoint.step)
         points.append(point)
+    if sampling is not None:
+        sampling.log_plot(log)
     return points

@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 
 class GeometryCallback(TrainerCallback):
-    """``measure(model) -> metrics`` every ``every`` optimizer steps; ``behave(model) -> metrics`` at both ends.
+    """``measure(model) -> metrics`` every ``every`` optimizer steps; ``behave(model, step) -> metrics`` at both ends.
 
     Each measurement is logged as soon as it is taken (a crash keeps what was measured) and kept in
     ``history`` (step -> metrics) for the job's artifacts."""
@@ -26,7 +26,7 @@ class GeometryCallback(TrainerCallback):
         try:
             metrics = self.measure(model)
             if with_behavior:
-                metrics |= self.behave(model)
+                metrics |= self.behave(model, step)
         finally:
             model.train(was_training)
         self.history.setdefault(step, {}).update(metrics)

@@ -29,6 +29,7 @@ def base_checkpoint(cfg):
 
 def post_train(cfg, texts: list[str], log) -> dict[int, dict[str, float]]:
     """Train, measuring as configured; returns the callback's history (post-training step -> metrics)."""
+    from geomsweep.behavior.sample_eval import sampling_probe
     from geomsweep.trace import measure_model, resolve_device, resolve_dtype
     from post_training.callbacks import GeometryCallback
     from post_training.data import load_task
@@ -53,11 +54,14 @@ def post_train(cfg, texts: list[str], log) -> dict[int, dict[str, float]]:
         geometry, loss, _ = measure_model(m, tokenizer, texts, cfg.probe, progress=False)
         return geometry[layer].metrics() | ({"eval/probe_loss": loss} if cfg.probe.loss else {})
 
-    def behave(m) -> dict[str, float]:
+    sampling = sampling_probe(cfg)
+
+    def behave(m, step: int) -> dict[str, float]:
         splits = {"id": task.id_eval, "ood": task.ood_eval}
-        return {f"eval/{name}_{key}": value for name, split in splits.items() if split is not None
-                for key, value in evaluate_split(m, tokenizer, split, cfg.task.extractor,
-                                                 cfg.task.max_new_tokens).items()}
+        metrics = {f"eval/{name}_{key}": value for name, split in splits.items() if split is not None
+                   for key, value in evaluate_split(m, tokenizer, split, cfg.task.extractor,
+                                                    cfg.task.max_new_tokens).items()}
+        return metrics | (sampling.update(m, tokenizer, step, log) if sampling is not None else {})
 
     callback = GeometryCallback(measure, behave, log, cfg.method.geometry_every)
     module = TRAINERS[method]
@@ -66,4 +70,6 @@ def post_train(cfg, texts: list[str], log) -> dict[int, dict[str, float]]:
                             device, cfg.seed, cfg.progress)
         reward = exact_answer(cfg.task.extractor) if method == "rlvr" else None
         module.trainer(model, tokenizer, dataset, config, [callback], reward).train()
+    if sampling is not None:
+        sampling.log_plot(log)
     return callback.history

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
     "model.toy.max_steps=40", "model.toy.n_checkpoints=4", "model.toy.hidden_size=32", "model.toy.num_heads=2",
     "model.toy.n_train_docs=1500", "model.toy.vocab_size=512", "eval.toy_n_docs=60", "eval.ablation_k=[2,8]",
+    "sampler.n=4",
 ]
 TINY_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
 TINY = TINY_MODEL + TINY_PROBE + ["progress=false"]

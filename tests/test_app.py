@@ -36,9 +36,12 @@ def test_single_run_logs_the_trace(tmp_path, cache_dir, tiny_checkpoints, store)
     assert params["cfg.probe.rankme"] == "eigen" and params["cfg.method.name"] == "none"
     assert len(run.data.tags["geomsweep.config_hash"]) == 16
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "spectra", "plots"} <= artifacts
+    assert {"config.yaml", "spectra", "plots", "sampling"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
-        "plots/eigenspectrum.png", "plots/trajectory.png"}
+        "plots/eigenspectrum.png", "plots/trajectory.png", "plots/pass_at_k.png"}
+    # sampler.at=last: the completions of the last checkpoint only
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "sampling")} == {
+        f"sampling/id_step{steps[-1]}.json", f"sampling/ood_step{steps[-1]}.json"}
     table = client.download_artifacts(run.info.run_id, "spectra/eigenspectra.csv", str(tmp_path))
     lines = open(table).read().splitlines()
     assert lines[0] == "step,revision,rank,eigenvalue,explained_variance_ratio"
@@ -108,8 +111,8 @@ def test_phases_are_logged_per_checkpoint(tmp_path, cache_dir, tiny_checkpoints,
     assert run.data.tags["geomsweep.phase_boundaries"] == (",".join(map(str, expected.boundaries)) or "none")
 
 
-def test_toy_models_get_long_and_short_range_accuracy(tmp_path, cache_dir, tiny_checkpoints, store):
-    run_app(TINY + ["checkpoint=steps", "checkpoint.steps=[0,40]"], tmp_path, cache_dir, store)
+def test_toy_models_get_long_and_short_range_accuracy(tmp_path, cache_dir, tiny_checkpoints, store, monkeypatch):
+    run_app(TINY + ["checkpoint=steps", "checkpoint.steps=[0,40]", "sampler.at=all"], tmp_path, cache_dir, store)
     client = client_for(store)
     (run,) = only_run(client)
     for key in ("eval/long_range_acc", "eval/short_range_acc"):
@@ -123,3 +126,15 @@ def test_toy_models_get_long_and_short_range_accuracy(tmp_path, cache_dir, tiny_
     lines = open(path).read().splitlines()
     assert lines[0] == "step,phase,task,full,top2_only,without_top2,top8_only,without_top8"
     assert len(lines) == 1 + 2 * 2  # (2 checkpoints) x (long, short range)
+    for key in ("pass_at_1", "pass_at_2", "pass_at_4", "ood/pass_at_4", "distinct_2", "sample_rankme"):
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"behavior/{key}")}
+        assert history.keys() == {0, 40}, key
+    pass_at = {k: client.get_metric_history(run.info.run_id, f"behavior/pass_at_{k}")[0].value for k in (1, 2, 4)}
+    assert 0 <= pass_at[1] <= pass_at[2] <= pass_at[4] <= 1
+    # MlflowClient.load_table searches runs through the global tracking URI and experiment, whatever the client's
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", run.info.experiment_id)
+    table = mlflow.load_table("sampling/id_step40.json", run_ids=[run.info.run_id])
+    assert len(table) == 4 * 30 and set(table["sample"]) == {0, 1, 2, 3}  # 30 ID problems x 4 samples
+    assert {"prompt", "completion", "answer", "reference", "correct"} <= set(table.columns)
+    assert any(a.path == "plots/pass_at_k.png" for a in client.list_artifacts(run.info.run_id, "plots"))

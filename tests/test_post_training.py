@@ -98,6 +98,8 @@ def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache
         assert sorted(m.step for m in rankme) == [0, 1, 2], method
         for key in ("eval/id_loss", "eval/id_acc", "eval/ood_loss", "eval/ood_acc"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 2], (method, key)
+        pass_at_4 = client.get_metric_history(run.info.run_id, "behavior/pass_at_4")
+        assert sorted(m.step for m in pass_at_4) == [0, 2], method  # sampled before and after training
         assert run.data.tags["geomsweep.base_revision"] == "step40"
         assert "learning_rate" in run.data.params  # the trainer's own MLflow reporting joined the job's run
         assert client.get_metric_history(run.info.run_id, "train_loss" if method != "rlvr" else "reward")
