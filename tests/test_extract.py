@@ -77,3 +77,22 @@ def test_bad_inputs_name_the_value(lm):
         accumulate(model, batches, layers=[7], progress=False)
     with pytest.raises(ValueError, match="probe.norm must be one of post, pre, got 'mid'"):
         accumulate(model, batches, norm="mid", progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-3), ("bfloat16", 5e-2)])
+def test_cuda_extraction_matches_cpu(tiny_checkpoints, dtype, tolerance):
+    from geomsweep.spectra import measure
+
+    checkpoint = Checkpoint("final", 40, None, str(tiny_checkpoints / "step40"))
+    texts = probe_documents(ToyConfig(**TINY_TOY), 256)
+
+    def rankme(device, dtype):
+        model, tokenizer = checkpoint.load(device, dtype)
+        reps = accumulate(model, encode_batches(tokenizer, texts, 64, 48), progress=False)
+        return measure(reps.covariances[-1], fit_start=2, fit_end=20).rankme, reps.loss
+
+    (cpu_rankme, cpu_loss), (gpu_rankme, gpu_loss) = rankme("cpu", "float32"), rankme("cuda", dtype)
+    assert gpu_rankme == pytest.approx(cpu_rankme, rel=tolerance)
+    assert gpu_loss == pytest.approx(cpu_loss, rel=tolerance)

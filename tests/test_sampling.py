@@ -138,3 +138,13 @@ def test_vllm_sampler_returns_the_hf_structure(tiny_checkpoints):
         model, tokenizer, prompts)
     assert out.prompts == prompts and [len(t) for t in out.texts] == [8, 8]
     assert all(len(ids) <= 6 for row in out.token_ids for ids in row)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_hf_sampler_on_cuda_is_seeded(tiny_checkpoints):
+    model, tokenizer = load_tiny(tiny_checkpoints)
+    model = model.cuda()
+    settings = SampleSettings(n=8, max_tokens=6, seed=5)
+    first = HFSampler(settings).sample(model, tokenizer, ["sum 1 plus 2 is", "so"])
+    assert first.token_ids == HFSampler(settings).sample(model, tokenizer, ["sum 1 plus 2 is", "so"]).token_ids
