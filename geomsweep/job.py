@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import traceback
 
 from omegaconf import DictConfig
@@ -52,21 +53,43 @@ class RunLogger:
 
 
 def run_job(cfg: DictConfig) -> None:
+    """Run one cell unless it already FINISHED. A failure ends the run FAILED with the reason and traceback;
+    in a multirun the job then returns normally, so the sweep goes on and its end-of-sweep roll-up (and exit
+    status) reports the failed cells; a single run re-raises."""
     import mlflow
 
     from geomsweep import tracking
 
-    if cfg.method.name not in METHODS:
-        raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
-    with tracking.start_job_run(cfg) as run:
+    experiment_id = tracking.setup_store(cfg.tracking)
+    identity = tracking.config_hash(cfg)
+    name, parent = tracking.job_context(experiment_id)
+    done = tracking.earlier_run(experiment_id, identity, force=cfg.tracking.get("force", False))
+    if done is not None:
+        if parent is not None:
+            mlflow.MlflowClient().set_tag(parent, tracking.TAG_REUSED_PREFIX + identity, done.info.run_id)
+        print(f"geomsweep: skipped {name}: this cell (config hash {identity}) already FINISHED in run "
+              f"{done.info.run_id}; tracking.force=true runs it again")
+        print(tracking.results_message(done))
+        return
+    with tracking.start_job_run(experiment_id, identity, name, parent, cfg) as run:
         try:
             tracking.log_config(cfg)
+            if cfg.method.name not in METHODS:
+                raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
             log = RunLogger(run.info.run_id)
             _measure_and_report(cfg, log)
         except BaseException as err:
             mlflow.set_tag(tracking.TAG_ERROR, f"{type(err).__name__}: {err}"[:5000])
             mlflow.log_text(traceback.format_exc(), "error.txt")
-            raise
+            if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: stop here
+                mlflow.end_run("KILLED")
+                raise
+            if not tracking.in_multirun():
+                raise
+            mlflow.end_run("FAILED")
+            traceback.print_exc()
+            print(f"geomsweep: {name} FAILED ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+            return
     print(tracking.results_message(run))
 
 

@@ -1,24 +1,32 @@
-"""MLflow bookkeeping: the store and experiment, one run per Hydra job, the sweep parent run.
+"""MLflow bookkeeping: the store and experiment, a cell's identity, one run per Hydra job.
 
-A multirun gets one *sweep parent* run, created by a Hydra callback in the main process before any job starts
-(so a fresh sqlite store and the experiment are created once, never raced by workers). Workers find the parent
-by its ``geomsweep.sweep_dir`` tag and open their own run with ``parent_run_id``.
+A cell is identified by a hash of its resolved config without logistics (``geomsweep.config_hash``). Before a
+job runs, earlier runs of the same cell are looked up: a FINISHED one means the cell is done (skipped unless
+``tracking.force``), a RUNNING one whose process is gone was killed and is marked KILLED, a FAILED one is
+simply run again. Workers of a multirun find the sweep parent (geomsweep.sweep) by its ``geomsweep.sweep_dir``
+tag and open their own run with ``parent_run_id``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 TAG_SWEEP_DIR = "geomsweep.sweep_dir"
 TAG_ROLE = "geomsweep.role"
+TAG_SWEPT = "geomsweep.swept_keys"  # on a sweep parent: the keys the sweep varies (they name its job runs)
 TAG_CONFIG_HASH = "geomsweep.config_hash"
+TAG_TRACE_KEY = "geomsweep.trace_key"
 TAG_ERROR = "geomsweep.error"
+TAG_HOST, TAG_PID = "geomsweep.host", "geomsweep.pid"
+TAG_REUSED_PREFIX = "geomsweep.reused."  # on a sweep parent: a cell already FINISHED in an earlier run
+JOB: dict[str, str] | None = None  # the running job's model tags, read by the run-context provider (run_context.py)
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
 LOGISTICS_KEYS = ("tracking", "cache_dir", "progress")
 MAX_PARAM_CHARS = 6000
@@ -29,19 +37,82 @@ def tracking_uri(tracking_cfg) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or str(tracking_cfg.uri)
 
 
+def sqlite_path(uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) and uri != prefix + ":memory:" else None
+
+
 def setup_store(tracking_cfg) -> str:
-    """Point MLflow at the store, create it and the experiment if needed; return the experiment id."""
+    """Point MLflow at the store, create it and the experiment if needed; return the experiment id.
+
+    On sqlite this happens under a file lock: parallel processes creating one fresh sqlite store all fail."""
+    import mlflow
+    from filelock import FileLock
+
+    uri = tracking_uri(tracking_cfg)
+    if uri.startswith(("http://", "https://")):
+        from geomsweep.server import healthy
+
+        if not healthy(uri, timeout=10):
+            raise ConnectionError(f"no MLflow server answers at {uri}: start one (mlflow server --host 127.0.0.1 "
+                                  f"--port ...), or use tracking=server with tracking.server.start=true, or the "
+                                  f"single-machine default tracking=sqlite")
+    mlflow.set_tracking_uri(uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock") if path is not None else nullcontext():
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment_by_name(tracking_cfg.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(tracking_cfg.experiment)
+        except mlflow.exceptions.MlflowException:  # created concurrently by another process (a server store)
+            return client.get_experiment_by_name(tracking_cfg.experiment).experiment_id
+
+
+def process_tags() -> dict[str, str]:
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def process_alive(run) -> bool:
+    """Whether the process that opened ``run`` still runs (known only on the same host; elsewhere: assumed not)."""
+    tags = run.data.tags
+    if tags.get(TAG_HOST) != socket.gethostname() or not tags.get(TAG_PID, "").isdigit():
+        return False
+    try:
+        os.kill(int(tags[TAG_PID]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(tags[TAG_PID]) != os.getpid()  # this process runs jobs one after another: not that one now
+
+
+def mark_killed(client, run) -> None:
+    client.set_tag(run.info.run_id, TAG_ERROR, f"killed: process {run.data.tags.get(TAG_PID, '?')} on "
+                                               f"{run.data.tags.get(TAG_HOST, '?')} ended without closing the run")
+    client.set_terminated(run.info.run_id, "KILLED")
+
+
+def earlier_run(experiment_id: str, identity: str, force: bool = False):
+    """The FINISHED run of this cell, if any (None when ``force``); RUNNING runs of dead processes -> KILLED.
+
+    A RUNNING run whose process is alive on this host is the same cell running right now: refused."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(tracking_cfg))
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(tracking_cfg.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(tracking_cfg.experiment)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another process
-        return client.get_experiment_by_name(tracking_cfg.experiment).experiment_id
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{identity}' and "
+                                                           f"tags.`{TAG_ROLE}` = 'job'")
+    for run in runs:
+        if run.info.status == "RUNNING":
+            if process_alive(run):
+                raise RuntimeError(f"this cell (config hash {identity}) is running now in run {run.info.run_id}, "
+                                   f"process {run.data.tags[TAG_PID]}: not starting it twice")
+            mark_killed(client, run)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    return finished[0] if finished and not force else None
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -59,12 +130,18 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Identity of a cell: a hash of the resolved config without logistics (output dirs, tracking store)."""
+def config_hash(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:
+    """Identity of a cell: a hash of the resolved config without logistics (output dirs, tracking store) and
+    without the top-level keys in ``without``."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key in LOGISTICS_KEYS:
+    for key in (*LOGISTICS_KEYS, *without):
         container.pop(key, None)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container)).encode()).hexdigest()[:16]
+
+
+def trace_key(cfg: DictConfig) -> str:
+    """Identity of a trace: jobs that differ only in which checkpoints they measured belong to one trace."""
+    return config_hash(cfg, without=("checkpoint",))
 
 
 def log_config(cfg: DictConfig) -> None:
@@ -87,35 +164,70 @@ def find_sweep_parent(experiment_id: str, sweep_dir: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def _sweep_dir(hydra_cfg) -> str:
+def sweep_dir(hydra_cfg) -> str:
     return str(Path(hydra_cfg.sweep.dir).resolve())
 
 
-def start_job_run(cfg: DictConfig):
-    """Open this job's run: nested under the sweep parent in a multirun, tagged with the config hash."""
-    import mlflow
+def job_context(experiment_id: str) -> tuple[str, str | None]:
+    """(run name, sweep parent run id or None) of the current Hydra job."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    experiment_id = setup_store(cfg.tracking)
-    parent = None
-    name = "run"
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        name = hydra_cfg.job.override_dirname or "default"
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            parent = find_sweep_parent(experiment_id, _sweep_dir(hydra_cfg))
-    tags = {TAG_CONFIG_HASH: config_hash(cfg), TAG_ROLE: "job"}
+    if not HydraConfig.initialized():
+        return "run", None
+    hydra_cfg = HydraConfig.get()
+    name = hydra_cfg.job.override_dirname or "default"
+    parent = find_sweep_parent(experiment_id, sweep_dir(hydra_cfg)) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    if parent is not None:
+        import mlflow
+
+        swept = mlflow.MlflowClient().get_run(parent).data.tags.get(TAG_SWEPT, "").split(",")
+        varied = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+        name = ",".join(varied) or name
+    return name, parent
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a multirun's command line sweeps over (``a=1,2``, ``b=range(3)``, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(overrides)
+            if o.is_sweep_override()]
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def model_tags(cfg: DictConfig) -> dict[str, str]:
+    """What model (and which revisions of it) a job measures, for the run-context provider."""
+    checkpoint = cfg.checkpoint
+    revision = cfg.model.get("revision") or (
+        f"{checkpoint.select}:{','.join(map(str, checkpoint.steps))}" if checkpoint.get("steps") else checkpoint.select)
+    return {"geomsweep.model": str(cfg.model.name), "geomsweep.model_revision": str(revision)}
+
+
+def start_job_run(experiment_id: str, identity: str, name: str, parent: str | None, cfg: DictConfig):
+    """Open this job's run: nested under the sweep parent in a multirun, tagged with the cell's identity (and,
+    through the geomsweep run-context provider, its provenance)."""
+    import mlflow
+
+    global JOB
+    JOB = model_tags(cfg)
+    tags = {TAG_CONFIG_HASH: identity, TAG_TRACE_KEY: trace_key(cfg), TAG_ROLE: "job", **process_tags()}
     return mlflow.start_run(experiment_id=experiment_id, run_name=name[:250], parent_run_id=parent, tags=tags)
 
 
 def results_message(run) -> str:
     uri = mlflow_uri_for_ui()
-    return (
-        f"geomsweep: results in MLflow experiment {run.info.experiment_id}, run {run.info.run_id} "
-        f"({run.info.run_name}) at {uri}\n"
-        f"geomsweep: open the UI with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-    )
+    where = (f"geomsweep: results in MLflow experiment {run.info.experiment_id}, run {run.info.run_id} "
+             f"({run.info.run_name}) at {uri}\n")
+    if uri.startswith(("http://", "https://")):
+        return where + f"geomsweep: browse them at {uri}/#/experiments/{run.info.experiment_id}"
+    return where + f"geomsweep: open the UI with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 def mlflow_uri_for_ui() -> str:
@@ -127,29 +239,3 @@ def mlflow_uri_for_ui() -> str:
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         return prefix + str(Path(uri[len(prefix):]).resolve())
     return uri
-
-
-class SweepCallback(Callback):
-    """Creates the store, the experiment and the sweep parent run once, in the main process of a multirun."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
-
-        experiment_id = setup_store(config.tracking)
-        sweep_dir = _sweep_dir(config.hydra)
-        if find_sweep_parent(experiment_id, sweep_dir) is None:
-            run = mlflow.MlflowClient().create_run(
-                experiment_id, run_name=f"sweep {Path(sweep_dir).parent.name}/{Path(sweep_dir).name}",
-                tags={TAG_SWEEP_DIR: sweep_dir, TAG_ROLE: "sweep"},
-            )
-            mlflow.MlflowClient().log_text(run.info.run_id, " ".join(config.hydra.overrides.task), "overrides.txt")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
-
-        experiment_id = setup_store(config.tracking)
-        parent = find_sweep_parent(experiment_id, _sweep_dir(config.hydra))
-        if parent is not None:
-            mlflow.MlflowClient().set_terminated(parent, "FINISHED")
-            run = mlflow.MlflowClient().get_run(parent)
-            print(results_message(run))

@@ -81,6 +81,7 @@ def test_unknown_choice_lists_valid_options(tmp_path, cache_dir):
     (["model=local", "model.path=/nonexistent/model"], "model.path '/nonexistent/model' does not exist"),
     (["probe.n_sequences=10"], "probe.n_sequences=10 is too few for the alpha-ReQ fit range 2..20: it needs at least 21"),
     (["data=files", "data.path=EMPTY"], "has no text of at least 1 characters"),
+    (["method.name=ppo"], "unknown method 'ppo'; valid: none, sft, dpo, rlvr"),
 ])
 def test_bad_inputs_fail_with_one_clear_message_and_a_failed_run(tmp_path, cache_dir, store, args, message):
     empty = tmp_path / "empty.txt"

@@ -1,0 +1,124 @@
+"""Compare runs: overlay plots and a summary table, written to disk and logged to the sweep's parent run.
+
+    python -m geomsweep.report [--experiment geomsweep] [--sweep RUN_ID] [--out report] [--tracking-uri URI]
+
+- ``geometry.png``: RankMe and alpha-ReQ against step, one line per run (traces by pretraining step,
+  post-training runs by post-training step).
+- ``pass_at_k.png``: each run's pass@k curve at its last sampled step, labelled by method.
+- ``summary.csv``: one row per run with its status and latest headline metrics.
+
+Without ``--sweep`` it covers every job and trace run of the experiment and logs to the latest sweep parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from geomsweep import tracking
+from geomsweep.sweep import summary
+
+
+def compared_runs(client, experiment_id: str, sweep: str | None) -> list:
+    query = f"tags.`mlflow.parentRunId` = '{sweep}'" if sweep else ""
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=5000)
+    return sorted((r for r in runs if r.data.tags.get(tracking.TAG_ROLE) in ("job", "trace")),
+                  key=lambda r: r.info.run_name or "")
+
+
+def label(run) -> str:
+    name = run.info.run_name or run.info.run_id[:8]
+    method = run.data.params.get("cfg.method.name", "?")
+    return f"{method}: {name[:60]}"
+
+
+def geometry_figure(client, runs):
+    from geomsweep.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for run in runs:
+        for ax, key in zip(axes, ("geometry/rankme", "geometry/alpha_req")):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            if history:
+                ax.plot(*zip(*history), "o-", ms=2, label=label(run) if key == "geometry/rankme" else None)
+    axes[0].set_ylabel("RankMe")
+    axes[1].set_ylabel("α-ReQ")
+    axes[1].set_xscale("symlog", linthresh=1)
+    axes[1].set_xlabel("step (pretraining for traces, post-training for methods)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if axes[0].lines:
+        axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def pass_at_k_curves(runs) -> dict[str, dict[int, float]]:
+    """Each run's pass@k (ID split) at its latest logged step."""
+    curves = {}
+    for run in runs:
+        curve = {int(m.group(1)): value for key, value in run.data.metrics.items()
+                 if (m := re.fullmatch(r"behavior/pass_at_(\d+)", key))}
+        if curve:
+            curves[label(run)] = curve
+    return curves
+
+
+def latest_sweep(client, experiment_id: str) -> str | None:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def write_report(client, experiment_id: str, out: Path, sweep: str | None = None) -> dict[str, Path]:
+    import matplotlib.pyplot as plt
+
+    from geomsweep import plots
+
+    runs = compared_runs(client, experiment_id, sweep)
+    if not runs:
+        raise SystemExit(f"no job or trace runs to compare in experiment {experiment_id}"
+                         + (f" under sweep {sweep}" if sweep else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"summary.csv": out / "summary.csv", "geometry.png": out / "geometry.png"}
+    summary(runs, sweep or "").to_csv(written["summary.csv"], index=False)
+    fig = geometry_figure(client, runs)
+    fig.savefig(written["geometry.png"], dpi=120)
+    plt.close(fig)
+    curves = pass_at_k_curves(runs)
+    if curves:
+        fig = plots.pass_at_k(curves, max(max(c) for c in curves.values()))
+        written["pass_at_k.png"] = out / "pass_at_k.png"
+        fig.savefig(written["pass_at_k.png"], dpi=120)
+        plt.close(fig)
+    parent = sweep or latest_sweep(client, experiment_id)
+    if parent:
+        for name, path in written.items():
+            client.log_artifact(parent, str(path), "report")
+    return written
+
+
+def main(argv=None) -> None:
+    import mlflow
+    from omegaconf import OmegaConf
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="geomsweep")
+    parser.add_argument("--sweep", default=None, help="compare this sweep parent's runs only")
+    parser.add_argument("--out", default="report", help="directory for the plots and the table")
+    parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    args = parser.parse_args(argv)
+    uri = args.tracking_uri or tracking.tracking_uri(OmegaConf.create({"uri": "sqlite:///mlflow.db"}))
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise SystemExit(f"no experiment {args.experiment!r} in {uri}; there are: "
+                         f"{[e.name for e in client.search_experiments()]}")
+    written = write_report(client, experiment.experiment_id, Path(args.out), args.sweep)
+    print("geomsweep: report written: " + ", ".join(str(p) for p in written.values()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""MLflow as the lab notebook: failed cells, resume after SIGKILL, parallel writers, the sweep roll-up."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import pandas as pd
+import pytest
+
+from geomsweep import server
+from tests.conftest import REPO, TINY, run_app
+
+pytestmark = pytest.mark.slow
+
+FAST = TINY + ["eval.toy_n_docs=0", "sampler.n=0", "checkpoint=final"]
+
+
+def runs_of(store, role=None):
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    return [r for r in runs if role is None or r.data.tags.get("geomsweep.role") == role]
+
+
+def test_a_failed_cell_fails_the_sweep_and_is_named_in_its_summary(tmp_path, cache_dir, tiny_checkpoints, store):
+    proc = run_app(["-m", *FAST, "probe.fit_end=20,80"], tmp_path, cache_dir, store, check=False)
+    assert proc.returncode == 1
+    assert "1 of 2 cells did not finish" in proc.stderr and "probe.fit_end=80" in proc.stderr
+    (parent,) = runs_of(store, "sweep")
+    jobs = {r.data.params["cfg.probe.fit_end"]: r for r in runs_of(store, "job")}
+    assert parent.info.status == "FAILED" and "probe.fit_end=80" in parent.data.tags["geomsweep.failed_cells"]
+    assert jobs["20"].info.status == "FINISHED" and jobs["80"].info.status == "FAILED"
+    assert "needs at least 81 sequences" in jobs["80"].data.tags["geomsweep.error"]
+    client = mlflow.MlflowClient(store)
+    assert "Traceback" in open(client.download_artifacts(jobs["80"].info.run_id, "error.txt", str(tmp_path))).read()
+    summary = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path)))
+    assert sorted(summary["status"]) == ["FAILED", "FINISHED"]
+    finished = summary[summary["status"] == "FINISHED"].iloc[0]
+    assert finished["geometry/rankme"] == pytest.approx(jobs["20"].data.metrics["geometry/rankme"])
+
+
+def test_a_rerun_skips_finished_cells_and_reruns_failed_ones(tmp_path, cache_dir, tiny_checkpoints, store):
+    args = ["-m", *FAST, "probe.fit_end=20,80"]
+    run_app(args, tmp_path, cache_dir, store, check=False)
+    proc = run_app(args, tmp_path, cache_dir, store, check=False)
+    assert "already FINISHED" in proc.stdout and proc.returncode == 1  # fit_end=80 fails again
+    jobs = runs_of(store, "job")
+    by_cell = {}
+    for run in jobs:
+        by_cell.setdefault(run.data.params["cfg.probe.fit_end"], []).append(run.info.status)
+    assert by_cell == {"20": ["FINISHED"], "80": ["FAILED", "FAILED"]}
+    client = mlflow.MlflowClient(store)
+    second = max(runs_of(store, "sweep"), key=lambda r: r.info.start_time)
+    summary = pd.read_csv(client.download_artifacts(second.info.run_id, "summary.csv", str(tmp_path)))
+    assert sorted(summary["source"]) == ["earlier run", "this sweep"]
+    run_app([*args[:-1], "probe.fit_end=20", "tracking.force=true"], tmp_path, cache_dir, store)
+    assert sum(r.data.params["cfg.probe.fit_end"] == "20" for r in runs_of(store, "job")) == 2
+
+
+def test_a_sweep_killed_mid_way_resumes_without_duplicates_or_gaps(tmp_path, cache_dir, tiny_checkpoints, store):
+    args = ["-m", *FAST, "probe.fit_end=10,15,20"]
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    log = open(tmp_path / "killed-sweep.log", "w")
+    sweep = subprocess.Popen([sys.executable, "-m", "geomsweep", *args], cwd=tmp_path, env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sweep.poll() is None:
+        try:
+            if any(r.info.status == "RUNNING" for r in runs_of(store, "job")):
+                break
+        except Exception:  # the store or experiment does not exist yet
+            pass
+        time.sleep(0.2)
+    assert sweep.poll() is None, "the sweep ended before a job could be killed"
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    assert any(r.info.status == "RUNNING" for r in runs_of(store))  # what a SIGKILL leaves behind
+
+    run_app(args, tmp_path, cache_dir, store)
+    runs = runs_of(store)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    finished = [r.data.params["cfg.probe.fit_end"] for r in runs_of(store, "job") if r.info.status == "FINISHED"]
+    assert sorted(finished) == ["10", "15", "20"]  # every cell once: none missing, none duplicated
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all("ended without closing the run" in r.data.tags["geomsweep.error"] for r in killed)
+    assert {r.data.tags["geomsweep.role"] for r in killed} == {"sweep", "job"}, (
+        [(r.info.run_name, r.info.status) for r in runs], (tmp_path / "killed-sweep.log").read_text()[-3000:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_eight_parallel_jobs_into_a_local_server_lose_nothing(tmp_path, cache_dir, tiny_checkpoints):
+    port = free_port()
+    proc = run_app(["-m", *TINY, "eval.toy_n_docs=0", "sampler.n=0", "seed=range(8)", "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=8", "tracking=server", f"tracking.server.port={port}"],
+                   tmp_path, cache_dir)
+    assert "http://127.0.0.1" in proc.stdout
+    assert not server.healthy(f"http://127.0.0.1:{port}")  # stopped with the sweep
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the server's backend store, read directly
+    jobs = runs_of(store, "job")
+    (parent,) = runs_of(store, "sweep")
+    assert parent.info.status == "FINISHED" and parent.data.tags["geomsweep.cells"] == "8"
+    assert sorted(int(r.data.params["cfg.seed"]) for r in jobs) == list(range(8))
+    client = mlflow.MlflowClient(store)
+    pids = set()
+    for run in jobs:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "geometry/rankme")) == [0, 1, 3, 12, 40]
+        pids.add(run.data.tags["geomsweep.pid"])
+    assert len(pids) > 1  # really parallel worker processes
+
+
+def test_parallel_processes_create_one_fresh_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = ("from omegaconf import OmegaConf; from geomsweep.tracking import setup_store; "
+            f"print(setup_store(OmegaConf.create({{'uri': '{uri}', 'experiment': 'geomsweep'}})))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-500:] for _, err in outputs]
+    assert len({out.strip().splitlines()[-1] for out, _ in outputs}) == 1
+
+
+def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_dir, tiny_checkpoints, store):
+    base = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
+    run_app([*base, "checkpoint=all"], tmp_path, cache_dir, store)  # the same trace measured by one job
+    run_app(["-m", *base, "checkpoint=step", "checkpoint.step=0,1,3,12,40"], tmp_path, cache_dir, store)
+    client = mlflow.MlflowClient(store)
+    whole = next(r for r in runs_of(store, "job") if r.data.params["cfg.checkpoint.select"] == "all")
+    (parent,) = runs_of(store, "sweep")
+    (trace,) = runs_of(store, "trace")
+    assert trace.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert len(trace.data.tags["geomsweep.trace_members"].split(",")) == 5
+    expected = {m.step: m.value for m in client.get_metric_history(whole.info.run_id, "geometry/rankme")}
+    rolled = {m.step: m.value for m in client.get_metric_history(trace.info.run_id, "geometry/rankme")}
+    assert rolled.keys() == expected.keys() == {0, 1, 3, 12, 40}
+    assert all(rolled[s] == pytest.approx(expected[s], rel=1e-9) for s in expected)
+    assert trace.data.tags["geomsweep.phases"] == whole.data.tags["geomsweep.phases"]
+    assert [a.path for a in client.list_artifacts(trace.info.run_id, "plots")] == ["plots/trajectory.png"]
+    assert parent.data.tags["geomsweep.cells"] == "5"  # the trace run is not a cell
+
+    # the command, over the whole experiment: the single job and the five shards share one trace key
+    proc = subprocess.run([sys.executable, "-m", "geomsweep.rollup", "--tracking-uri", store], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    traces = runs_of(store, "trace")
+    assert len(traces) == 2 and {len(t.data.tags["geomsweep.trace_members"].split(",")) for t in traces} == {5, 6}
+
+
+def test_report_overlays_runs_and_logs_to_the_sweep(tmp_path, cache_dir, tiny_checkpoints, store):
+    run_app(["-m", *TINY, "eval.toy_n_docs=0", "checkpoint=final", "probe.norm=post,pre"], tmp_path, cache_dir,
+            store)
+    proc = subprocess.run([sys.executable, "-m", "geomsweep.report", "--tracking-uri", store, "--out",
+                           str(tmp_path / "report")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert len(summary) == 2 and set(summary["status"]) == {"FINISHED"}
+    assert summary["behavior/pass_at_1"].between(0, 1).all()
+    for name in ("geometry.png", "pass_at_k.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
+    (parent,) = runs_of(store, "sweep")
+    logged = {a.path for a in mlflow.MlflowClient(store).list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report/summary.csv", "report/geometry.png", "report/pass_at_k.png"}
+
+
+def _browser_available() -> bool:
+    import importlib.util
+    import shutil
+
+    return bool(shutil.which("chromium")) and importlib.util.find_spec("playwright") is not None
+
+
+@pytest.mark.parametrize("mode", ["rest", pytest.param("browser", marks=pytest.mark.skipif(
+    not _browser_available(), reason="needs Debian's chromium and playwright (make ui-check installs them)"))])
+def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir, tiny_checkpoints, store, mode):
+    run_app(["-m", *TINY, "eval.toy_n_docs=0", "sampler.n=0", "probe.norm=post,pre"], tmp_path, cache_dir, store)
+    args = [sys.executable, "-m", "geomsweep.ui_check", "--store", store, "--out", str(tmp_path / "ui")]
+    proc = subprocess.run(args + (["--rest-only"] if mode == "rest" else []), capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "REST ok: sweep" in proc.stdout and "with 2 jobs" in proc.stdout
+    if mode == "browser":
+        for name in ("mlflow-ui-experiment.png", "mlflow-ui-rankme.png"):
+            assert (tmp_path / "ui" / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,71 @@
+"""geomsweep's MLflow plugin entry points, through MLflow's own plugin loading."""
+
+import mlflow
+import pandas as pd
+import pytest
+
+from geomsweep import tracking
+from geomsweep.checkpoints import Checkpoint
+from geomsweep.extract import accumulate, encode_batches
+from geomsweep.spectra import measure
+from geomsweep.toy.pretrain import ToyConfig, probe_documents
+from tests.conftest import TINY_TOY
+
+
+@pytest.fixture
+def tracked(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    yield mlflow.MlflowClient(store)
+    mlflow.end_run()
+
+
+def test_entry_points_are_registered():
+    from mlflow.models.evaluation.base import list_evaluators
+    from mlflow.tracking.context.registry import _run_context_provider_registry
+
+    assert "geometry" in list_evaluators()
+    assert "GeomsweepRunContext" in [type(p).__name__ for p in _run_context_provider_registry]
+
+
+def test_geometry_evaluator_on_a_logged_transformers_model(tracked, tiny_checkpoints, tmp_path):
+    import transformers
+
+    path = str(tiny_checkpoints / "step40")
+    texts = probe_documents(ToyConfig(**TINY_TOY), 64)
+    config = {"fit_start": 2, "fit_end": 20, "max_length": 48, "batch_size": 16}
+    pipe = transformers.pipeline("text-generation", model=path, tokenizer=path)
+    with mlflow.start_run() as run:
+        info = mlflow.transformers.log_model(pipe, name="lm", pip_requirements=["transformers", "torch"])
+        result = mlflow.models.evaluate(info.model_uri, pd.DataFrame({"text": texts}), model_type="text",
+                                        evaluators=["geometry"], evaluator_config={"geometry": config})
+    model, tokenizer = Checkpoint("step40", 40, None, path).load()
+    reps = accumulate(model, encode_batches(tokenizer, texts, 16, 48), progress=False)
+    expected = measure(reps.covariances[-1], fit_start=2, fit_end=20)
+    assert result.metrics["geometry/rankme"] == pytest.approx(expected.rankme, rel=1e-5)
+    assert result.metrics["geometry/alpha_req"] == pytest.approx(expected.fit.alpha, rel=1e-5)
+    logged = tracked.get_run(run.info.run_id)
+    assert logged.data.metrics["geometry/rankme"] == pytest.approx(expected.rankme, rel=1e-5)
+    assert {"spectra/eigenspectrum.csv"} <= {a.path for a in tracked.list_artifacts(run.info.run_id, "spectra")}
+    assert {"plots/eigenspectrum.png"} <= {a.path for a in tracked.list_artifacts(run.info.run_id, "plots")}
+    with mlflow.start_run(), pytest.raises(Exception, match="text_column 'prompt' is not in the data"):
+        mlflow.models.evaluate(info.model_uri, pd.DataFrame({"text": texts}), model_type="text",
+                               evaluators=["geometry"],
+                               evaluator_config={"geometry": {**config, "text_column": "prompt"}})
+
+
+def test_run_context_tags_runs_started_in_a_job(tracked, monkeypatch):
+    with mlflow.start_run() as outside:
+        pass
+    assert not any(k.startswith("geomsweep.") for k in tracked.get_run(outside.info.run_id).data.tags)
+    monkeypatch.setattr(tracking, "JOB", {"geomsweep.model": "tiny", "geomsweep.model_revision": "final"})
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with mlflow.start_run() as inside:
+        pass
+    tags = tracked.get_run(inside.info.run_id).data.tags
+    assert tags["geomsweep.model"] == "tiny" and tags["geomsweep.model_revision"] == "final"
+    assert tags["geomsweep.slurm_job_id"] == "4242"
+    assert tags["geomsweep.version"] == "0.1.0"
+    from geomsweep.run_context import git_commit
+
+    if git_commit():
+        assert tags["geomsweep.git_commit"] == git_commit() and len(git_commit()) == 40
