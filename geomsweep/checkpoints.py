@@ -89,6 +89,14 @@ def select(available: list[Checkpoint], selection: str, steps: list[int] | None 
     raise ValueError(f"unknown checkpoint.select {selection!r}; valid: {', '.join(SELECTIONS)}")
 
 
+def shard(selected: list[Checkpoint], index: int, count: int) -> list[Checkpoint]:
+    """Shard ``index`` of ``count``: every count-th checkpoint from ``index`` on, so each job gets early and late
+    (cheap and dear) checkpoints alike. Shards of one trace are rolled up into one trace run (rollup.py)."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"checkpoint.shard={index} must lie in 0..checkpoint.num_shards-1 (num_shards={count})")
+    return selected[index::count]
+
+
 def available(model_cfg, cache_dir: str, progress: bool = True) -> list[Checkpoint]:
     """Every checkpoint the model config can offer (the toy model is pretrained on first use)."""
     source = model_cfg.source
@@ -103,14 +111,80 @@ def available(model_cfg, cache_dir: str, progress: bool = True) -> list[Checkpoi
     if source == "gguf":
         return local_revisions(convert_gguf(model_cfg, cache_dir), tokens_per_step)
     if source == "hub":
+        names = hub_revisions(model_cfg, cache_dir)
+        require_hub_or_cache(model_cfg, names[-1])
         found = []
-        for name in model_cfg.get("revisions") or ["main"]:
+        for name in names:
             step, tokens = parse_revision(name) if name != "main" else (0, None)
             if tokens is None and tokens_per_step:
                 tokens = step * tokens_per_step
             found.append(Checkpoint(name, step, tokens, model_cfg.hub_id, hub_revision=name))
         return sorted(found, key=lambda c: c.step)
     raise ValueError(f"unknown model.source {source!r}; valid: {', '.join(SOURCES)}")
+
+
+def pythia_revisions() -> list[str]:
+    """Pythia's 154 checkpoints: step0, log-spaced step1 ... step512, then every 1000 steps to step143000."""
+    return ["step0", *(f"step{2**i}" for i in range(10)), *(f"step{k * 1000}" for k in range(1, 144))]
+
+
+def hub_revisions(model_cfg, cache_dir: str) -> list[str]:
+    """A hub model's revision names: ``pythia`` (the Pythia list), ``refs`` (the repository's branches,
+    listed once and cached so a second resolution works offline), or an explicit list."""
+    spec = model_cfg.get("revisions") or ["main"]
+    if spec == "pythia":
+        return pythia_revisions()
+    if spec == "refs":
+        return cached_refs(model_cfg.hub_id, cache_dir)
+    if isinstance(spec, str):
+        raise ValueError(f"model.revisions={spec!r}: use pythia, refs or a list of revision names")
+    return list(spec)
+
+
+def refs_cache(hub_id: str, cache_dir: str) -> Path:
+    return Path(cache_dir).expanduser() / "hub-refs" / (hub_id.replace("/", "__") + ".json")
+
+
+def cached_refs(hub_id: str, cache_dir: str) -> list[str]:
+    """Branches of ``hub_id`` named like checkpoints, by step: from the cache, else listed on the hub."""
+    import json
+
+    path = refs_cache(hub_id, cache_dir)
+    if not path.exists():
+        from huggingface_hub import list_repo_refs
+
+        try:
+            branches = [b.name for b in list_repo_refs(hub_id).branches]
+        except Exception as err:
+            raise RuntimeError(f"cannot list the revisions of {hub_id!r} ({type(err).__name__}): the hub is not "
+                               f"reachable and they are not cached in {path}. Give them explicitly with "
+                               f"model.revisions=[...], or use a local copy: model=local model.path=<dir>") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(branches))
+    names = [n for n in json.loads(path.read_text()) if REVISION_RE.match(n)]
+    return sorted(names, key=lambda n: (parse_revision(n)[0], n))
+
+
+def require_hub_or_cache(model_cfg, revision: str, timeout: float = 3.0) -> None:
+    """Fail at once, with what to do, when the hub cannot be reached and the model is not in the HF cache."""
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model_cfg.hub_id, "config.json", revision=revision), str):
+        return
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    raise RuntimeError(
+        f"model {model_cfg.name} ({model_cfg.hub_id}) is not available offline: the hub "
+        f"({constants.ENDPOINT}) cannot be reached and revision {revision} is not in the Hugging Face cache. "
+        f"Download it where the hub is reachable (huggingface-cli download {model_cfg.hub_id} --revision "
+        f"{revision} --local-dir <dir>/{revision}, one directory per revision) and run with model=local "
+        f"model.path=<dir>")
 
 
 def gguf_path(package: str, filename: str) -> Path:

@@ -32,9 +32,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
+def resolve_dtype(dtype: str, device: str, preferred: str | None = None) -> str:
+    """``auto``: float32 on a CPU; on a GPU the model's own training dtype (``model.dtype``), else float16."""
     if dtype == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
+        return (preferred or "float16") if device.startswith("cuda") else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     return dtype
@@ -89,8 +90,12 @@ def run_trace(cfg, texts: list[str], log) -> list[Point]:
     """Measure each checkpoint in step order, logging its metrics as soon as it is done (a crash keeps them)."""
     available = ckpts.available(cfg.model, cfg.cache_dir, cfg.progress)
     selected = ckpts.select(available, cfg.checkpoint.select, cfg.checkpoint.get("steps"))
+    selected = ckpts.shard(selected, cfg.checkpoint.get("shard", 0), cfg.checkpoint.get("num_shards", 1))
+    if not selected:
+        raise ValueError(f"checkpoint.shard={cfg.checkpoint.shard} of {cfg.checkpoint.num_shards} holds no "
+                         f"checkpoint: there are fewer checkpoints than shards")
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, cfg.model.get("dtype"))
     toy = toy_evaluation(cfg)
     ablation_k = ablation_ks(cfg, log) if toy is not None else []
     sampling = sampling_probe(cfg)

@@ -44,7 +44,7 @@ def post_train(cfg, texts: list[str], log) -> dict[int, dict[str, float]]:
         datasets.disable_progress_bars()
     base = base_checkpoint(cfg)
     device = resolve_device(cfg.device)
-    model, tokenizer = base.load(device, resolve_dtype(cfg.dtype, device))
+    model, tokenizer = base.load(device, resolve_dtype(cfg.dtype, device, cfg.model.get("dtype")))
     log.tags({"geomsweep.base_revision": base.revision, "geomsweep.base_step": base.step})
     task = load_task(cfg.task, seed=cfg.seed)
     dataset = task.for_method(method)

@@ -133,27 +133,27 @@ def test_parallel_processes_create_one_fresh_sqlite_store(tmp_path):
 def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_dir, tiny_checkpoints, store):
     base = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
     run_app([*base, "checkpoint=all"], tmp_path, cache_dir, store)  # the same trace measured by one job
-    run_app(["-m", *base, "checkpoint=step", "checkpoint.step=0,1,3,12,40"], tmp_path, cache_dir, store)
+    run_app(["-m", *base, "checkpoint.num_shards=2", "checkpoint.shard=0,1"], tmp_path, cache_dir, store)
     client = mlflow.MlflowClient(store)
-    whole = next(r for r in runs_of(store, "job") if r.data.params["cfg.checkpoint.select"] == "all")
+    whole = next(r for r in runs_of(store, "job") if r.data.params["cfg.checkpoint.num_shards"] == "1")
     (parent,) = runs_of(store, "sweep")
     (trace,) = runs_of(store, "trace")
     assert trace.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert len(trace.data.tags["geomsweep.trace_members"].split(",")) == 5
+    assert len(trace.data.tags["geomsweep.trace_members"].split(",")) == 2
     expected = {m.step: m.value for m in client.get_metric_history(whole.info.run_id, "geometry/rankme")}
     rolled = {m.step: m.value for m in client.get_metric_history(trace.info.run_id, "geometry/rankme")}
     assert rolled.keys() == expected.keys() == {0, 1, 3, 12, 40}
     assert all(rolled[s] == pytest.approx(expected[s], rel=1e-9) for s in expected)
     assert trace.data.tags["geomsweep.phases"] == whole.data.tags["geomsweep.phases"]
     assert [a.path for a in client.list_artifacts(trace.info.run_id, "plots")] == ["plots/trajectory.png"]
-    assert parent.data.tags["geomsweep.cells"] == "5"  # the trace run is not a cell
+    assert parent.data.tags["geomsweep.cells"] == "2"  # the trace run is not a cell
 
-    # the command, over the whole experiment: the single job and the five shards share one trace key
+    # the command, over the whole experiment: the single job and the two shards share one trace key
     proc = subprocess.run([sys.executable, "-m", "geomsweep.rollup", "--tracking-uri", store], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     traces = runs_of(store, "trace")
-    assert len(traces) == 2 and {len(t.data.tags["geomsweep.trace_members"].split(",")) for t in traces} == {5, 6}
+    assert len(traces) == 2 and {len(t.data.tags["geomsweep.trace_members"].split(",")) for t in traces} == {2, 3}
 
 
 def test_report_overlays_runs_and_logs_to_the_sweep(tmp_path, cache_dir, tiny_checkpoints, store):

@@ -1,0 +1,91 @@
+"""Model and checkpoint presets: every one composes; hub revisions; offline behaviour; sharding."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from geomsweep import checkpoints as ckpts
+from tests.conftest import REPO, run_app
+
+CONF = REPO / "conf"
+
+
+def presets(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("model", presets("model"))
+def test_every_model_preset_composes(model):
+    cfg = composed(f"model={model}", "model.path=/x" if model == "local" else "seed=0")
+    assert cfg.model.name == model
+    if cfg.model.source == "hub":
+        assert cfg.model.hub_id.count("/") == 1 and cfg.model.width > 0 and cfg.model.depth > 0
+        assert cfg.model.trust_remote_code is False and cfg.model.dtype in ("float16", "bfloat16")
+        assert cfg.model.revisions in ("pythia", "refs")
+
+
+def test_pythia_and_olmo_presets_are_all_there():
+    names = set(presets("model"))
+    sizes = ["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]
+    assert {f"pythia-{s}" for s in sizes} | {f"pythia-{s}-deduped" for s in sizes} <= names
+    assert {"olmo-1b", "olmo-7b", "olmo2-1b", "olmo2-7b"} <= names
+
+
+@pytest.mark.parametrize("group", ["checkpoint", "method", "sampler", "task", "tracking", "probe", "data"])
+def test_every_other_preset_composes(group):
+    for name in presets(group):
+        extra = {"step": ["checkpoint.step=1"], "steps": ["checkpoint.steps=[1]"]}.get(name, [])
+        cfg = composed(f"{group}={name}", *extra)
+        assert cfg[group] is not None
+
+
+def test_pythia_revisions_and_tokens():
+    names = ckpts.pythia_revisions()
+    assert len(names) == 154 and names[:3] == ["step0", "step1", "step2"] and names[-1] == "step143000"
+    cfg = composed("model=pythia-70m").model
+    found = [ckpts.Checkpoint(n, *ckpts.parse_revision(n), cfg.hub_id) for n in names]
+    assert [c.step for c in found] == sorted(c.step for c in found)
+
+
+def test_olmo_revisions_come_from_the_cached_branch_list(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_id = "allenai/OLMo-2-0425-1B"
+    with pytest.raises(RuntimeError, match="cannot list the revisions of 'allenai/OLMo-2-0425-1B'.*model=local"):
+        ckpts.cached_refs(hub_id, str(tmp_path))
+    cache = ckpts.refs_cache(hub_id, str(tmp_path))
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps(["main", "stage1-step20000-tokens42B", "stage1-step1000-tokens3B",
+                                 "stage2-ingredient1-step1000-tokens5B", "step5000-tokens21B"]))
+    names = ckpts.cached_refs(hub_id, str(tmp_path))
+    assert names == ["stage1-step1000-tokens3B", "step5000-tokens21B", "stage1-step20000-tokens42B"]
+    assert ckpts.parse_revision(names[-1]) == (20000, 42 * 10**9)
+
+
+def test_shards_split_a_checkpoint_list_round_robin():
+    cps = [ckpts.Checkpoint(f"step{s}", s, None, "x") for s in (0, 1, 3, 12, 40)]
+    assert [c.step for c in ckpts.shard(cps, 0, 2)] == [0, 3, 40]
+    assert [c.step for c in ckpts.shard(cps, 1, 2)] == [1, 12]
+    assert ckpts.shard(cps, 0, 1) == cps
+    with pytest.raises(ValueError, match="checkpoint.shard=2 must lie in 0..checkpoint.num_shards-1"):
+        ckpts.shard(cps, 2, 2)
+
+
+@pytest.mark.slow
+def test_a_hub_preset_fails_fast_offline_with_what_to_do(tmp_path, cache_dir, store, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = run_app(["model=pythia-70m", "checkpoint=final", "progress=false"], tmp_path, cache_dir, store,
+                   check=False)
+    assert proc.returncode == 1
+    assert "model pythia-70m (EleutherAI/pythia-70m) is not available offline" in proc.stderr
+    assert "model=local model.path=<dir>" in proc.stderr
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    assert run.info.status == "FAILED" and "not available offline" in run.data.tags["geomsweep.error"]
