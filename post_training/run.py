@@ -42,6 +42,9 @@ def post_train(cfg, texts: list[str], log) -> dict[int, dict[str, float]]:
         import datasets
 
         datasets.disable_progress_bars()
+    if cfg.get("device_map") is not None:
+        raise ValueError(f"device_map={cfg.device_map} applies to measurement (method=none) only; post-training "
+                         f"places the model itself (device=...), multi-GPU training goes through accelerate")
     base = base_checkpoint(cfg)
     device = resolve_device(cfg.device)
     model, tokenizer = base.load(device, resolve_dtype(cfg.dtype, device, cfg.model.get("dtype")))

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny toy world pretrained once per session, and isolated MLflow stores."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,18 @@ def run_app(args: list[str], cwd: Path, cache_dir: Path, tracking_uri: str | Non
     if check and proc.returncode != 0:
         raise AssertionError(f"geomsweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runs_of(store: str, role: str | None = None):
+    """The geomsweep experiment's runs, optionally only those of one role (sweep, job, trace)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    return [r for r in runs if role is None or r.data.tags.get("geomsweep.role") == role]

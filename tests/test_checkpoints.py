@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+import torch
 
 from geomsweep import checkpoints as ckpts
 
@@ -58,3 +59,45 @@ def test_select(tiny_checkpoints):
         ckpts.select(found, "steps", [0, 7])
     with pytest.raises(ValueError, match="unknown checkpoint.select 'some'; valid: all, final, steps"):
         ckpts.select(found, "some")
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_checkpoints_stream_in_order_with_or_without_prefetch(tiny_checkpoints, prefetch):
+    from geomsweep.extract import accumulate, encode_batches
+    from geomsweep.spectra import measure
+    from geomsweep.toy.pretrain import ToyConfig, probe_documents
+    from tests.conftest import TINY_TOY
+
+    texts = probe_documents(ToyConfig(**TINY_TOY), 32)
+
+    def rankme(model, tokenizer):
+        reps = accumulate(model, encode_batches(tokenizer, texts, 16, 48), progress=False)
+        return measure(reps.covariances[-1], fit_start=2, fit_end=20).rankme
+
+    found = ckpts.local_revisions(tiny_checkpoints, None)
+    streamed = [(c.step, rankme(m, t)) for c, m, t in ckpts.loaded(found, "cpu", "float32", prefetch=prefetch)]
+    one_by_one = [(c.step, rankme(*c.load())) for c in found]
+    assert streamed == one_by_one
+
+
+def test_prefetch_auto_is_on_for_gpus_only_and_bad_values_are_named():
+    from geomsweep.trace import resolve_prefetch
+
+    assert resolve_prefetch("auto", "cuda:0") and not resolve_prefetch("auto", "cpu")
+    assert resolve_prefetch(True, "cpu") and not resolve_prefetch(False, "cuda")
+    with pytest.raises(ValueError, match="prefetch='sometimes'; valid: auto, true, false"):
+        resolve_prefetch("sometimes", "cpu")
+
+
+def test_device_map_loading_measures_the_same_geometry(tiny_checkpoints):
+    """``device_map=auto`` hands placement to accelerate (on this CPU-only machine: everything on the CPU)."""
+    from geomsweep.extract import accumulate, encode_batches
+    from geomsweep.toy.pretrain import ToyConfig, probe_documents
+    from tests.conftest import TINY_TOY
+
+    texts = probe_documents(ToyConfig(**TINY_TOY), 32)
+    final = ckpts.local_revisions(tiny_checkpoints, None)[-1]
+    plain, dispatched = final.load(), final.load(device_map="auto")
+    reps = [accumulate(m, encode_batches(t, texts, 16, 48), progress=False) for m, t in (plain, dispatched)]
+    assert torch.allclose(reps[0].covariances[-1].compute(), reps[1].covariances[-1].compute(), atol=1e-6)
+    assert reps[0].loss == pytest.approx(reps[1].loss, rel=1e-6)

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,17 +11,11 @@ import pandas as pd
 import pytest
 
 from geomsweep import server
-from tests.conftest import REPO, TINY, run_app
+from tests.conftest import REPO, TINY, free_port, run_app, runs_of
 
 pytestmark = pytest.mark.slow
 
 FAST = TINY + ["eval.toy_n_docs=0", "sampler.n=0", "checkpoint=final"]
-
-
-def runs_of(store, role=None):
-    client = mlflow.MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
-    return [r for r in runs if role is None or r.data.tags.get("geomsweep.role") == role]
 
 
 def test_a_failed_cell_fails_the_sweep_and_is_named_in_its_summary(tmp_path, cache_dir, tiny_checkpoints, store):
@@ -88,12 +81,6 @@ def test_a_sweep_killed_mid_way_resumes_without_duplicates_or_gaps(tmp_path, cac
     assert killed and all("ended without closing the run" in r.data.tags["geomsweep.error"] for r in killed)
     assert {r.data.tags["geomsweep.role"] for r in killed} == {"sweep", "job"}, (
         [(r.info.run_name, r.info.status) for r in runs], (tmp_path / "killed-sweep.log").read_text()[-3000:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_eight_parallel_jobs_into_a_local_server_lose_nothing(tmp_path, cache_dir, tiny_checkpoints):

@@ -40,7 +40,8 @@ def test_pythia_and_olmo_presets_are_all_there():
 @pytest.mark.parametrize("group", ["checkpoint", "method", "sampler", "task", "tracking", "probe", "data"])
 def test_every_other_preset_composes(group):
     for name in presets(group):
-        extra = {"step": ["checkpoint.step=1"], "steps": ["checkpoint.steps=[1]"]}.get(name, [])
+        extra = {"step": ["checkpoint.step=1"], "steps": ["checkpoint.steps=[1]"],
+                 "every": ["checkpoint.every=1000"]}.get(name, [])
         cfg = composed(f"{group}={name}", *extra)
         assert cfg[group] is not None
 
@@ -65,6 +66,27 @@ def test_olmo_revisions_come_from_the_cached_branch_list(tmp_path, monkeypatch):
     names = ckpts.cached_refs(hub_id, str(tmp_path))
     assert names == ["stage1-step1000-tokens3B", "step5000-tokens21B", "stage1-step20000-tokens42B"]
     assert ckpts.parse_revision(names[-1]) == (20000, 42 * 10**9)
+
+
+def pythia_checkpoints() -> list[ckpts.Checkpoint]:
+    return [ckpts.Checkpoint(n, *ckpts.parse_revision(n), "EleutherAI/pythia-70m") for n in ckpts.pythia_revisions()]
+
+
+def test_checkpoint_presets_select_from_pythias_list():
+    pythia = pythia_checkpoints()
+    paper = composed("checkpoint=pythia_paper").checkpoint
+    chosen = ckpts.select(pythia, paper.select, paper.steps)
+    assert [c.step for c in chosen][:11] == [0] + [2**i for i in range(10)] and chosen[-1].step == 143000
+    log = [c.step for c in ckpts.select(pythia, "log", num=24)]
+    assert log[0] == 0 and log[-1] == 143000 and log == sorted(log) and 12 <= len(log) <= 24
+    gaps = [b / a for a, b in zip(log[1:], log[2:])]  # roughly even in log-step once past the dense early steps
+    assert max(gaps) < 3 * min(g for g in gaps if g > 1)
+    every = [c.step for c in ckpts.select(pythia, "every", every=10000)]
+    assert every == [0, *range(10000, 140001, 10000), 143000]
+    with pytest.raises(ValueError, match="checkpoint.num=1 must be an integer >= 2"):
+        ckpts.select(pythia, "log", num=1)
+    with pytest.raises(ValueError, match="checkpoint.every=0 must be a positive integer"):
+        ckpts.select(pythia, "every", every=0)
 
 
 def test_shards_split_a_checkpoint_list_round_robin():
