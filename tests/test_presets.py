@@ -46,6 +46,16 @@ def test_every_other_preset_composes(group):
         assert cfg[group] is not None
 
 
+@pytest.mark.parametrize("name", presets("experiment"))
+def test_every_experiment_composes_into_a_valid_toy_and_probe(name):
+    from geomsweep.toy.pretrain import ToyConfig
+
+    cfg = composed(f"+experiment={name}")
+    toy = ToyConfig.from_cfg(cfg.model.toy)  # unknown toy fields are refused here
+    assert cfg.probe.fit_end < toy.hidden_size  # the alpha-ReQ fit lies inside the spectrum
+    assert max(cfg.eval.ablation_k) < toy.hidden_size  # so does the tail ablation
+
+
 def test_pythia_revisions_and_tokens():
     names = ckpts.pythia_revisions()
     assert len(names) == 154 and names[:3] == ["step0", "step1", "step2"] and names[-1] == "step143000"
