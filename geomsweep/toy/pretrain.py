@@ -25,26 +25,27 @@ TRAIN_SEED_OFFSET, PROBE_SEED_OFFSET = 1_000, 2_000
 
 @dataclass
 class ToyConfig:
-    """Everything that determines the toy world and its pretraining trace (hashed into the cache key)."""
+    """Everything that determines the toy world and its pretraining trace (hashed into the cache key).
+    The defaults are ``conf/model/tiny.yaml``'s: width 16 against 3,000 words, where the three phases appear."""
 
-    n_words: int = 600
+    n_words: int = 3000
     n_subjects: int = 40
     zipf_exponent: float = 1.1
     n_successors: int = 4
     follow_prob: float = 0.7
     n_train_docs: int = 20_000
-    vocab_size: int = 1024
-    hidden_size: int = 128
+    vocab_size: int = 2048
+    hidden_size: int = 16
     num_layers: int = 2
-    num_heads: int = 4
+    num_heads: int = 2
     seq_len: int = 64
     batch_size: int = 32
-    max_steps: int = 1500
+    max_steps: int = 6000
     learning_rate: float = 3e-3
     warmup_steps: int = 30
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = "constant_with_warmup"
     weight_decay: float = 0.01
-    n_checkpoints: int = 24
+    n_checkpoints: int = 30
     extra_steps: list[int] = field(default_factory=list)
     seed: int = 0
 
