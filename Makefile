@@ -51,4 +51,4 @@ ui-check: install
 	$(BIN)/python -m geomsweep.ui_check --out ui-check
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db report ui-check .pytest_cache .venv-ray
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check .pytest_cache .venv-ray

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import subprocess
@@ -29,6 +30,7 @@ from geomsweep.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrain
 BATCH, MAX_LEN = 64, 64
 
 
+@functools.cache
 def bench_toy() -> ToyConfig:
     """The +experiment=wide toy (width 128): closer to a real model's compute per token than the width-16 default,
     and the world every earlier bench figure was measured on."""

@@ -24,13 +24,14 @@ from pathlib import Path
 
 from geomsweep import server
 
-# A toy world small enough to pretrain in seconds (the tests' settings).
-SHORT_SWEEP = ["-m", "model.toy.max_steps=40", "model.toy.n_checkpoints=4", "model.toy.hidden_size=32",
-               "model.toy.num_heads=2", "model.toy.n_train_docs=1500", "model.toy.n_words=600",
-               "model.toy.vocab_size=512", "model.toy.lr_scheduler=cosine",
-               "eval.toy_n_docs=60", "eval.ablation_k=[2,8]", "sampler.n=4", "probe.n_sequences=64",
-               "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20", "progress=false",
-               "probe.norm=post,pre"]
+# A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
+# shrunk to its width; the test suite runs on the same one (tests/conftest.py).
+SMALL_TOY = {"max_steps": 40, "n_checkpoints": 4, "hidden_size": 32, "num_heads": 2, "n_train_docs": 1500,
+             "n_words": 600, "vocab_size": 512, "lr_scheduler": "cosine"}
+SMALL_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
+SMALL_WORLD = [*(f"model.toy.{key}={value}" for key, value in SMALL_TOY.items()), "eval.toy_n_docs=60",
+               "eval.ablation_k=[2,8]", "sampler.n=4", *SMALL_PROBE, "progress=false"]
+SHORT_SWEEP = ["-m", *SMALL_WORLD, "probe.norm=post,pre"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -12,11 +12,11 @@ import pytest
 from filelock import FileLock
 
 from geomsweep import server
-from tests.conftest import REPO, TINY, free_port, run_app, runs_of
+from tests.conftest import GEOMETRY_ONLY, REPO, TINY, free_port, run_app, runs_of
 
 pytestmark = pytest.mark.slow
 
-FAST = TINY + ["eval.toy_n_docs=0", "sampler.n=0", "checkpoint=final"]
+FAST = GEOMETRY_ONLY + ["checkpoint=final"]
 
 
 def test_a_failed_cell_fails_the_sweep_and_is_named_in_its_summary(tmp_path, cache_dir, tiny_checkpoints, store):
@@ -88,7 +88,7 @@ def test_a_sweep_killed_mid_way_resumes_without_duplicates_or_gaps(tmp_path, cac
 
 def test_eight_parallel_jobs_into_a_local_server_lose_nothing(tmp_path, cache_dir, tiny_checkpoints):
     port = free_port()
-    proc = run_app(["-m", *TINY, "eval.toy_n_docs=0", "sampler.n=0", "seed=range(8)", "hydra/launcher=joblib",
+    proc = run_app(["-m", *GEOMETRY_ONLY, "seed=range(8)", "hydra/launcher=joblib",
                     "hydra.launcher.n_jobs=8", "tracking=server", f"tracking.server.port={port}"],
                    tmp_path, cache_dir)
     assert "http://127.0.0.1" in proc.stdout
@@ -121,9 +121,8 @@ def test_parallel_processes_create_one_fresh_sqlite_store(tmp_path):
 
 
 def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_dir, tiny_checkpoints, store):
-    base = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
-    run_app([*base, "checkpoint=all"], tmp_path, cache_dir, store)  # the same trace measured by one job
-    run_app(["-m", *base, "checkpoint.num_shards=2", "checkpoint.shard=0,1"], tmp_path, cache_dir, store)
+    run_app([*GEOMETRY_ONLY, "checkpoint=all"], tmp_path, cache_dir, store)  # the same trace measured by one job
+    run_app(["-m", *GEOMETRY_ONLY, "checkpoint.num_shards=2", "checkpoint.shard=0,1"], tmp_path, cache_dir, store)
     client = mlflow.MlflowClient(store)
     whole = next(r for r in runs_of(store, "job") if r.data.params["cfg.checkpoint.num_shards"] == "1")
     (parent,) = runs_of(store, "sweep")
@@ -173,7 +172,7 @@ def _browser_available() -> bool:
 @pytest.mark.parametrize("mode", ["rest", pytest.param("browser", marks=pytest.mark.skipif(
     not _browser_available(), reason="needs Debian's chromium and playwright (make ui-check installs them)"))])
 def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir, tiny_checkpoints, store, mode):
-    run_app(["-m", *TINY, "eval.toy_n_docs=0", "sampler.n=0", "probe.norm=post,pre"], tmp_path, cache_dir, store)
+    run_app(["-m", *GEOMETRY_ONLY, "probe.norm=post,pre"], tmp_path, cache_dir, store)
     args = [sys.executable, "-m", "geomsweep.ui_check", "--store", store, "--out", str(tmp_path / "ui")]
     proc = subprocess.run(args + (["--rest-only"] if mode == "rest" else []), capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=300)

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from geomsweep import server
-from tests.conftest import REPO, TINY, free_port, run_app, runs_of
+from tests.conftest import GEOMETRY_ONLY, REPO, free_port, run_app, runs_of
 
 LAUNCHERS = REPO / "conf" / "hydra" / "launcher"
 
@@ -64,7 +64,7 @@ def test_ray_local_preset_composes():
 def test_a_sweep_through_ray_into_a_server(tmp_path, cache_dir, tiny_checkpoints, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     port = free_port()
-    run_app(["-m", *TINY, "eval.toy_n_docs=0", "sampler.n=0", "checkpoint=final", "seed=0,1",
+    run_app(["-m", *GEOMETRY_ONLY, "checkpoint=final", "seed=0,1",
              "hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2", "tracking=server",
              f"tracking.server.port={port}"], tmp_path, cache_dir)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -78,7 +78,7 @@ def test_a_sharded_trace_through_submitit_local_into_a_server_is_one_trace(tmp_p
     """The cluster path end to end, without a cluster: each shard in its own submitit subprocess, writing into
     the MLflow server the sweep started, rolled up into one trace run."""
     port = free_port()
-    run_app(["-m", *TINY, "eval.toy_n_docs=0", "sampler.n=0", "hydra/launcher=submitit_local",
+    run_app(["-m", *GEOMETRY_ONLY, "hydra/launcher=submitit_local",
              "checkpoint.num_shards=2", "checkpoint.shard=0,1", "tracking=server", f"tracking.server.port={port}"],
             tmp_path, cache_dir)
     assert not server.healthy(f"http://127.0.0.1:{port}")  # stopped with the sweep

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import TINY, free_port, run_app, runs_of
+from tests.conftest import GEOMETRY_ONLY, free_port, run_app, runs_of
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def postgres_uri():
 
 def test_a_parallel_sweep_into_a_server_over_postgresql(tmp_path, cache_dir, tiny_checkpoints, postgres_uri):
     port, artifacts = free_port(), tmp_path / "shared-artifacts"
-    run_app(["-m", *TINY, "eval.toy_n_docs=0", "sampler.n=0", "checkpoint=final", "seed=0,1",
+    run_app(["-m", *GEOMETRY_ONLY, "checkpoint=final", "seed=0,1",
              "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "tracking=server",
              f"tracking.server.port={port}", f"tracking.server.backend_store_uri='{postgres_uri}'",
              f"tracking.server.artifacts_destination={artifacts}"], tmp_path, cache_dir)
