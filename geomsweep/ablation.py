@@ -46,8 +46,9 @@ def projected(model, mean: torch.Tensor, basis: torch.Tensor, keep: bool) -> Ite
         handle.remove()
 
 
-def tail_ablation(model, cov: StreamingCovariance, ks: list[int],
-                  evaluate: Callable[[], dict[str, float]]) -> dict[str, float]:
+def tail_ablation(
+    model, cov: StreamingCovariance, ks: list[int], evaluate: Callable[[], dict[str, float]]
+) -> dict[str, float]:
     """``evaluate()`` (task -> accuracy) with the model intact and under each ablation; keys like
     ``full/long_range_acc``, ``top10_only/long_range_acc`` and ``without_top10/long_range_acc``."""
     results = {f"full/{task}": value for task, value in evaluate().items()}

@@ -21,10 +21,14 @@ import sys
 import time
 
 import torch
+from hydra import compose, initialize
 
+import geomsweep.schema  # noqa: F401  (registers the schema that conf/config.yaml lists)
+from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
 from geomsweep.checkpoints import loaded, local_revisions
 from geomsweep.extract import accumulate, encode_batches
-from geomsweep.spectra import measure, rankme
+from geomsweep.spectra import rankme, spectral_geometry
+from geomsweep.tasks import arithmetic_task
 from geomsweep.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
 
 BATCH, MAX_LEN = 64, 64
@@ -34,8 +38,6 @@ BATCH, MAX_LEN = 64, 64
 def bench_toy() -> ToyConfig:
     """The +experiment=wide toy (width 128): closer to a real model's compute per token than the width-16 default,
     and the world every earlier bench figure was measured on."""
-    from hydra import compose, initialize
-
     with initialize(version_base="1.3", config_path="../conf"):
         return ToyConfig.from_cfg(compose("config", overrides=["+experiment=wide"]).model.toy)
 
@@ -59,7 +61,7 @@ def paper_procedure(model, tokenizer, texts):
 
 def ours(model, tokenizer, texts):
     batches = encode_batches(tokenizer, texts, BATCH, MAX_LEN)
-    return measure(accumulate(model, batches, progress=False).covariances[-1]).rankme
+    return spectral_geometry(accumulate(model, batches, progress=False).covariances[-1]).rankme
 
 
 def bare_forward(model, batches):
@@ -79,9 +81,6 @@ def timed(fn, *args, repeat: int = 3) -> float:
 
 def sampling_speeds(model, tokenizer, n: int = 16, max_tokens: int = 8) -> dict[str, float]:
     """Generated tokens/s of each available way to draw n samples for each of the arithmetic task's prompts."""
-    from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
-    from post_training.data import arithmetic_task
-
     prompts = list(arithmetic_task().id_eval["prompt"])
     settings = SampleSettings(n=n, max_tokens=max_tokens, batch_size=8)
 
@@ -144,33 +143,54 @@ def main() -> None:
     t_bare = t_ours_pre_encoded = t_geometry_only = float("inf")
     for _ in range(5):
         t_bare = min(t_bare, timed(bare_forward, model, batches, repeat=1))
-        t_ours_pre_encoded = min(t_ours_pre_encoded, timed(
-            lambda: measure(accumulate(model, batches, progress=False).covariances[-1]), repeat=1))
-        t_geometry_only = min(t_geometry_only, timed(
-            lambda: measure(accumulate(model, batches, progress=False, with_loss=False).covariances[-1]), repeat=1))
+        t_ours_pre_encoded = min(
+            t_ours_pre_encoded,
+            timed(lambda: spectral_geometry(accumulate(model, batches, progress=False).covariances[-1]), repeat=1),
+        )
+        t_geometry_only = min(
+            t_geometry_only,
+            timed(
+                lambda: spectral_geometry(accumulate(model, batches, progress=False, with_loss=False).covariances[-1]),
+                repeat=1,
+            ),
+        )
 
     def rss(n: int) -> float:
-        out = subprocess.run([sys.executable, "-m", "geomsweep.bench", "--cache-dir", cache_dir, "--peak-rss",
-                              str(n)], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "geomsweep.bench", "--cache-dir", cache_dir, "--peak-rss", str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
     rss_1k, rss_20k = rss(1000), rss(20000)
-    print(f"toy model d={model.config.hidden_size}, {args.n} sequences, batch {BATCH}, max_length {MAX_LEN}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"toy model d={model.config.hidden_size}, {args.n} sequences, batch {BATCH}, max_length {MAX_LEN}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"RankMe: ours {ours_rankme:.3f} vs paper procedure {paper_rankme:.3f} (same up to padding-free numerics)")
-    print(f"(a) speed vs paper procedure:   {t_paper / t_ours:6.1f}x sequences/s "
-          f"({args.n / t_ours:.0f} vs {args.n / t_paper:.0f} seq/s)   target >= 20x")
+    print(
+        f"(a) speed vs paper procedure:   {t_paper / t_ours:6.1f}x sequences/s "
+        f"({args.n / t_ours:.0f} vs {args.n / t_paper:.0f} seq/s)   target >= 20x"
+    )
     print(f"    ceiling here: bare batched forward alone is {t_paper / t_bare:.1f}x the paper procedure")
-    print(f"(b) time vs bare batched forward: {t_ours_pre_encoded / t_bare:6.3f}x "
-          f"({t_ours_pre_encoded:.2f}s vs {t_bare:.2f}s, same pre-encoded batches, probe loss included)"
-          "   target <= 1.15x")
+    print(
+        f"(b) time vs bare batched forward: {t_ours_pre_encoded / t_bare:6.3f}x "
+        f"({t_ours_pre_encoded:.2f}s vs {t_bare:.2f}s, same pre-encoded batches, probe loss included)"
+        "   target <= 1.15x"
+    )
     print(f"    geometry only (probe.loss=false): {t_geometry_only / t_bare:6.3f}x")
-    print(f"(c) peak RSS 20k vs 1k sequences: {rss_20k / rss_1k:6.3f}x ({rss_20k:.0f} MB vs {rss_1k:.0f} MB)"
-          f"   target <= 1.10x")
+    print(
+        f"(c) peak RSS 20k vs 1k sequences: {rss_20k / rss_1k:6.3f}x ({rss_20k:.0f} MB vs {rss_1k:.0f} MB)"
+        f"   target <= 1.10x"
+    )
     speeds = sampling_speeds(model, tokenizer)
-    print(f"(d) sampling: hf sampler vs one generate call per sample: "
-          f"{speeds['hf'] / speeds['hf, one sample per call']:6.1f}x tokens/s "
-          f"({speeds['hf']:.0f} vs {speeds['hf, one sample per call']:.0f} tokens/s)")
+    print(
+        f"(d) sampling: hf sampler vs one generate call per sample: "
+        f"{speeds['hf'] / speeds['hf, one sample per call']:6.1f}x tokens/s "
+        f"({speeds['hf']:.0f} vs {speeds['hf, one sample per call']:.0f} tokens/s)"
+    )
     if "vllm" in speeds:
         print(f"    vLLM vs hf sampler: {speeds['vllm'] / speeds['hf']:6.1f}x tokens/s   target >= 10x")
     trace_texts = texts[:256]
@@ -179,8 +199,10 @@ def main() -> None:
         t_in_turn = min(t_in_turn, trace_seconds(cache_dir, trace_texts, prefetch=False))
         t_prefetch = min(t_prefetch, trace_seconds(cache_dir, trace_texts, prefetch=True))
     n_checkpoints = len(local_revisions(ensure_pretrained(bench_toy(), cache_dir), None))
-    print(f"(e) {n_checkpoints}-checkpoint trace, {len(trace_texts)} sequences each: prefetch vs in turn "
-          f"{t_prefetch / t_in_turn:6.3f}x time ({t_prefetch:.2f}s vs {t_in_turn:.2f}s)")
+    print(
+        f"(e) {n_checkpoints}-checkpoint trace, {len(trace_texts)} sequences each: prefetch vs in turn "
+        f"{t_prefetch / t_in_turn:6.3f}x time ({t_prefetch:.2f}s vs {t_in_turn:.2f}s)"
+    )
 
 
 if __name__ == "__main__":

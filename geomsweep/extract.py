@@ -7,7 +7,8 @@ the same forward pass; ``norm="pre"`` replaces the final layer by the residual s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,18 +20,49 @@ FINAL_NORM_NAMES = ("final_layer_norm", "norm", "ln_f", "final_layernorm")
 NORM_CHOICES = ("post", "pre")
 
 
+@contextmanager
+def eval_mode(model, tokenizer=None, padding_side: str | None = None) -> Iterator[None]:
+    """Inside the block: the model in eval mode, the tokenizer padding on ``padding_side`` (when given) with a pad
+    token (its EOS when it has none). On exit both are as they were, so measuring never changes what it measures."""
+    was_training = model.training
+    side = tokenizer.padding_side if tokenizer is not None else None
+    had_pad = tokenizer is None or tokenizer.pad_token is not None
+    model.eval()
+    if tokenizer is not None:
+        if padding_side is not None:
+            tokenizer.padding_side = padding_side
+        if not had_pad:
+            tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if tokenizer is not None:
+            tokenizer.padding_side = side
+            if not had_pad:
+                tokenizer.pad_token = None
+
+
 def encode_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, padding_side: str = "right"):
-    """Tokenize texts into padded batches, lazily: memory stays flat however many texts there are."""
+    """Tokenize texts into padded batches, lazily: memory stays flat however many texts there are. The tokenizer
+    is not changed (its padding side is passed per call); it needs a pad token (``eval_mode`` lends one)."""
     if not texts:
         raise ValueError("the probe dataset is empty: no sequences to measure")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise ValueError(
+            "the tokenizer has no pad token: encode inside eval_mode(model, tokenizer), which lends it its EOS token"
+        )
     return (
-        tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                  return_tensors="pt")
+        tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            padding_side=padding_side,
+        )
         for i in range(0, len(texts), batch_size)
     )
 
@@ -85,30 +117,38 @@ def accumulate(
         hook = final_norm(model).register_forward_pre_hook(lambda _m, args: pre_norm.append(args[0]))
     device = next(model.parameters()).device
     loss_sum, loss_count = 0.0, 0
-    model.eval()
     try:
-        for batch in tqdm(batches, desc="representations", unit="batch", total=total, disable=not progress,
-                          leave=False):
-            mask = batch["attention_mask"].to(device)
-            # Positions count real tokens only, so left-padded rows see the same positions as unpadded ones.
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions,
-                        output_hidden_states=True)
-            rows, last = torch.arange(mask.shape[0], device=device), last_token_index(mask)
-            for layer in layers:
-                final = layer in (-1, n_states - 1)
-                states = pre_norm[-1] if (norm == "pre" and final) else out.hidden_states[layer]
-                # With a device_map, layers (and so their states) may sit on different GPUs.
-                covs[layer].update(states[rows.to(states.device), last.to(states.device)].float())
-            pre_norm.clear()
-            if with_loss:
-                # Shift the targets, not the logits: flattening a sliced logits tensor would copy it.
-                both_real = torch.cat([(mask[:, 1:] * mask[:, :-1]) == 1, torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1)
-                targets = batch["input_ids"].to(device).roll(-1, dims=1).masked_fill(~both_real, -100)
-                targets = targets.to(out.logits.device)
-                loss_sum += float(torch.nn.functional.cross_entropy(
-                    out.logits.flatten(0, 1), targets.flatten(), reduction="sum"))
-                loss_count += int(both_real.sum())
+        with eval_mode(model):
+            for batch in tqdm(
+                batches, desc="representations", unit="batch", total=total, disable=not progress, leave=False
+            ):
+                mask = batch["attention_mask"].to(device)
+                # Positions count real tokens only, so left-padded rows see the same positions as unpadded ones.
+                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                out = model(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=mask,
+                    position_ids=positions,
+                    output_hidden_states=True,
+                )
+                rows, last = torch.arange(mask.shape[0], device=device), last_token_index(mask)
+                for layer in layers:
+                    final = layer in (-1, n_states - 1)
+                    states = pre_norm[-1] if (norm == "pre" and final) else out.hidden_states[layer]
+                    # With a device_map, layers (and so their states) may sit on different GPUs.
+                    covs[layer].update(states[rows.to(states.device), last.to(states.device)].float())
+                pre_norm.clear()
+                if with_loss:
+                    # Shift the targets, not the logits: flattening a sliced logits tensor would copy it.
+                    both_real = torch.cat(
+                        [(mask[:, 1:] * mask[:, :-1]) == 1, torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1
+                    )
+                    targets = batch["input_ids"].to(device).roll(-1, dims=1).masked_fill(~both_real, -100)
+                    targets = targets.to(out.logits.device)
+                    loss_sum += float(
+                        torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum")
+                    )
+                    loss_count += int(both_real.sum())
     finally:
         if hook is not None:
             hook.remove()

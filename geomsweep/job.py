@@ -1,86 +1,56 @@
-"""One Hydra job = one MLflow run: config in, measurements and artifacts out, failures recorded."""
+"""One Hydra job = one MLflow run: typed config in, measurements and artifacts out, failures recorded.
+
+Read top to bottom: check the config (before anything loads or any run opens), skip a cell that already
+FINISHED, open the run, log the config, prepare the model (the toy world is pretrained here, as a step of its
+own), then either trace the pretraining checkpoints or hand over to the method's runner (``method.runner``, a
+dotted path such as ``post_training.run.post_train``: geomsweep never imports post-training, the config names it).
+"""
 
 from __future__ import annotations
 
 import sys
 import traceback
 
+import mlflow
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
-METHODS = ("none", "sft", "dpo", "rlvr")
+from geomsweep import artifacts, plots, tracking
+from geomsweep import checkpoints as ckpts
+from geomsweep.behavior.sample_eval import sampling_probe
+from geomsweep.data import probe_texts
+from geomsweep.schema import Config
+from geomsweep.toy.config import ToyConfig
+from geomsweep.toy.pretrain import ensure_pretrained
+from geomsweep.trace import ablation_plan, trace
+from geomsweep.tracking import RunLogger
 
 
-class RunLogger:
-    """The few MLflow calls a job makes, bound to its run (so workers never rely on a global active run)."""
-
-    def __init__(self, run_id: str):
-        import mlflow
-
-        self.run_id = run_id
-        self.client = mlflow.MlflowClient()
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        self.history({key: {step: value} for key, value in values.items()})
-
-    def history(self, series: dict[str, dict[int, float]]) -> None:
-        """Many (key, step, value) points in one batched call."""
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(key, float(value), now, step) for key, by_step in series.items() for step, value in by_step.items()
-        ])
-
-    def tags(self, values: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in values.items()])
-
-    def figure(self, fig, path: str) -> None:
-        import matplotlib.pyplot as plt
-
-        self.client.log_figure(self.run_id, fig, path)
-        plt.close(fig)
-
-    def table(self, frame, path: str) -> None:
-        self.client.log_text(self.run_id, frame.to_csv(index=False), path)
-
-    def json_table(self, columns: dict[str, list], path: str) -> None:
-        """An MLflow table (readable in the UI's artifact view and through ``mlflow.load_table``)."""
-        self.client.log_table(self.run_id, columns, path)
-
-
-def run_job(cfg: DictConfig) -> None:
-    """Run one cell unless it already FINISHED. A failure ends the run FAILED with the reason and traceback;
-    in a multirun the job then returns normally, so the sweep goes on and its end-of-sweep roll-up (and exit
-    status) reports the failed cells; a single run re-raises."""
-    import mlflow
-
-    from geomsweep import tracking
-
-    experiment_id = tracking.setup_store(cfg.tracking)
+def run_job(cfg: DictConfig, settings: Config) -> None:
+    """Run one cell unless it already FINISHED. ``settings`` is ``cfg`` checked and typed (schema.check).
+    A failure ends the run FAILED with the reason and traceback; in a multirun the job then returns normally,
+    so the sweep goes on and its end-of-sweep roll-up (and exit status) reports the failed cells; a single run
+    re-raises."""
+    experiment_id = tracking.setup_store(settings.tracking)
     identity = tracking.config_hash(cfg)
     name, parent = tracking.job_context(experiment_id)
-    done = tracking.earlier_run(experiment_id, identity, force=cfg.tracking.get("force", False))
+    done = tracking.earlier_run(experiment_id, identity, force=settings.tracking.force)
     if done is not None:
         if parent is not None:
             mlflow.MlflowClient().set_tag(parent, tracking.TAG_REUSED_PREFIX + identity, done.info.run_id)
-        print(f"geomsweep: skipped {name}: this cell (config hash {identity}) already FINISHED in run "
-              f"{done.info.run_id}; tracking.force=true runs it again")
+        print(
+            f"geomsweep: skipped {name}: this cell (config hash {identity}) already FINISHED in run "
+            f"{done.info.run_id}; tracking.force=true runs it again"
+        )
         print(tracking.results_message(done))
         return
-    with tracking.start_job_run(experiment_id, identity, name, parent, cfg) as run:
+    with tracking.job_run(experiment_id, identity, name, parent, cfg, settings) as run:
+        log = RunLogger(run.info.run_id)
         try:
-            tracking.log_config(cfg)
-            if cfg.method.name not in METHODS:
-                raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
-            log = RunLogger(run.info.run_id)
-            _measure_and_report(cfg, log)
+            log.config(cfg)
+            measure_and_report(settings, log)
         except BaseException as err:
-            mlflow.set_tag(tracking.TAG_ERROR, f"{type(err).__name__}: {err}"[:5000])
-            mlflow.log_text(traceback.format_exc(), "error.txt")
+            log.failure(err)
             if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: stop here
                 mlflow.end_run("KILLED")
                 raise
@@ -93,27 +63,72 @@ def run_job(cfg: DictConfig) -> None:
     print(tracking.results_message(run))
 
 
-def _measure_and_report(cfg: DictConfig, log: RunLogger) -> None:
-    from geomsweep import artifacts
-    from geomsweep.data import probe_texts
-    from geomsweep.trace import run_trace
+def prepare_model(settings: Config) -> None:
+    """Make the model's checkpoints available: the toy world is pretrained on first use (minutes, cached)."""
+    if settings.model.source == "toy":
+        ensure_pretrained(ToyConfig.from_cfg(settings.model.toy), settings.cache_dir, settings.progress)
 
-    needed = cfg.probe.fit_end + 1
-    if cfg.probe.n_sequences < needed:
-        raise ValueError(f"probe.n_sequences={cfg.probe.n_sequences} is too few for the alpha-ReQ fit range "
-                         f"{cfg.probe.fit_start}..{cfg.probe.fit_end}: it needs at least {needed} sequences")
-    toy = cfg.model.get("toy")
-    texts = probe_texts(cfg.data, toy, cfg.probe.n_sequences, seed=cfg.seed)
-    if len(texts) < cfg.probe.n_sequences:
-        raise ValueError(f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
-                         f"{cfg.probe.n_sequences}")
-    if cfg.method.name != "none":
-        from post_training.run import post_train
 
-        history = post_train(cfg, texts, log)
-        artifacts.log_post_training_artifacts(history, cfg.method.name, log)
+def measure_and_report(settings: Config, log: RunLogger) -> None:
+    texts = probe_texts(settings.data, settings.model.toy, settings.probe.n_sequences, seed=settings.seed)
+    if len(texts) < settings.probe.n_sequences:
+        raise ValueError(
+            f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
+            f"{settings.probe.n_sequences}"
+        )
+    prepare_model(settings)
+    if settings.method.name != "none":
+        history = get_method(settings.method.runner)(settings, texts, log)
+        frame = artifacts.post_training_history(history)
+        log.table(frame, "post_training/history.csv")
+        figure = artifacts.post_training_figure(frame, settings.method.name)
+        if figure is not None:
+            log.figure(figure, "plots/trajectory.png")
         return
-    points = run_trace(cfg, texts, log)
-    phases = artifacts.log_phases(points, cfg.probe, cfg.phases, log) if len(points) > 2 else None
-    artifacts.log_trace_artifacts(points, cfg.probe, log, phases)
-    artifacts.log_ablation_table(points, phases, log)
+    trace_checkpoints(settings, texts, log)
+
+
+def trace_checkpoints(settings: Config, texts: list[str], log: RunLogger) -> None:
+    """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
+    phases, spectra, figures and tables."""
+    selected = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)
+    ablation_k, skipped = ablation_plan(settings)
+    if skipped and settings.model.source == "toy" and settings.eval.toy_n_docs:
+        log.tags({tracking.TAG_ABLATION: skipped})
+    sampling = sampling_probe(settings)
+    points = []
+    for point in trace(settings, selected, texts, sampling, ablation_k):
+        log.metrics(point.metrics, step=point.checkpoint.step)
+        for path, table in point.tables.items():
+            log.json_table(table, path)
+        points.append(point)
+    if sampling is not None and sampling.curves:
+        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
+    layer, probe = settings.probe.layers[0], settings.probe
+    steps = [p.checkpoint.step for p in points]
+    summary = artifacts.summarize_trace(
+        steps,
+        [p.geometry[layer].rankme for p in points],
+        [p.geometry[layer].fit.alpha for p in points],
+        [p.loss for p in points] if probe.loss else None,
+        settings.phases,
+    )
+    if summary.phases:
+        log.history(summary.phase_history())
+        log.tags(summary.phase_tags())
+    log.table(artifacts.spectra_table(points, layer), "spectra/eigenspectra.csv")
+    log.table(artifacts.layers_table(points), "spectra/metrics_by_layer.csv")
+    log.figure(
+        plots.eigenspectra(
+            {p.checkpoint.step: p.geometry[layer].eigs for p in points},
+            {p.checkpoint.step: p.geometry[layer].fit for p in points},
+            probe.fit_start,
+            probe.fit_end,
+        ),
+        "plots/eigenspectrum.png",
+    )
+    if summary.figure is not None:
+        log.figure(summary.figure, "plots/trajectory.png")
+    table = artifacts.ablation_table(points, summary.phases)
+    if table is not None:
+        log.table(table, "ablation/tail_ablation.csv")

@@ -22,6 +22,20 @@ WARMUP, ENTROPY, COMPRESSION, NO_PHASE = 0, 1, 2, -1
 NAMES = {WARMUP: "warmup", ENTROPY: "entropy-seeking", COMPRESSION: "compression-seeking", NO_PHASE: "none"}
 
 
+@dataclass
+class PhaseRule:
+    """How a RankMe trajectory is cut into phases (the ``phases`` config group's schema and defaults)."""
+
+    min_change: float = 0.15  # a swing counts as a phase when RankMe moves by at least this fraction
+    bandwidth: float = 0.25  # smoothing width in log(step + 1)
+
+    def __post_init__(self) -> None:
+        if not self.min_change > 0:
+            raise ValueError(f"phases.min_change={self.min_change} must be > 0")
+        if self.bandwidth < 0:
+            raise ValueError(f"phases.bandwidth={self.bandwidth} must be >= 0 (0: no smoothing)")
+
+
 @dataclass(frozen=True)
 class Phases:
     labels: list[int]  # one per checkpoint: 0 warmup, 1 entropy-seeking, 2 compression-seeking, -1 none
@@ -68,8 +82,12 @@ def turning_points(y: Sequence[float], threshold: float) -> list[int]:
     return points
 
 
-def detect(steps: Sequence[int], rankme: Sequence[float], min_change: float = 0.15,
-           bandwidth: float = 0.25) -> Phases:
+def detect(
+    steps: Sequence[int],
+    rankme: Sequence[float],
+    min_change: float = PhaseRule.min_change,
+    bandwidth: float = PhaseRule.bandwidth,
+) -> Phases:
     """Phase label per checkpoint and the steps where phases end. ``min_change`` is the relative RankMe
     change a swing must reach to count; ``bandwidth`` the smoothing width in log(step + 1)."""
     if len(steps) != len(rankme):

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib
 import torch
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
+from geomsweep.phases import NAMES
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# Figures are built as plain matplotlib Figures, never through pyplot: no GUI backend, no global figure registry,
+# nothing to close, safe in worker processes and notebooks alike.
 
 
 def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, fit_end: int):
     """Log-log eigenspectra (explained-variance ratio), one line per step coloured by step, with the fit of the
     last step drawn over its fit range."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
     steps = sorted(spectra)
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for i, step in enumerate(steps):
         eigs = spectra[step]
         ratio = (eigs / eigs.sum()).numpy()
@@ -33,29 +32,40 @@ def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, f
     if fit.alpha == fit.alpha:  # not NaN
         k = torch.arange(fit_start, fit_end + 1, dtype=torch.float64)
         scale = spectra[last].sum()
-        ax.loglog(k, (fit.intercept - fit.alpha * k.log()).exp() / scale, "r--", lw=2,
-                  label=f"fit step {last}: α={fit.alpha:.2f}, R²={fit.r2:.3f}")
+        ax.loglog(
+            k,
+            (fit.intercept - fit.alpha * k.log()).exp() / scale,
+            "r--",
+            lw=2,
+            label=f"fit step {last}: α={fit.alpha:.2f}, R²={fit.r2:.3f}",
+        )
     ax.set_xlabel("rank k")
     ax.set_ylabel("λ_k / Σλ")
     ax.set_title("Eigenspectrum of last-token representations")
     if len(steps) <= 8:
         ax.legend(fontsize=7)
     else:
-        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(steps[0], steps[-1]))
+        sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=Normalize(steps[0], steps[-1]))
         fig.colorbar(sm, ax=ax, label="step")
         ax.legend(handles=ax.lines[-1:], fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def trajectory(steps: Sequence[int], rankme: Sequence[float], alpha: Sequence[float],
-               loss: Sequence[float] | None = None, phases: Sequence[int] | None = None, xlabel: str = "step"):
+def trajectory(
+    steps: Sequence[int],
+    rankme: Sequence[float],
+    alpha: Sequence[float],
+    loss: Sequence[float] | None = None,
+    phases: Sequence[int] | None = None,
+    xlabel: str = "step",
+):
     """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given."""
-    plt = _pyplot()
     panels = [("RankMe", rankme, "tab:blue"), ("α-ReQ", alpha, "tab:orange")]
     if loss is not None:
         panels.append(("loss", loss, "tab:gray"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), sharex=True)
+    fig = Figure(figsize=(7, 2.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, sharex=True)
     for ax, (name, values, color) in zip(axes, panels):
         ax.plot(steps, values, "o-", color=color, ms=3)
         ax.set_ylabel(name)
@@ -76,8 +86,6 @@ PHASE_COLORS = {0: "#dddddd", 1: "#cfe8ff", 2: "#ffe0c2"}
 
 def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:
     """Shade contiguous runs of one phase label; edges sit halfway between checkpoints in log(step + 1)."""
-    from geomsweep.phases import NAMES
-
     edges = [steps[0]] + [((a + 1) * (b + 1)) ** 0.5 - 1 for a, b in zip(steps, steps[1:])] + [steps[-1]]
     start = 0
     for i in range(1, len(phases) + 1):
@@ -86,15 +94,21 @@ def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:
         label = phases[start]
         if label in PHASE_COLORS:  # -1: no phase detected, left unshaded
             seen = ax.get_legend_handles_labels()[1]
-            ax.axvspan(edges[start], edges[i], color=PHASE_COLORS[label], alpha=0.6, lw=0,
-                       label=None if NAMES[label] in seen else NAMES[label])
+            ax.axvspan(
+                edges[start],
+                edges[i],
+                color=PHASE_COLORS[label],
+                alpha=0.6,
+                lw=0,
+                label=None if NAMES[label] in seen else NAMES[label],
+            )
         start = i
 
 
 def pass_at_k(curves: dict[str, dict[int, float]], n: int):
     """pass@k against k (log2 axis), one line per labelled curve (e.g. a split before and after post-training)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.subplots()
     for label, curve in curves.items():
         ks = sorted(curve)
         ax.plot(ks, [curve[k] for k in ks], "o-", ms=3, label=label)

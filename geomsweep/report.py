@@ -16,15 +16,19 @@ import argparse
 import re
 from pathlib import Path
 
-from geomsweep import tracking
+import mlflow
+from matplotlib.figure import Figure
+
+from geomsweep import plots, tracking
 from geomsweep.sweep import summary
 
 
 def compared_runs(client, experiment_id: str, sweep: str | None) -> list:
-    query = f"tags.`mlflow.parentRunId` = '{sweep}'" if sweep else ""
+    query = f"tags.`{tracking.TAG_PARENT}` = '{sweep}'" if sweep else ""
     runs = client.search_runs([experiment_id], filter_string=query, max_results=5000)
-    return sorted((r for r in runs if r.data.tags.get(tracking.TAG_ROLE) in ("job", "trace")),
-                  key=lambda r: r.info.run_name or "")
+    return sorted(
+        (r for r in runs if r.data.tags.get(tracking.TAG_ROLE) in ("job", "trace")), key=lambda r: r.info.run_name or ""
+    )
 
 
 def label(run) -> str:
@@ -33,11 +37,9 @@ def label(run) -> str:
     return f"{method}: {name[:60]}"
 
 
-def geometry_figure(client, runs):
-    from geomsweep.plots import _pyplot
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+def geometry_figure(client, runs) -> Figure:
+    fig = Figure(figsize=(8, 6))
+    axes = fig.subplots(2, 1, sharex=True)
     for run in runs:
         for ax, key in zip(axes, ("geometry/rankme", "geometry/alpha_req")):
             history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
@@ -59,63 +61,64 @@ def pass_at_k_curves(runs) -> dict[str, dict[int, float]]:
     """Each run's pass@k (ID split) at its latest logged step."""
     curves = {}
     for run in runs:
-        curve = {int(m.group(1)): value for key, value in run.data.metrics.items()
-                 if (m := re.fullmatch(r"behavior/pass_at_(\d+)", key))}
+        curve = {
+            int(m.group(1)): value
+            for key, value in run.data.metrics.items()
+            if (m := re.fullmatch(r"behavior/pass_at_(\d+)", key))
+        }
         if curve:
             curves[label(run)] = curve
     return curves
 
 
 def latest_sweep(client, experiment_id: str) -> str | None:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.TAG_ROLE}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 
 def write_report(client, experiment_id: str, out: Path, sweep: str | None = None) -> dict[str, Path]:
-    import matplotlib.pyplot as plt
-
-    from geomsweep import plots
-
     runs = compared_runs(client, experiment_id, sweep)
     if not runs:
-        raise SystemExit(f"no job or trace runs to compare in experiment {experiment_id}"
-                         + (f" under sweep {sweep}" if sweep else ""))
+        raise SystemExit(
+            f"no job or trace runs to compare in experiment {experiment_id}"
+            + (f" under sweep {sweep}" if sweep else "")
+        )
     out.mkdir(parents=True, exist_ok=True)
     written = {"summary.csv": out / "summary.csv", "geometry.png": out / "geometry.png"}
     summary(runs, sweep or "").to_csv(written["summary.csv"], index=False)
     fig = geometry_figure(client, runs)
     fig.savefig(written["geometry.png"], dpi=120)
-    plt.close(fig)
     curves = pass_at_k_curves(runs)
     if curves:
         fig = plots.pass_at_k(curves, max(max(c) for c in curves.values()))
         written["pass_at_k.png"] = out / "pass_at_k.png"
         fig.savefig(written["pass_at_k.png"], dpi=120)
-        plt.close(fig)
     parent = sweep or latest_sweep(client, experiment_id)
     if parent:
-        for name, path in written.items():
+        for _name, path in written.items():
             client.log_artifact(parent, str(path), "report")
     return written
 
 
 def main(argv=None) -> None:
-    import mlflow
-    from omegaconf import OmegaConf
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="geomsweep")
     parser.add_argument("--sweep", default=None, help="compare this sweep parent's runs only")
     parser.add_argument("--out", default="report", help="directory for the plots and the table")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     args = parser.parse_args(argv)
-    uri = args.tracking_uri or tracking.tracking_uri(OmegaConf.create({"uri": "sqlite:///mlflow.db"}))
+    uri = args.tracking_uri or tracking.tracking_uri()
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
-        raise SystemExit(f"no experiment {args.experiment!r} in {uri}; there are: "
-                         f"{[e.name for e in client.search_experiments()]}")
+        raise SystemExit(
+            f"no experiment {args.experiment!r} in {uri}; there are: {[e.name for e in client.search_experiments()]}"
+        )
     written = write_report(client, experiment.experiment_id, Path(args.out), args.sweep)
     print("geomsweep: report written: " + ", ".join(str(p) for p in written.values()))
 

@@ -12,10 +12,14 @@ A trace is rebuilt from scratch each time (an earlier trace run of the same key 
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 
+import mlflow
+from mlflow.entities import Param
+
 from geomsweep import tracking
+from geomsweep.artifacts import summarize_trace
+from geomsweep.phases import PhaseRule
 
 ROLE = "trace"
 
@@ -25,8 +29,12 @@ def trace_groups(runs) -> dict[str, list]:
     groups = defaultdict(list)
     for run in runs:
         tags = run.data.tags
-        if (tags.get(tracking.TAG_ROLE) == "job" and run.info.status == "FINISHED"
-                and run.data.params.get("cfg.method.name") == "none" and tracking.TAG_TRACE_KEY in tags):
+        if (
+            tags.get(tracking.TAG_ROLE) == "job"
+            and run.info.status == "FINISHED"
+            and run.data.params.get("cfg.method.name") == "none"
+            and tracking.TAG_TRACE_KEY in tags
+        ):
             groups[tags[tracking.TAG_TRACE_KEY]].append(run)
     return {key: members for key, members in groups.items() if len(members) > 1}
 
@@ -43,75 +51,71 @@ def merged_history(client, members) -> dict[str, dict[int, float]]:
     return merged
 
 
-def roll_up_trace(client, experiment_id: str, key: str, members, parent: str | None, phases_cfg=None) -> str:
+def roll_up_trace(
+    client, experiment_id: str, key: str, members, parent: str | None, rule: PhaseRule | None = None
+) -> str:
     """Create the trace run of one group; returns its run id."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    from geomsweep import phases as ph
-    from geomsweep import plots
-
-    old = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.TAG_TRACE_KEY}` = '{key}' and "
-                                                            f"tags.`{tracking.TAG_ROLE}` = '{ROLE}'")
+    old = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.TAG_TRACE_KEY}` = '{key}' and tags.`{tracking.TAG_ROLE}` = '{ROLE}'",
+    )
     for run in old:
-        if run.data.tags.get("mlflow.parentRunId") == parent:
+        if run.data.tags.get(tracking.TAG_PARENT) == parent:
             client.delete_run(run.info.run_id)
     first = members[0]
-    tags = {tracking.TAG_ROLE: ROLE, tracking.TAG_TRACE_KEY: key, "geomsweep.trace_members": ",".join(
-        r.info.run_id for r in members)}
+    tags = {
+        tracking.TAG_ROLE: ROLE,
+        tracking.TAG_TRACE_KEY: key,
+        tracking.TAG_TRACE_MEMBERS: ",".join(r.info.run_id for r in members),
+    }
     if parent:
-        tags["mlflow.parentRunId"] = parent
-    trace = client.create_run(experiment_id, run_name=f"trace {first.data.params.get('cfg.model.name', '')} "
-                                                      f"({len(members)} jobs)", tags=tags)
-    run_id = trace.info.run_id
+        tags[tracking.TAG_PARENT] = parent
+    run = client.create_run(
+        experiment_id, run_name=f"trace {first.data.params.get('cfg.model.name', '')} ({len(members)} jobs)", tags=tags
+    )
+    log = tracking.RunLogger(run.info.run_id, client)
     history = merged_history(client, members)
-    now = int(time.time() * 1000)
-    shared = {k: v for k, v in first.data.params.items() if not k.startswith("cfg.checkpoint.")
-              and all(m.data.params.get(k) == v for m in members)}
-    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, by_step in history.items()
-                                      for step, v in by_step.items()],
-                     params=[Param(k, v) for k, v in shared.items()])
+    shared = {
+        k: v
+        for k, v in first.data.params.items()
+        if not k.startswith("cfg.checkpoint.") and all(m.data.params.get(k) == v for m in members)
+    }
+    log.history(history)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in shared.items()])
     rankme = history.get("geometry/rankme", {})
     steps = sorted(rankme)
     if len(steps) > 2:
-        found = ph.detect(steps, [rankme[s] for s in steps],
-                          min_change=phases_cfg.min_change if phases_cfg else 0.15,
-                          bandwidth=phases_cfg.bandwidth if phases_cfg else 0.25)
-        client.log_batch(run_id, metrics=[Metric("geometry/phase", label, now, s) for s, label in
-                                          zip(steps, found.labels)],
-                         tags=[RunTag("geomsweep.phases", found.describe()),
-                               RunTag("geomsweep.phase_boundaries", ",".join(map(str, found.boundaries)) or "none")])
-        alpha = history.get("geometry/alpha_req", {})
-        loss = history.get("eval/probe_loss")
-        fig = plots.trajectory(steps, [rankme[s] for s in steps], [alpha.get(s, float("nan")) for s in steps],
-                               loss=[loss.get(s, float("nan")) for s in steps] if loss else None,
-                               phases=found.labels)
-        client.log_figure(run_id, fig, "plots/trajectory.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+        alpha, loss = history.get("geometry/alpha_req", {}), history.get("eval/probe_loss")
+        summary = summarize_trace(
+            steps,
+            [rankme[s] for s in steps],
+            [alpha.get(s, float("nan")) for s in steps],
+            [loss.get(s, float("nan")) for s in steps] if loss else None,
+            rule or PhaseRule(),
+        )
+        log.history(summary.phase_history())
+        log.tags(summary.phase_tags())
+        log.figure(summary.figure, "plots/trajectory.png")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
-def roll_up_traces(client, experiment_id: str, parent: str | None = None, phases_cfg=None) -> list[str]:
+def roll_up_traces(client, experiment_id: str, parent: str | None = None, rule: PhaseRule | None = None) -> list[str]:
     """Trace runs for every group among the sweep's children (``parent``) or the whole experiment."""
-    query = f"tags.`mlflow.parentRunId` = '{parent}'" if parent else ""
+    query = f"tags.`{tracking.TAG_PARENT}` = '{parent}'" if parent else ""
     runs = client.search_runs([experiment_id], filter_string=query, max_results=50_000)
-    return [roll_up_trace(client, experiment_id, key, members, parent, phases_cfg)
-            for key, members in trace_groups(runs).items()]
+    return [
+        roll_up_trace(client, experiment_id, key, members, parent, rule) for key, members in trace_groups(runs).items()
+    ]
 
 
 def main(argv=None) -> None:
-    import mlflow
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="geomsweep")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parser.add_argument("--sweep", default=None, help="roll up this sweep parent's jobs only")
     args = parser.parse_args(argv)
-    from omegaconf import OmegaConf
-
-    client = mlflow.MlflowClient(args.tracking_uri or tracking.tracking_uri(OmegaConf.create({"uri": "sqlite:///mlflow.db"})))
+    client = mlflow.MlflowClient(args.tracking_uri or tracking.tracking_uri())
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         names = [e.name for e in client.search_experiments()]

@@ -1,7 +1,9 @@
 """The ``geomsweep`` MLflow run-context provider (entry point ``mlflow.run_context_provider``).
 
-Every run started inside a geomsweep job gets tags saying where it came from: geomsweep version, git commit,
-Hydra job name and number, SLURM job id (when present), model and revision.
+MLflow asks every installed provider about every run started in the environment, so this one acts only inside a
+geomsweep job (``tracking.current_job()`` is set exactly while ``tracking.job_run`` runs): there, runs get tags
+saying where they came from (geomsweep version, git commit, Hydra job name and number, SLURM job id, model and
+revision); any other program's runs, Hydra apps included, get nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking.context.abstract_context import RunContextProvider
+
+from geomsweep import tracking
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,32 +38,22 @@ def geomsweep_version() -> str:
 
 
 class GeomsweepRunContext(RunContextProvider):
-    """Active inside a geomsweep job (Hydra app) or wherever a job's config is registered (tracking.JOB)."""
+    """Active only while a geomsweep job runs in this process."""
 
     def in_context(self) -> bool:
-        from hydra.core.hydra_config import HydraConfig
-
-        from geomsweep import tracking
-
-        return HydraConfig.initialized() or tracking.JOB is not None
+        return tracking.current_job() is not None
 
     def tags(self) -> dict[str, str]:
-        from hydra.core.hydra_config import HydraConfig
-
-        from geomsweep import tracking
-
-        tags = {"geomsweep.version": geomsweep_version()}
+        tags = {tracking.TAG_VERSION: geomsweep_version()}
         if git_commit():
-            tags["geomsweep.git_commit"] = git_commit()
+            tags[tracking.TAG_GIT_COMMIT] = git_commit()
         if HydraConfig.initialized():
             job = HydraConfig.get().job
-            tags["geomsweep.hydra_job"] = job.name
+            tags[tracking.TAG_HYDRA_JOB] = job.name
             if job.get("num") is not None:
-                tags["geomsweep.hydra_job_num"] = str(job.num)
+                tags[tracking.TAG_HYDRA_JOB_NUM] = str(job.num)
         if os.environ.get("SLURM_JOB_ID"):
-            tags["geomsweep.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+            tags[tracking.TAG_SLURM_JOB] = os.environ["SLURM_JOB_ID"]
             if os.environ.get("SLURM_ARRAY_TASK_ID"):
-                tags["geomsweep.slurm_array_task_id"] = os.environ["SLURM_ARRAY_TASK_ID"]
-        if tracking.JOB is not None:
-            tags |= tracking.JOB
-        return tags
+                tags[tracking.TAG_SLURM_TASK] = os.environ["SLURM_ARRAY_TASK_ID"]
+        return tags | (tracking.current_job() or {})

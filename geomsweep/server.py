@@ -26,16 +26,33 @@ def healthy(uri: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def start(host: str, port: int, backend_store_uri: str, artifacts_destination: str, log_path: Path,
-          wait_s: float = 120.0) -> subprocess.Popen:
+def start(
+    host: str, port: int, backend_store_uri: str, artifacts_destination: str, log_path: Path, wait_s: float = 120.0
+) -> subprocess.Popen:
     """Start the server and wait until ``/health`` answers; a clear error (with its log) if it does not."""
     if host not in LOCAL_HOSTS:
-        raise ValueError(f"tracking.server.host={host!r}: geomsweep starts servers on 127.0.0.1 only; for a "
-                         f"server elsewhere, start it there and set tracking.server.start=false")
+        raise ValueError(
+            f"tracking.server.host={host!r}: geomsweep starts servers on 127.0.0.1 only; for a "
+            f"server elsewhere, start it there and set tracking.server.start=false"
+        )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
-           "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+    ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     uri = f"http://{host}:{port}"
@@ -47,8 +64,10 @@ def start(host: str, port: int, backend_store_uri: str, artifacts_destination: s
             break
         time.sleep(0.5)
     stop(proc)
-    raise RuntimeError(f"mlflow server at {uri} did not become healthy within {wait_s:.0f}s "
-                       f"(exit code {proc.poll()}); its log: {log_path}")
+    raise RuntimeError(
+        f"mlflow server at {uri} did not become healthy within {wait_s:.0f}s "
+        f"(exit code {proc.poll()}); its log: {log_path}"
+    )
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -21,10 +21,15 @@ class StreamingCovariance:
 
     Batches are merged with Chan et al.'s pairwise update of (count, mean, centered scatter), which stays exact
     when the mean is large relative to the spread, unlike a running sum of x x^T.
-    Shaped like a torchmetrics metric: ``update(batch)`` per batch, ``compute()`` at the end.
+    Shaped like a torchmetrics metric: ``update(batch)`` per batch, ``compute()`` at the end, ``merge(other)`` to
+    combine the states of disjoint shards (processes, jobs, jackknife groups) into the state of their union.
     """
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the empty state."""
         self.count = 0
         self.mean: torch.Tensor | None = None
         self.scatter: torch.Tensor | None = None
@@ -39,15 +44,24 @@ class StreamingCovariance:
         if batch.shape[0] == 0:
             return
         x = batch.detach().to(device="cpu", dtype=torch.float64)
-        n_b = x.shape[0]
-        mean_b = x.mean(dim=0)
-        centered = x - mean_b
-        scatter_b = centered.T @ centered
+        mean = x.mean(dim=0)
+        centered = x - mean
+        self._combine(x.shape[0], mean, centered.T @ centered)
+
+    def merge(self, other: StreamingCovariance) -> StreamingCovariance:
+        """Fold in the state of ``other`` (rows disjoint from this one's); returns self. Exact: merging the
+        states of K shards equals one pass over all their rows, up to round-off."""
+        if other.count:
+            self._combine(other.count, other.mean.clone(), other.scatter.clone())
+        return self
+
+    def _combine(self, n_b: int, mean_b: torch.Tensor, scatter_b: torch.Tensor) -> None:
+        """Chan et al.'s pairwise combination of (count, mean, scatter) states."""
         if self.mean is None:
             self.count, self.mean, self.scatter = n_b, mean_b, scatter_b
             return
-        if x.shape[1] != self.dim:
-            raise ValueError(f"batch has dim {x.shape[1]}, earlier batches had dim {self.dim}")
+        if mean_b.numel() != self.dim:
+            raise ValueError(f"batch has dim {mean_b.numel()}, earlier batches had dim {self.dim}")
         n_a, total = self.count, self.count + n_b
         delta = mean_b - self.mean
         self.mean = self.mean + delta * (n_b / total)
@@ -165,7 +179,7 @@ class Geometry:
         }
 
 
-def measure(
+def spectral_geometry(
     cov: StreamingCovariance,
     *,
     rankme_variant: str = "eigen",

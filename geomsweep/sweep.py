@@ -4,8 +4,8 @@ Before any job: the store and experiment are created once; sweep parents left RU
 this host are marked KILLED; the parent is created (found again by its ``geomsweep.sweep_dir`` tag). After the
 last job: jobs that each measured part of one trace become one trace run (rollup.py); a summary of every cell
 (this sweep's runs and the earlier FINISHED runs it reused) goes to the parent as ``summary.csv`` and an MLflow
-table; the parent ends FAILED if any cell failed, and the exit status says so. With ``tracking=server`` and ``tracking.server.start``, a local ``mlflow server`` lives exactly as long
-as the sweep (or single run).
+table; the parent ends FAILED if any cell failed, and the exit status says so. With ``tracking=server`` and
+``tracking.server.start``, a local ``mlflow server`` lives exactly as long as the sweep (or single run).
 """
 
 from __future__ import annotations
@@ -16,29 +16,43 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from geomsweep import tracking
+from geomsweep import server, tracking
+from geomsweep.phases import PhaseRule
+from geomsweep.rollup import roll_up_traces
 
 log = logging.getLogger(__name__)
 SEQUENTIAL_LAUNCHERS = (None, "basic")
-HEADLINE_METRICS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss", "eval/long_range_acc",
-                    "behavior/ngram_alignment", "behavior/pass_at_1", "eval/id_acc", "eval/ood_acc")
+HEADLINE_METRICS = (
+    "geometry/rankme",
+    "geometry/alpha_req",
+    "eval/probe_loss",
+    "eval/long_range_acc",
+    "behavior/ngram_alignment",
+    "behavior/pass_at_1",
+    "eval/id_acc",
+    "eval/ood_acc",
+)
 
 
 def close_stale_sweeps(client, experiment_id: str) -> None:
-    for run in client.search_runs([experiment_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'sweep' and "
-                                                                 "attributes.status = 'RUNNING'"):
+    for run in client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'sweep' and attributes.status = 'RUNNING'"
+    ):
         if run.data.tags.get(tracking.TAG_HOST) == socket.gethostname() and not tracking.process_alive(run):
             tracking.mark_killed(client, run)
 
 
 def cells(client, experiment_id: str, parent_id: str) -> list:
     """This sweep's job runs and the earlier FINISHED runs it reused, by run name."""
-    children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                                                 f"tags.`{tracking.TAG_ROLE}` = 'job'")
+    children = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent_id}' and tags.`{tracking.TAG_ROLE}` = 'job'",
+    )
     tags = client.get_run(parent_id).data.tags
     reused = [client.get_run(run_id) for key, run_id in tags.items() if key.startswith(tracking.TAG_REUSED_PREFIX)]
     return sorted(children + reused, key=lambda r: r.info.run_name or "")
@@ -49,13 +63,17 @@ def summary(runs, parent_id: str) -> pd.DataFrame:
     rows = []
     for run in runs:
         metrics = run.data.metrics
-        rows.append({
-            "cell": run.info.run_name, "status": run.info.status, "run_id": run.info.run_id,
-            "source": "this sweep" if run.data.tags.get("mlflow.parentRunId") == parent_id else "earlier run",
-            "config_hash": run.data.tags.get(tracking.TAG_CONFIG_HASH, ""),
-            **{key: metrics.get(key) for key in HEADLINE_METRICS if key in metrics},
-            "error": run.data.tags.get(tracking.TAG_ERROR, ""),
-        })
+        rows.append(
+            {
+                "cell": run.info.run_name,
+                "status": run.info.status,
+                "run_id": run.info.run_id,
+                "source": "this sweep" if run.data.tags.get(tracking.TAG_PARENT) == parent_id else "earlier run",
+                "config_hash": run.data.tags.get(tracking.TAG_CONFIG_HASH, ""),
+                **{key: metrics.get(key) for key in HEADLINE_METRICS if key in metrics},
+                "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -66,8 +84,8 @@ def roll_up(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
     client.log_text(parent_id, table.to_csv(index=False), "summary.csv")
     if len(table):
         client.log_table(parent_id, table.astype(str), "summary.json")
-    client.set_tag(parent_id, "geomsweep.cells", str(len(table)))
-    client.set_tag(parent_id, "geomsweep.failed_cells", ", ".join(failed["cell"]) if len(failed) else "none")
+    client.set_tag(parent_id, tracking.TAG_CELLS, str(len(table)))
+    client.set_tag(parent_id, tracking.TAG_FAILED_CELLS, ", ".join(failed["cell"]) if len(failed) else "none")
     client.set_terminated(parent_id, "FAILED" if len(failed) else "FINISHED")
     return table
 
@@ -78,24 +96,29 @@ _SERVER = []  # the local server process, if this process started one (kept off 
 class SweepCallback(Callback):
     # a local tracking server for the lifetime of the sweep or single run ----------------------------------
     def _start_server(self, config: DictConfig, output_dir: str) -> None:
-        from geomsweep import server
-
         spec = config.tracking.get("server")
         if not spec or not spec.start or _SERVER or server.healthy(f"http://{spec.host}:{spec.port}"):
             return
-        _SERVER.append(server.start(spec.host, spec.port, spec.backend_store_uri, spec.artifacts_destination,
-                                    Path(output_dir) / "mlflow-server.log"))
+        _SERVER.append(
+            server.start(
+                spec.host,
+                spec.port,
+                spec.backend_store_uri,
+                spec.artifacts_destination,
+                Path(output_dir) / "mlflow-server.log",
+            )
+        )
         atexit.register(self._stop_server)  # also when the sweep dies before on_multirun_end
 
     @staticmethod
     def _stop_server() -> None:
-        from geomsweep import server
-
         while _SERVER:
             proc = _SERVER.pop()
             server.stop(proc)
-            print(f"geomsweep: stopped the local MLflow server; its store stays readable with: "
-                  f"mlflow ui {' '.join(proc.args[proc.args.index('--backend-store-uri'):])} --port 5000")
+            print(
+                f"geomsweep: stopped the local MLflow server; its store stays readable with: "
+                f"mlflow ui {' '.join(proc.args[proc.args.index('--backend-store-uri') :])} --port 5000"
+            )
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._start_server(config, config.hydra.run.dir)
@@ -105,44 +128,47 @@ class SweepCallback(Callback):
 
     # the sweep parent ---------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
-
         self._start_server(config, config.hydra.sweep.dir)
         experiment_id = tracking.setup_store(config.tracking)
         launcher = config.hydra.runtime.choices.get("hydra/launcher")
         if launcher not in SEQUENTIAL_LAUNCHERS and mlflow.get_tracking_uri().startswith("sqlite"):
-            log.warning("hydra/launcher=%s runs jobs at the same time, but %s takes one writer at a time "
-                        "(jobs may fail with 'database is locked'): use tracking=server", launcher,
-                        mlflow.get_tracking_uri())
+            log.warning(
+                "hydra/launcher=%s runs jobs at the same time, but %s takes one writer at a time "
+                "(jobs may fail with 'database is locked'): use tracking=server",
+                launcher,
+                mlflow.get_tracking_uri(),
+            )
         client = mlflow.MlflowClient()
         close_stale_sweeps(client, experiment_id)
         directory = tracking.sweep_dir(config.hydra)
         if tracking.find_sweep_parent(experiment_id, directory) is None:
             run = client.create_run(
-                experiment_id, run_name=f"sweep {Path(directory).parent.name}/{Path(directory).name}",
-                tags={tracking.TAG_SWEEP_DIR: directory, tracking.TAG_ROLE: "sweep", **tracking.process_tags(),
-                      tracking.TAG_SWEPT: ",".join(tracking.swept_keys(list(config.hydra.overrides.task)))},
+                experiment_id,
+                run_name=f"sweep {Path(directory).parent.name}/{Path(directory).name}",
+                tags={
+                    tracking.TAG_SWEEP_DIR: directory,
+                    tracking.TAG_ROLE: "sweep",
+                    **tracking.process_tags(),
+                    tracking.TAG_SWEPT: ",".join(tracking.swept_keys(list(config.hydra.overrides.task))),
+                },
             )
             client.log_text(run.info.run_id, " ".join(config.hydra.overrides.task), "overrides.txt")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
-
         try:
             experiment_id = tracking.setup_store(config.tracking)
             parent = tracking.find_sweep_parent(experiment_id, tracking.sweep_dir(config.hydra))
             if parent is None:
                 return
             client = mlflow.MlflowClient()
-            from geomsweep.rollup import roll_up_traces
-
-            roll_up_traces(client, experiment_id, parent, config.get("phases"))
+            roll_up_traces(client, experiment_id, parent, PhaseRule(**config.phases))
             table = roll_up(client, experiment_id, parent)
             print(tracking.results_message(client.get_run(parent)))
         finally:
             self._stop_server()
         failed = table[table["status"] != "FINISHED"] if len(table) else table
         if len(failed):
-            raise SystemExit(f"geomsweep: {len(failed)} of {len(table)} cells did not finish: "
-                             + "; ".join(f"{c} ({s}: {e})" for c, s, e in zip(failed["cell"], failed["status"],
-                                                                              failed["error"])))
+            raise SystemExit(
+                f"geomsweep: {len(failed)} of {len(table)} cells did not finish: "
+                + "; ".join(f"{c} ({s}: {e})" for c, s, e in zip(failed["cell"], failed["status"], failed["error"]))
+            )

@@ -12,12 +12,24 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from contextlib import nullcontext
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
+from geomsweep.server import healthy
+
+# Every tag key geomsweep writes.
 TAG_SWEEP_DIR = "geomsweep.sweep_dir"
 TAG_ROLE = "geomsweep.role"
 TAG_SWEPT = "geomsweep.swept_keys"  # on a sweep parent: the keys the sweep varies (they name its job runs)
@@ -26,42 +38,49 @@ TAG_TRACE_KEY = "geomsweep.trace_key"
 TAG_ERROR = "geomsweep.error"
 TAG_HOST, TAG_PID = "geomsweep.host", "geomsweep.pid"
 TAG_REUSED_PREFIX = "geomsweep.reused."  # on a sweep parent: a cell already FINISHED in an earlier run
-JOB: dict[str, str] | None = None  # the running job's model tags, read by the run-context provider (run_context.py)
+TAG_TRACE_MEMBERS = "geomsweep.trace_members"  # on a trace run: the job runs it rolls up
+TAG_PHASES, TAG_PHASE_BOUNDARIES = "geomsweep.phases", "geomsweep.phase_boundaries"
+TAG_ABLATION = "geomsweep.ablation"  # why the spectral-tail ablation was skipped
+TAG_BASE_REVISION, TAG_BASE_STEP = "geomsweep.base_revision", "geomsweep.base_step"
+TAG_CELLS, TAG_FAILED_CELLS = "geomsweep.cells", "geomsweep.failed_cells"
+TAG_MODEL, TAG_MODEL_REVISION = "geomsweep.model", "geomsweep.model_revision"
+TAG_VERSION, TAG_GIT_COMMIT = "geomsweep.version", "geomsweep.git_commit"  # provenance (run_context.py)
+TAG_HYDRA_JOB, TAG_HYDRA_JOB_NUM = "geomsweep.hydra_job", "geomsweep.hydra_job_num"
+TAG_SLURM_JOB, TAG_SLURM_TASK = "geomsweep.slurm_job_id", "geomsweep.slurm_array_task_id"
+TAG_PARENT = "mlflow.parentRunId"
+DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store, and tracking=sqlite's
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
 LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch")
 MAX_PARAM_CHARS = 6000
 
 
-def tracking_uri(tracking_cfg) -> str:
-    """``MLFLOW_TRACKING_URI`` wins over the config, as everywhere in MLflow."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or str(tracking_cfg.uri)
+def tracking_uri(tracking_cfg=None) -> str:
+    """``MLFLOW_TRACKING_URI`` wins over the config (or, without one, the default store), as everywhere in MLflow."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (str(tracking_cfg.uri) if tracking_cfg else DEFAULT_URI)
 
 
 def sqlite_path(uri: str) -> Path | None:
     prefix = "sqlite:///"
-    return Path(uri[len(prefix):]) if uri.startswith(prefix) and uri != prefix + ":memory:" else None
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) and uri != prefix + ":memory:" else None
 
 
 def setup_store(tracking_cfg) -> str:
     """Point MLflow at the store, create it and the experiment if needed; return the experiment id.
 
     On sqlite this happens under a file lock: parallel processes creating one fresh sqlite store all fail."""
-    import mlflow
-    from filelock import FileLock
-
     uri = tracking_uri(tracking_cfg)
     if uri.startswith(("http://", "https://")):
-        from geomsweep.server import healthy
-
         if not healthy(uri, timeout=10):
-            raise ConnectionError(f"no MLflow server answers at {uri}: start one (mlflow server --host 127.0.0.1 "
-                                  f"--port ...), or use tracking=server with tracking.server.start=true, or the "
-                                  f"single-machine default tracking=sqlite")
+            raise ConnectionError(
+                f"no MLflow server answers at {uri}: start one (mlflow server --host 127.0.0.1 "
+                f"--port ...), or use tracking=server with tracking.server.start=true, or the "
+                f"single-machine default tracking=sqlite"
+            )
     mlflow.set_tracking_uri(uri)
     path = sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock") if path is not None else nullcontext():
+    with FileLock(str(path) + ".lock", timeout=120) if path is not None else nullcontext():
         client = mlflow.MlflowClient()
         experiment = client.get_experiment_by_name(tracking_cfg.experiment)
         if experiment is not None:
@@ -91,8 +110,12 @@ def process_alive(run) -> bool:
 
 
 def mark_killed(client, run) -> None:
-    client.set_tag(run.info.run_id, TAG_ERROR, f"killed: process {run.data.tags.get(TAG_PID, '?')} on "
-                                               f"{run.data.tags.get(TAG_HOST, '?')} ended without closing the run")
+    client.set_tag(
+        run.info.run_id,
+        TAG_ERROR,
+        f"killed: process {run.data.tags.get(TAG_PID, '?')} on "
+        f"{run.data.tags.get(TAG_HOST, '?')} ended without closing the run",
+    )
     client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -100,16 +123,17 @@ def earlier_run(experiment_id: str, identity: str, force: bool = False):
     """The FINISHED run of this cell, if any (None when ``force``); RUNNING runs of dead processes -> KILLED.
 
     A RUNNING run whose process is alive on this host is the same cell running right now: refused."""
-    import mlflow
-
     client = mlflow.MlflowClient()
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{identity}' and "
-                                                           f"tags.`{TAG_ROLE}` = 'job'")
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{identity}' and tags.`{TAG_ROLE}` = 'job'"
+    )
     for run in runs:
         if run.info.status == "RUNNING":
             if process_alive(run):
-                raise RuntimeError(f"this cell (config hash {identity}) is running now in run {run.info.run_id}, "
-                                   f"process {run.data.tags[TAG_PID]}: not starting it twice")
+                raise RuntimeError(
+                    f"this cell (config hash {identity}) is running now in run {run.info.run_id}, "
+                    f"process {run.data.tags[TAG_PID]}: not starting it twice"
+                )
             mark_killed(client, run)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     return finished[0] if finished and not force else None
@@ -144,21 +168,57 @@ def trace_key(cfg: DictConfig) -> str:
     return config_hash(cfg, without=("checkpoint",))
 
 
-def log_config(cfg: DictConfig) -> None:
-    """Params (batched) and the resolved YAML as an artifact."""
-    import mlflow
-    from mlflow.entities import Param
+class RunLogger:
+    """Every MLflow write of one job, bound to its run id (so workers never rely on a global active run)."""
 
-    params = [Param(k, v) for k, v in flatten(cfg).items()]
-    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, params=params)
-    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    def __init__(self, run_id: str, client: mlflow.MlflowClient | None = None):
+        self.run_id = run_id
+        self.client = client or mlflow.MlflowClient()
+
+    def config(self, cfg: DictConfig) -> None:
+        """Params (``cfg.<dotted.key>``, batched) and the resolved YAML as an artifact."""
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flatten(cfg).items()])
+        self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        self.history({key: {step: value} for key, value in values.items()})
+
+    def history(self, series: dict[str, dict[int, float]]) -> None:
+        """Many (key, step, value) points in one batched call."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[
+                Metric(key, float(value), now, step)
+                for key, by_step in series.items()
+                for step, value in by_step.items()
+            ],
+        )
+
+    def tags(self, values: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in values.items()])
+
+    def figure(self, fig, path: str) -> None:
+        self.client.log_figure(self.run_id, fig, path)
+
+    def table(self, frame, path: str) -> None:
+        """A CSV artifact."""
+        self.client.log_text(self.run_id, frame.to_csv(index=False), path)
+
+    def json_table(self, columns: dict[str, list], path: str) -> None:
+        """An MLflow table (readable in the UI's artifact view and through ``mlflow.load_table``)."""
+        self.client.log_table(self.run_id, columns, path)
+
+    def failure(self, err: BaseException) -> None:
+        """The reason as a tag, the traceback as ``error.txt``."""
+        self.tags({TAG_ERROR: f"{type(err).__name__}: {err}"})
+        self.client.log_text(self.run_id, traceback.format_exc(), "error.txt")
 
 
 def find_sweep_parent(experiment_id: str, sweep_dir: str) -> str | None:
-    import mlflow
-
     runs = mlflow.MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_SWEEP_DIR}` = '{sweep_dir}' and tags.`{TAG_ROLE}` = 'sweep'",
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SWEEP_DIR}` = '{sweep_dir}' and tags.`{TAG_ROLE}` = 'sweep'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -170,17 +230,12 @@ def sweep_dir(hydra_cfg) -> str:
 
 def job_context(experiment_id: str) -> tuple[str, str | None]:
     """(run name, sweep parent run id or None) of the current Hydra job."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return "run", None
     hydra_cfg = HydraConfig.get()
     name = hydra_cfg.job.override_dirname or "default"
     parent = find_sweep_parent(experiment_id, sweep_dir(hydra_cfg)) if hydra_cfg.mode == RunMode.MULTIRUN else None
     if parent is not None:
-        import mlflow
-
         swept = mlflow.MlflowClient().get_run(parent).data.tags.get(TAG_SWEPT, "").split(",")
         varied = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
         name = ",".join(varied) or name
@@ -189,43 +244,59 @@ def job_context(experiment_id: str) -> tuple[str, str | None]:
 
 def swept_keys(overrides: list[str]) -> list[str]:
     """The keys a multirun's command line sweeps over (``a=1,2``, ``b=range(3)``, ...)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(overrides)
-            if o.is_sweep_override()]
+    return [
+        o.get_key_element().lstrip("+~")
+        for o in OverridesParser.create().parse_overrides(overrides)
+        if o.is_sweep_override()
+    ]
 
 
 def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def model_tags(cfg: DictConfig) -> dict[str, str]:
+def model_tags(settings) -> dict[str, str]:
     """What model (and which revisions of it) a job measures, for the run-context provider."""
-    checkpoint = cfg.checkpoint
-    detail = {"steps": ",".join(map(str, checkpoint.get("steps") or [])), "log": checkpoint.get("num"),
-              "every": checkpoint.get("every")}.get(checkpoint.select)
-    revision = cfg.model.get("revision") or (f"{checkpoint.select}:{detail}" if detail else checkpoint.select)
-    return {"geomsweep.model": str(cfg.model.name), "geomsweep.model_revision": str(revision)}
+    checkpoint = settings.checkpoint
+    detail = {
+        "steps": ",".join(map(str, checkpoint.steps or [])),
+        "log": checkpoint.num,
+        "every": checkpoint.every,
+    }.get(checkpoint.select)
+    revision = f"{checkpoint.select}:{detail}" if detail else str(checkpoint.select)
+    return {TAG_MODEL: str(settings.model.name), TAG_MODEL_REVISION: revision}
 
 
-def start_job_run(experiment_id: str, identity: str, name: str, parent: str | None, cfg: DictConfig):
-    """Open this job's run: nested under the sweep parent in a multirun, tagged with the cell's identity (and,
-    through the geomsweep run-context provider, its provenance)."""
-    import mlflow
+_JOB: dict[str, str] | None = None  # the running job's model tags, while it runs (run_context.py reads them)
 
-    global JOB
-    JOB = model_tags(cfg)
+
+def current_job() -> dict[str, str] | None:
+    """The model tags of the geomsweep job running in this process, or None outside one."""
+    return _JOB
+
+
+@contextmanager
+def job_run(
+    experiment_id: str, identity: str, name: str, parent: str | None, cfg: DictConfig, settings
+) -> Iterator[mlflow.ActiveRun]:
+    """This job's run, active for its duration (TRL's MLflow reporting joins it): nested under the sweep parent in
+    a multirun, tagged with the cell's identity and, through the run-context provider, its provenance."""
+    global _JOB
     tags = {TAG_CONFIG_HASH: identity, TAG_TRACE_KEY: trace_key(cfg), TAG_ROLE: "job", **process_tags()}
-    return mlflow.start_run(experiment_id=experiment_id, run_name=name[:250], parent_run_id=parent, tags=tags)
+    _JOB = model_tags(settings)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name[:250], parent_run_id=parent, tags=tags) as run:
+            yield run
+    finally:
+        _JOB = None
 
 
 def results_message(run) -> str:
     uri = mlflow_uri_for_ui()
-    where = (f"geomsweep: results in MLflow experiment {run.info.experiment_id}, run {run.info.run_id} "
-             f"({run.info.run_name}) at {uri}\n")
+    where = (
+        f"geomsweep: results in MLflow experiment {run.info.experiment_id}, run {run.info.run_id} "
+        f"({run.info.run_name}) at {uri}\n"
+    )
     if uri.startswith(("http://", "https://")):
         return where + f"geomsweep: browse them at {uri}/#/experiments/{run.info.experiment_id}"
     return where + f"geomsweep: open the UI with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
@@ -233,10 +304,8 @@ def results_message(run) -> str:
 
 def mlflow_uri_for_ui() -> str:
     """The tracking URI with a relative sqlite path made absolute, so the printed command works anywhere."""
-    import mlflow
-
     uri = mlflow.get_tracking_uri()
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri

@@ -26,14 +26,35 @@ from geomsweep import server
 
 # A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
 # shrunk to its width; the test suite runs on the same one (tests/conftest.py).
-SMALL_TOY = {"max_steps": 40, "n_checkpoints": 4, "hidden_size": 32, "num_heads": 2, "n_train_docs": 1500,
-             "n_words": 600, "vocab_size": 512, "lr_scheduler": "cosine"}
+SMALL_TOY = {
+    "max_steps": 40,
+    "n_checkpoints": 4,
+    "hidden_size": 32,
+    "num_heads": 2,
+    "n_train_docs": 1500,
+    "n_words": 600,
+    "vocab_size": 512,
+    "lr_scheduler": "cosine",
+}
 SMALL_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
-SMALL_WORLD = [*(f"model.toy.{key}={value}" for key, value in SMALL_TOY.items()), "eval.toy_n_docs=60",
-               "eval.ablation_k=[2,8]", "sampler.n=4", *SMALL_PROBE, "progress=false"]
+SMALL_WORLD = [
+    *(f"model.toy.{key}={value}" for key, value in SMALL_TOY.items()),
+    "eval.toy_n_docs=60",
+    "eval.ablation_k=[2,8]",
+    "sampler.n=4",
+    *SMALL_PROBE,
+    "progress=false",
+]
 SHORT_SWEEP = ["-m", *SMALL_WORLD, "probe.norm=post,pre"]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def make_store(out: Path) -> str:
@@ -45,8 +66,9 @@ def make_store(out: Path) -> str:
 
 def rest(uri: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{uri}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
@@ -69,12 +91,13 @@ def check_rest(uri: str, experiment: str) -> tuple[str, dict, list[dict]]:
 
 
 def check_browser(uri: str, experiment_id: str, sweep: dict, job: dict, out: Path) -> list[Path]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415  (optional: the ui extra)
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        raise SystemExit("no chromium on PATH: install Debian's chromium package (apt-get install chromium), "
-                         "or run with --rest-only")
+        raise SystemExit(
+            "no chromium on PATH: install Debian's chromium package (apt-get install chromium), or run with --rest-only"
+        )
     shots = [out / "mlflow-ui-experiment.png", out / "mlflow-ui-rankme.png"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -113,12 +136,16 @@ def main(argv=None) -> None:
     uri = f"http://127.0.0.1:{port}"
     try:
         experiment_id, sweep, jobs = check_rest(uri, args.experiment)
-        print(f"ui-check: REST ok: sweep {sweep['info']['run_name']!r} with {len(jobs)} jobs, "
-              f"geometry/rankme history in each")
+        print(
+            f"ui-check: REST ok: sweep {sweep['info']['run_name']!r} with {len(jobs)} jobs, "
+            f"geometry/rankme history in each"
+        )
         if not args.rest_only:
             shots = check_browser(uri, experiment_id, sweep, jobs[0], out)
-            print(f"ui-check: browser ok: runs and the geometry/rankme chart shown; screenshots: "
-                  f"{', '.join(map(str, shots))}")
+            print(
+                f"ui-check: browser ok: runs and the geometry/rankme chart shown; screenshots: "
+                f"{', '.join(map(str, shots))}"
+            )
     finally:
         server.stop(proc)
 

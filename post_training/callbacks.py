@@ -7,28 +7,32 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
+from geomsweep.extract import eval_mode
+
 
 class GeometryCallback(TrainerCallback):
-    """``measure(model) -> metrics`` every ``every`` optimizer steps; ``behave(model, step) -> metrics`` at both ends.
+    """``measure_geometry(model) -> metrics`` every ``every`` optimizer steps; ``measure_behavior(model, step) ->
+    metrics`` at both ends.
 
     Each measurement is logged as soon as it is taken (a crash keeps what was measured) and kept in
     ``history`` (step -> metrics) for the job's artifacts."""
 
-    def __init__(self, measure: Callable, behave: Callable, log, every: int):
+    def __init__(self, measure_geometry: Callable, measure_behavior: Callable, log, every: int):
         if every < 1:
             raise ValueError(f"method.geometry_every must be >= 1, got {every}")
-        self.measure, self.behave, self.log, self.every = measure, behave, log, every
+        self.measure_geometry, self.measure_behavior, self.log, self.every = (
+            measure_geometry,
+            measure_behavior,
+            log,
+            every,
+        )
         self.history: dict[int, dict[str, float]] = {}
 
     def _record(self, step: int, model, with_behavior: bool) -> None:
-        was_training = model.training
-        model.eval()
-        try:
-            metrics = self.measure(model)
+        with eval_mode(model):
+            metrics = self.measure_geometry(model)
             if with_behavior:
-                metrics |= self.behave(model, step)
-        finally:
-            model.train(was_training)
+                metrics |= self.measure_behavior(model, step)
         self.history.setdefault(step, {}).update(metrics)
         self.log.metrics(metrics, step=step)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 
-from post_training.rewards import answer_of
+from geomsweep.extract import eval_mode, next_token_logprobs
+from geomsweep.tasks import answer_of
 
 
 def _encode_pairs(tokenizer, prompts: list[str], completions: list[str]):
@@ -32,8 +33,6 @@ def _encode_pairs(tokenizer, prompts: list[str], completions: list[str]):
 @torch.inference_mode()
 def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int = 32) -> tuple[list[float], list[int]]:
     """Summed log-probability of each completion given its prompt, and its number of tokens."""
-    from geomsweep.extract import next_token_logprobs
-
     sums, counts = [], []
     for i in range(0, len(prompts), batch_size):
         ids, attention, target = _encode_pairs(tokenizer, prompts[i : i + batch_size], completions[i : i + batch_size])
@@ -47,24 +46,23 @@ def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int 
 @torch.inference_mode()
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
     device = next(model.parameters()).device
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     outputs = []
-    try:
+    with eval_mode(model, tokenizer, padding_side="left"):
         for i in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
-            outputs.extend(tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
+            batch = tokenizer(
+                prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            generated = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            outputs.extend(
+                tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            )
     return outputs
 
 
 def evaluate_split(model, tokenizer, split: Dataset, extractor: str, max_new_tokens: int) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model, tokenizer):
         metrics = {}
         prompts = split["prompt"]
         if "completion" in split.column_names:
@@ -78,5 +76,3 @@ def evaluate_split(model, tokenizer, split: Dataset, extractor: str, max_new_tok
             rejected, _ = completion_logprobs(model, tokenizer, prompts, split["rejected"])
             metrics["acc"] = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
         return metrics
-    finally:
-        model.train(was_training)

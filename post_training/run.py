@@ -1,78 +1,106 @@
-"""A post-training job: one base checkpoint -> a TRL trainer (SFT, DPO or RLVR), with geometry measured along the
-way and ID/OOD behavior at both ends, all into the job's MLflow run (which the trainer's own MLflow reporting
-joins, since it is already active)."""
+"""A post-training job: one base checkpoint -> the method's TRL trainer (SFT, DPO, GRPO, ...), with geometry
+measured along the way and ID/OOD behavior at both ends, all into the job's MLflow run (which the trainer's own
+MLflow reporting joins, since it is already active).
+
+The trainer is whatever ``method.trainer`` names (``trl.SFTTrainer``, ``trl.DPOTrainer``, ``trl.GRPOTrainer``),
+built from ``method.trainer_config`` with ``method.args`` passed straight through: one lookup, in the config.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
-from omegaconf import OmegaConf
+import datasets
+from hydra.utils import get_class, get_method
 
-from post_training import dpo, rlvr, sft
+from geomsweep import checkpoints as ckpts
+from geomsweep import plots
+from geomsweep.behavior.sample_eval import sampling_probe
+from geomsweep.measure import measure_model, resolve_device, resolve_dtype
+from geomsweep.tasks import load_task
+from geomsweep.tracking import TAG_BASE_REVISION, TAG_BASE_STEP
+from post_training.callbacks import GeometryCallback
+from post_training.evaluate import evaluate_split
 
-TRAINERS = {"sft": sft, "dpo": dpo, "rlvr": rlvr}
 
-
-def base_checkpoint(cfg):
+def base_checkpoint(settings) -> ckpts.Checkpoint:
     """The one pretraining checkpoint post-training starts from (``checkpoint=`` is the sweep axis)."""
-    from geomsweep import checkpoints as ckpts
-
-    available = ckpts.available(cfg.model, cfg.cache_dir, cfg.progress)
-    selected = ckpts.select(available, cfg.checkpoint.select, cfg.checkpoint.get("steps"))
+    selected = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)
     if len(selected) != 1:
-        raise ValueError(f"method={cfg.method.name} post-trains one base checkpoint, but checkpoint.select="
-                         f"{cfg.checkpoint.select} picks {len(selected)} ({', '.join(c.revision for c in selected[:4])}"
-                         f"{', ...' if len(selected) > 4 else ''}); use checkpoint=final or checkpoint=step "
-                         f"checkpoint.step=N with N one of {[c.step for c in available]}")
+        steps = [c.step for c in ckpts.available(settings.model, settings.cache_dir)]
+        raise ValueError(
+            f"method={settings.method.name} post-trains one base checkpoint, but checkpoint.select="
+            f"{settings.checkpoint.select} picks {len(selected)} "
+            f"({', '.join(c.revision for c in selected[:4])}{', ...' if len(selected) > 4 else ''}); "
+            f"use checkpoint=final or checkpoint=step checkpoint.step=N with N one of {steps}"
+        )
     return selected[0]
 
 
-def post_train(cfg, texts: list[str], log) -> dict[int, dict[str, float]]:
+def trainer_config(config_cls, args: dict, output_dir: str, device: str, seed: int, progress: bool):
+    """``config_cls(**args)`` with output, reporting and device settings filled in (the user's args win); the
+    fields and their types were checked when the config was (geomsweep.schema.check_fields)."""
+    on_cpu = not device.startswith("cuda")
+    settings = {
+        "output_dir": output_dir,
+        "report_to": ["mlflow"],
+        "save_strategy": "no",
+        "seed": seed,
+        "data_seed": seed,
+        "disable_tqdm": not progress,
+        "bf16": False if on_cpu else args.get("bf16", None),
+        "use_cpu": on_cpu,
+        "logging_first_step": True,
+    }
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**({k: v for k, v in settings.items() if k in fields} | dict(args)))
+
+
+def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     """Train, measuring as configured; returns the callback's history (post-training step -> metrics)."""
-    from geomsweep.behavior.sample_eval import sampling_probe
-    from geomsweep.trace import measure_model, resolve_device, resolve_dtype
-    from post_training.callbacks import GeometryCallback
-    from post_training.data import load_task
-    from post_training.evaluate import evaluate_split
-    from post_training.rewards import exact_answer
-    from post_training.trl_args import trl_config
-
-    method = cfg.method.name
-    if not cfg.progress:
-        import datasets
-
+    method = settings.method
+    if not settings.progress:
         datasets.disable_progress_bars()
-    if cfg.get("device_map") is not None:
-        raise ValueError(f"device_map={cfg.device_map} applies to measurement (method=none) only; post-training "
-                         f"places the model itself (device=...), multi-GPU training goes through accelerate")
-    base = base_checkpoint(cfg)
-    device = resolve_device(cfg.device)
-    model, tokenizer = base.load(device, resolve_dtype(cfg.dtype, device, cfg.model.get("dtype")))
-    log.tags({"geomsweep.base_revision": base.revision, "geomsweep.base_step": base.step})
-    task = load_task(cfg.task, seed=cfg.seed)
-    dataset = task.for_method(method)
-    layer = cfg.probe.layers[0]
+    base = base_checkpoint(settings)
+    device = resolve_device(settings.device)
+    model, tokenizer = base.load(device, resolve_dtype(settings.dtype, device, settings.model.dtype))
+    log.tags({TAG_BASE_REVISION: base.revision, TAG_BASE_STEP: base.step})
+    task = load_task(settings.task, seed=settings.seed)
+    dataset = task.for_method(method.name)
+    layer, probe = settings.probe.layers[0], settings.probe
+    sampling = sampling_probe(settings)
 
-    def measure(m) -> dict[str, float]:
-        geometry, loss, _ = measure_model(m, tokenizer, texts, cfg.probe, progress=False)
-        return geometry[layer].metrics() | ({"eval/probe_loss": loss} if cfg.probe.loss else {})
+    def measure_geometry(m) -> dict[str, float]:
+        return measure_model(m, tokenizer, texts, probe, progress=False).metrics(layer, probe.loss)
 
-    sampling = sampling_probe(cfg)
-
-    def behave(m, step: int) -> dict[str, float]:
+    def measure_behavior(m, step: int) -> dict[str, float]:
         splits = {"id": task.id_eval, "ood": task.ood_eval}
-        metrics = {f"eval/{name}_{key}": value for name, split in splits.items() if split is not None
-                   for key, value in evaluate_split(m, tokenizer, split, cfg.task.extractor,
-                                                    cfg.task.max_new_tokens).items()}
-        return metrics | (sampling.update(m, tokenizer, step, log) if sampling is not None else {})
+        metrics = {
+            f"eval/{name}_{key}": value
+            for name, split in splits.items()
+            if split is not None
+            for key, value in evaluate_split(
+                m, tokenizer, split, settings.task.extractor, settings.task.max_new_tokens
+            ).items()
+        }
+        if sampling is not None:
+            values, tables = sampling.update(m, tokenizer, step)
+            for path, table in tables.items():
+                log.json_table(table, path)
+            metrics |= values
+        return metrics
 
-    callback = GeometryCallback(measure, behave, log, cfg.method.geometry_every)
-    module = TRAINERS[method]
-    with tempfile.TemporaryDirectory(prefix=f"geomsweep-{method}-") as output_dir:
-        config = trl_config(module.CONFIG, OmegaConf.to_container(cfg.method.args, resolve=True), output_dir,
-                            device, cfg.seed, cfg.progress)
-        reward = exact_answer(cfg.task.extractor) if method == "rlvr" else None
-        module.trainer(model, tokenizer, dataset, config, [callback], reward).train()
-    if sampling is not None:
-        sampling.log_plot(log)
+    callback = GeometryCallback(measure_geometry, measure_behavior, log, method.geometry_every)
+    reward = {"reward_funcs": get_method(method.reward)(settings.task.extractor)} if method.reward else {}
+    with tempfile.TemporaryDirectory(prefix=f"geomsweep-{method.name}-") as output_dir:
+        config = trainer_config(
+            get_class(method.trainer_config), method.args, output_dir, device, settings.seed, settings.progress
+        )
+        trainer = get_class(method.trainer)(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback], **reward
+        )
+        trainer.train()
+    if sampling is not None and sampling.curves:
+        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
     return callback.history

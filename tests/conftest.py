@@ -8,12 +8,29 @@ from pathlib import Path
 
 import pytest
 
-from geomsweep.ui_check import SMALL_PROBE, SMALL_TOY, SMALL_WORLD
-
 REPO = Path(__file__).resolve().parents[1]
 
-# The small toy world of `make ui-check`: pretrains in seconds, the fit range shrunk to its width.
-TINY_TOY, TINY_PROBE, TINY = SMALL_TOY, SMALL_PROBE, SMALL_WORLD
+# A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
+# shrunk to its width.
+TINY_TOY = {
+    "max_steps": 40,
+    "n_checkpoints": 4,
+    "hidden_size": 32,
+    "num_heads": 2,
+    "n_train_docs": 1500,
+    "n_words": 600,
+    "vocab_size": 512,
+    "lr_scheduler": "cosine",
+}
+TINY_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
+TINY = [
+    *(f"model.toy.{key}={value}" for key, value in TINY_TOY.items()),
+    "eval.toy_n_docs=60",
+    "eval.ablation_k=[2,8]",
+    "sampler.n=4",
+    *TINY_PROBE,
+    "progress=false",
+]
 # Geometry only: no toy-task evaluation, no sampling (for tests of the tracking and launch machinery).
 GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
 
@@ -43,8 +60,9 @@ def run_app(args: list[str], cwd: Path, cache_dir: Path, tracking_uri: str | Non
     env.pop("MLFLOW_TRACKING_URI", None)
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
-    proc = subprocess.run([sys.executable, "-m", "geomsweep", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomsweep", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"geomsweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

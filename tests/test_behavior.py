@@ -127,7 +127,12 @@ def test_tail_ablation_reports_every_variant_and_rejects_bad_k():
     probe = torch.tensor([[3.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
     results = tail_ablation(model, covariance_of(x), [1, 4], lambda: {"argmax0": float(model(probe).argmax() == 0)})
     assert results["full/argmax0"] == 1.0 and results["top4_only/argmax0"] == 1.0  # K = D changes nothing
-    assert set(results) == {"full/argmax0", "top1_only/argmax0", "without_top1/argmax0", "top4_only/argmax0",
-                            "without_top4/argmax0"}
+    assert set(results) == {
+        "full/argmax0",
+        "top1_only/argmax0",
+        "without_top1/argmax0",
+        "top4_only/argmax0",
+        "without_top4/argmax0",
+    }
     with pytest.raises(ValueError, match="ablation K=5 must lie in 1..4"):
         tail_ablation(model, covariance_of(x), [5], lambda: {})

@@ -8,12 +8,15 @@ import torch
 from geomsweep import checkpoints as ckpts
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("step0", (0, None)),
-    ("step143000", (143000, None)),
-    ("step1000-tokens4B", (1000, 4 * 10**9)),
-    ("stage1-step5000-tokens21B", (5000, 21 * 10**9)),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("step0", (0, None)),
+        ("step143000", (143000, None)),
+        ("step1000-tokens4B", (1000, 4 * 10**9)),
+        ("stage1-step5000-tokens21B", (5000, 21 * 10**9)),
+    ],
+)
 def test_parse_revision(name, expected):
     assert ckpts.parse_revision(name) == expected
 
@@ -36,7 +39,9 @@ def test_olmo_style_mirror_and_single_model_dir(tiny_checkpoints, tmp_path):
         shutil.copytree(tiny_checkpoints / src, tmp_path / "olmo" / name)
     found = ckpts.local_revisions(tmp_path / "olmo", tokens_per_step=None)
     assert [(c.revision, c.step, c.tokens) for c in found] == [
-        ("stage1-step3-tokens0B", 3, 0), ("stage1-step20-tokens1B", 20, 10**9)]
+        ("stage1-step3-tokens0B", 3, 0),
+        ("stage1-step20-tokens1B", 20, 10**9),
+    ]
     single = ckpts.local_revisions(tiny_checkpoints / "step40", None)
     assert [c.revision for c in single] == ["final"]
     model, tokenizer = found[-1].load()
@@ -64,7 +69,7 @@ def test_select(tiny_checkpoints):
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_checkpoints_stream_in_order_with_or_without_prefetch(tiny_checkpoints, prefetch):
     from geomsweep.extract import accumulate, encode_batches
-    from geomsweep.spectra import measure
+    from geomsweep.spectra import spectral_geometry
     from geomsweep.toy.pretrain import ToyConfig, probe_documents
     from tests.conftest import TINY_TOY
 
@@ -72,7 +77,7 @@ def test_checkpoints_stream_in_order_with_or_without_prefetch(tiny_checkpoints, 
 
     def rankme(model, tokenizer):
         reps = accumulate(model, encode_batches(tokenizer, texts, 16, 48), progress=False)
-        return measure(reps.covariances[-1], fit_start=2, fit_end=20).rankme
+        return spectral_geometry(reps.covariances[-1], fit_start=2, fit_end=20).rankme
 
     found = ckpts.local_revisions(tiny_checkpoints, None)
     streamed = [(c.step, rankme(m, t)) for c, m, t in ckpts.loaded(found, "cpu", "float32", prefetch=prefetch)]

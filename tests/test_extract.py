@@ -6,7 +6,7 @@ import torch
 from geomsweep.checkpoints import Checkpoint
 from geomsweep.extract import accumulate, encode_batches, final_norm, last_token_index
 from geomsweep.spectra import StreamingCovariance
-from geomsweep.toy.pretrain import probe_documents, ToyConfig
+from geomsweep.toy.pretrain import ToyConfig, probe_documents
 from tests.conftest import TINY_TOY
 
 
@@ -83,7 +83,7 @@ def test_bad_inputs_name_the_value(lm):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-3), ("bfloat16", 5e-2)])
 def test_cuda_extraction_matches_cpu(tiny_checkpoints, dtype, tolerance):
-    from geomsweep.spectra import measure
+    from geomsweep.spectra import spectral_geometry
 
     checkpoint = Checkpoint("final", 40, None, str(tiny_checkpoints / "step40"))
     texts = probe_documents(ToyConfig(**TINY_TOY), 256)
@@ -91,7 +91,7 @@ def test_cuda_extraction_matches_cpu(tiny_checkpoints, dtype, tolerance):
     def rankme(device, dtype):
         model, tokenizer = checkpoint.load(device, dtype)
         reps = accumulate(model, encode_batches(tokenizer, texts, 64, 48), progress=False)
-        return measure(reps.covariances[-1], fit_start=2, fit_end=20).rankme, reps.loss
+        return spectral_geometry(reps.covariances[-1], fit_start=2, fit_end=20).rankme, reps.loss
 
     (cpu_rankme, cpu_loss), (gpu_rankme, gpu_loss) = rankme("cpu", "float32"), rankme("cuda", dtype)
     assert gpu_rankme == pytest.approx(cpu_rankme, rel=tolerance)

@@ -58,8 +58,14 @@ def test_a_sweep_killed_mid_way_resumes_without_duplicates_or_gaps(tmp_path, cac
     args = ["-m", *FAST, "probe.fit_end=10,15,20"]
     env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
     log = open(tmp_path / "killed-sweep.log", "w")
-    sweep = subprocess.Popen([sys.executable, "-m", "geomsweep", *args], cwd=tmp_path, env=env,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "geomsweep", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and sweep.poll() is None:
         try:
@@ -83,14 +89,25 @@ def test_a_sweep_killed_mid_way_resumes_without_duplicates_or_gaps(tmp_path, cac
     assert killed and all("ended without closing the run" in r.data.tags["geomsweep.error"] for r in killed)
     assert {r.data.tags["geomsweep.role"] for r in killed} == {"sweep", "job"}, (
         [(r.info.status, r.data.tags) for r in runs if r.data.tags["geomsweep.role"] == "sweep"],
-        (tmp_path / "killed-sweep.log").read_text()[-3000:])
+        (tmp_path / "killed-sweep.log").read_text()[-3000:],
+    )
 
 
 def test_eight_parallel_jobs_into_a_local_server_lose_nothing(tmp_path, cache_dir, tiny_checkpoints):
     port = free_port()
-    proc = run_app(["-m", *GEOMETRY_ONLY, "seed=range(8)", "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=8", "tracking=server", f"tracking.server.port={port}"],
-                   tmp_path, cache_dir)
+    proc = run_app(
+        [
+            "-m",
+            *GEOMETRY_ONLY,
+            "seed=range(8)",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=8",
+            "tracking=server",
+            f"tracking.server.port={port}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
     assert "http://127.0.0.1" in proc.stdout
     assert not server.healthy(f"http://127.0.0.1:{port}")  # stopped with the sweep
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the server's backend store, read directly
@@ -102,19 +119,31 @@ def test_eight_parallel_jobs_into_a_local_server_lose_nothing(tmp_path, cache_di
     pids = set()
     for run in jobs:
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "geometry/rankme")) == [0, 1, 3, 12, 40]
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "geometry/rankme")) == [
+            0,
+            1,
+            3,
+            12,
+            40,
+        ]
         pids.add(run.data.tags["geomsweep.pid"])
     assert len(pids) > 1  # really parallel worker processes
 
 
 def test_parallel_processes_create_one_fresh_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    code = ("from omegaconf import OmegaConf; from geomsweep.tracking import setup_store; "
-            f"print(setup_store(OmegaConf.create({{'uri': '{uri}', 'experiment': 'geomsweep'}})))")
+    code = (
+        "from omegaconf import OmegaConf; from geomsweep.tracking import setup_store; "
+        f"print(setup_store(OmegaConf.create({{'uri': '{uri}', 'experiment': 'geomsweep'}})))"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-500:] for _, err in outputs]
     assert len({out.strip().splitlines()[-1] for out, _ in outputs}) == 1
@@ -138,19 +167,27 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
     assert parent.data.tags["geomsweep.cells"] == "2"  # the trace run is not a cell
 
     # the command, over the whole experiment: the single job and the two shards share one trace key
-    proc = subprocess.run([sys.executable, "-m", "geomsweep.rollup", "--tracking-uri", store], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomsweep.rollup", "--tracking-uri", store],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     traces = runs_of(store, "trace")
     assert len(traces) == 2 and {len(t.data.tags["geomsweep.trace_members"].split(",")) for t in traces} == {2, 3}
 
 
 def test_report_overlays_runs_and_logs_to_the_sweep(tmp_path, cache_dir, tiny_checkpoints, store):
-    run_app(["-m", *TINY, "eval.toy_n_docs=0", "checkpoint=final", "probe.norm=post,pre"], tmp_path, cache_dir,
-            store)
-    proc = subprocess.run([sys.executable, "-m", "geomsweep.report", "--tracking-uri", store, "--out",
-                           str(tmp_path / "report")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    run_app(["-m", *TINY, "eval.toy_n_docs=0", "checkpoint=final", "probe.norm=post,pre"], tmp_path, cache_dir, store)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomsweep.report", "--tracking-uri", store, "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert len(summary) == 2 and set(summary["status"]) == {"FINISHED"}
@@ -169,13 +206,29 @@ def _browser_available() -> bool:
     return bool(shutil.which("chromium")) and importlib.util.find_spec("playwright") is not None
 
 
-@pytest.mark.parametrize("mode", ["rest", pytest.param("browser", marks=pytest.mark.skipif(
-    not _browser_available(), reason="needs Debian's chromium and playwright (make ui-check installs them)"))])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "rest",
+        pytest.param(
+            "browser",
+            marks=pytest.mark.skipif(
+                not _browser_available(), reason="needs Debian's chromium and playwright (make ui-check installs them)"
+            ),
+        ),
+    ],
+)
 def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir, tiny_checkpoints, store, mode):
     run_app(["-m", *GEOMETRY_ONLY, "probe.norm=post,pre"], tmp_path, cache_dir, store)
     args = [sys.executable, "-m", "geomsweep.ui_check", "--store", store, "--out", str(tmp_path / "ui")]
-    proc = subprocess.run(args + (["--rest-only"] if mode == "rest" else []), capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        args + (["--rest-only"] if mode == "rest" else []),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "REST ok: sweep" in proc.stdout and "with 2 jobs" in proc.stdout
     if mode == "browser":

@@ -39,8 +39,11 @@ def test_slurm_preset_settings_are_valid_submitit_slurm_parameters(tmp_path):
     assert (cfg.gpus_per_node, cfg.cpus_per_task, cfg.mem_gb, cfg.timeout_min) == (1, 8, 64, 720)
     params = OmegaConf.to_container(cfg, resolve=False)
     base = set(OmegaConf.structured(BaseQueueConf).keys())
-    handed = {k if k in base else f"slurm_{k}": v for k, v in params.items()
-              if k not in ("_target_", "submitit_folder", "max_num_timeout")}
+    handed = {
+        k if k in base else f"slurm_{k}": v
+        for k, v in params.items()
+        if k not in ("_target_", "submitit_folder", "max_num_timeout")
+    }
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="local")
     executor.update_parameters(**handed)  # raises on an unknown slurm parameter
     with pytest.raises(Exception, match="slurm_partitionn"):
@@ -50,7 +53,8 @@ def test_slurm_preset_settings_are_valid_submitit_slurm_parameters(tmp_path):
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
     reason="hydra-ray-launcher is not installed: it pins cloudpickle<3, which breaks joblib>=1.6, so it lives in "
-           "an environment of its own (make test-ray)")
+    "an environment of its own (make test-ray)",
+)
 
 
 @needs_ray
@@ -64,9 +68,20 @@ def test_ray_local_preset_composes():
 def test_a_sweep_through_ray_into_a_server(tmp_path, cache_dir, tiny_checkpoints, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     port = free_port()
-    run_app(["-m", *GEOMETRY_ONLY, "checkpoint=final", "seed=0,1",
-             "hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2", "tracking=server",
-             f"tracking.server.port={port}"], tmp_path, cache_dir)
+    run_app(
+        [
+            "-m",
+            *GEOMETRY_ONLY,
+            "checkpoint=final",
+            "seed=0,1",
+            "hydra/launcher=ray_local",
+            "hydra.launcher.ray.init.num_cpus=2",
+            "tracking=server",
+            f"tracking.server.port={port}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     jobs, (parent,) = runs_of(store, "job"), runs_of(store, "sweep")
     assert sorted(r.info.status for r in jobs) == ["FINISHED", "FINISHED"] and parent.info.status == "FINISHED"
@@ -78,9 +93,19 @@ def test_a_sharded_trace_through_submitit_local_into_a_server_is_one_trace(tmp_p
     """The cluster path end to end, without a cluster: each shard in its own submitit subprocess, writing into
     the MLflow server the sweep started, rolled up into one trace run."""
     port = free_port()
-    run_app(["-m", *GEOMETRY_ONLY, "hydra/launcher=submitit_local",
-             "checkpoint.num_shards=2", "checkpoint.shard=0,1", "tracking=server", f"tracking.server.port={port}"],
-            tmp_path, cache_dir)
+    run_app(
+        [
+            "-m",
+            *GEOMETRY_ONLY,
+            "hydra/launcher=submitit_local",
+            "checkpoint.num_shards=2",
+            "checkpoint.shard=0,1",
+            "tracking=server",
+            f"tracking.server.port={port}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
     assert not server.healthy(f"http://127.0.0.1:{port}")  # stopped with the sweep
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     jobs, (parent,), (trace,) = runs_of(store, "job"), runs_of(store, "sweep"), runs_of(store, "trace")

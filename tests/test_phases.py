@@ -41,11 +41,14 @@ def test_noisy_three_phases(seed):
     assert runs(phases.labels) == [WARMUP, ENTROPY, COMPRESSION]
 
 
-@pytest.mark.parametrize("knots, expected", [
-    ([(0, 50), (10_000, 900)], [ENTROPY]),  # monotone up
-    ([(0, 900), (10_000, 50)], [WARMUP]),  # monotone down
-    ([(0, 300), (10_000, 300)], [NO_PHASE]),  # flat
-])
+@pytest.mark.parametrize(
+    "knots, expected",
+    [
+        ([(0, 50), (10_000, 900)], [ENTROPY]),  # monotone up
+        ([(0, 900), (10_000, 50)], [WARMUP]),  # monotone down
+        ([(0, 300), (10_000, 300)], [NO_PHASE]),  # flat
+    ],
+)
 def test_monotone_and_flat_get_no_boundaries(knots, expected):
     rng = np.random.default_rng(0)
     values = [r * math.exp(rng.normal(0, 0.03)) for r in piecewise(STEPS, knots)]

@@ -7,7 +7,7 @@ import pytest
 from geomsweep import tracking
 from geomsweep.checkpoints import Checkpoint
 from geomsweep.extract import accumulate, encode_batches
-from geomsweep.spectra import measure
+from geomsweep.spectra import spectral_geometry
 from geomsweep.toy.pretrain import ToyConfig, probe_documents
 from tests.conftest import TINY_TOY
 
@@ -36,11 +36,16 @@ def test_geometry_evaluator_on_a_logged_transformers_model(tracked, tiny_checkpo
     pipe = transformers.pipeline("text-generation", model=path, tokenizer=path)
     with mlflow.start_run() as run:
         info = mlflow.transformers.log_model(pipe, name="lm", pip_requirements=["transformers", "torch"])
-        result = mlflow.models.evaluate(info.model_uri, pd.DataFrame({"text": texts}), model_type="text",
-                                        evaluators=["geometry"], evaluator_config={"geometry": config})
+        result = mlflow.models.evaluate(
+            info.model_uri,
+            pd.DataFrame({"text": texts}),
+            model_type="text",
+            evaluators=["geometry"],
+            evaluator_config={"geometry": config},
+        )
     model, tokenizer = Checkpoint("step40", 40, None, path).load()
     reps = accumulate(model, encode_batches(tokenizer, texts, 16, 48), progress=False)
-    expected = measure(reps.covariances[-1], fit_start=2, fit_end=20)
+    expected = spectral_geometry(reps.covariances[-1], fit_start=2, fit_end=20)
     assert result.metrics["geometry/rankme"] == pytest.approx(expected.rankme, rel=1e-5)
     assert result.metrics["geometry/alpha_req"] == pytest.approx(expected.fit.alpha, rel=1e-5)
     logged = tracked.get_run(run.info.run_id)
@@ -48,16 +53,20 @@ def test_geometry_evaluator_on_a_logged_transformers_model(tracked, tiny_checkpo
     assert {"spectra/eigenspectrum.csv"} <= {a.path for a in tracked.list_artifacts(run.info.run_id, "spectra")}
     assert {"plots/eigenspectrum.png"} <= {a.path for a in tracked.list_artifacts(run.info.run_id, "plots")}
     with mlflow.start_run(), pytest.raises(Exception, match="text_column 'prompt' is not in the data"):
-        mlflow.models.evaluate(info.model_uri, pd.DataFrame({"text": texts}), model_type="text",
-                               evaluators=["geometry"],
-                               evaluator_config={"geometry": {**config, "text_column": "prompt"}})
+        mlflow.models.evaluate(
+            info.model_uri,
+            pd.DataFrame({"text": texts}),
+            model_type="text",
+            evaluators=["geometry"],
+            evaluator_config={"geometry": {**config, "text_column": "prompt"}},
+        )
 
 
 def test_run_context_tags_runs_started_in_a_job(tracked, monkeypatch):
     with mlflow.start_run() as outside:
         pass
     assert not any(k.startswith("geomsweep.") for k in tracked.get_run(outside.info.run_id).data.tags)
-    monkeypatch.setattr(tracking, "JOB", {"geomsweep.model": "tiny", "geomsweep.model_revision": "final"})
+    monkeypatch.setattr(tracking, "_JOB", {"geomsweep.model": "tiny", "geomsweep.model_revision": "final"})
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     with mlflow.start_run() as inside:
         pass

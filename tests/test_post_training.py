@@ -6,9 +6,10 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from post_training.data import arithmetic_task, final_number, load_split, load_task
-from post_training.rewards import exact_answer, first_number
-from post_training.trl_args import trl_config
+from geomsweep.schema import ConfigError, check_fields
+from geomsweep.tasks import arithmetic_task, final_number, first_number, load_split, load_task
+from post_training.rewards import exact_answer
+from post_training.run import trainer_config
 from tests.conftest import TINY, run_app
 
 
@@ -28,22 +29,30 @@ def test_a_method_gets_its_columns_or_a_clear_error(tmp_path):
     task = arithmetic_task()
     assert task.for_method("rlvr").column_names == ["prompt", "answer"]
     hh = tmp_path / "hh.jsonl"
-    hh.write_text(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"})
-                  + "\n" + json.dumps({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}))
+    hh.write_text(
+        json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"})
+        + "\n"
+        + json.dumps({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"})
+    )
     task = load_task(OmegaConf.create({"source": "files", "path": str(hh), "schema": "hh", "id_fraction": 0.5}))
-    with pytest.raises(ValueError, match=r"method=rlvr needs task columns \['prompt', 'answer'\], but task 'hh' lacks \['answer'\]"):
+    with pytest.raises(
+        ValueError, match=r"method=rlvr needs task columns \['prompt', 'answer'\], but task 'hh' lacks \['answer'\]"
+    ):
         task.for_method("rlvr")
 
 
 def test_real_data_schemas_load_from_local_files(tmp_path):
     rows = {
         "gsm8k": {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"},
-        "hh": {"chosen": "\n\nHuman: Hi?\n\nAssistant: Sure.\n\nHuman: More?\n\nAssistant: Yes, here.",
-               "rejected": "\n\nHuman: Hi?\n\nAssistant: Sure.\n\nHuman: More?\n\nAssistant: No."},
-        "ultrafeedback": {"prompt": "Name a colour.", "chosen": [{"role": "user", "content": "Name a colour."},
-                                                                 {"role": "assistant", "content": "Blue."}],
-                          "rejected": [{"role": "user", "content": "Name a colour."},
-                                       {"role": "assistant", "content": "Seven."}]},
+        "hh": {
+            "chosen": "\n\nHuman: Hi?\n\nAssistant: Sure.\n\nHuman: More?\n\nAssistant: Yes, here.",
+            "rejected": "\n\nHuman: Hi?\n\nAssistant: Sure.\n\nHuman: More?\n\nAssistant: No.",
+        },
+        "ultrafeedback": {
+            "prompt": "Name a colour.",
+            "chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Seven."}],
+        },
     }
     for schema, row in rows.items():
         path = tmp_path / f"{schema}.jsonl"
@@ -56,7 +65,11 @@ def test_real_data_schemas_load_from_local_files(tmp_path):
             assert (data["chosen"], data["rejected"]) == (" Yes, here.", " No.")
         if schema == "ultrafeedback":
             assert (data["prompt"], data["chosen"], data["rejected"]) == ("Name a colour.", "Blue.", "Seven.")
-    with pytest.raises(ValueError, match=r"task schema 'gsm8k' needs columns \['question', 'answer'\]; the dataset lacks \['question', 'answer'\] \(it has \['chosen', 'rejected'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"task schema 'gsm8k' needs columns \['question', 'answer'\]; the dataset lacks "
+        r"\['question', 'answer'\] \(it has \['chosen', 'rejected'\]\)",
+    ):
         load_split(OmegaConf.create({"source": "files", "path": str(tmp_path / "hh.jsonl"), "schema": "gsm8k"}))
     with pytest.raises(ValueError, match="unknown task schema 'alpaca'; valid: gsm8k, hh, ultrafeedback"):
         load_split(OmegaConf.create({"source": "files", "path": str(tmp_path / "hh.jsonl"), "schema": "alpaca"}))
@@ -73,15 +86,22 @@ def test_answers_and_rewards():
 def test_trl_config_passes_fields_through_and_names_unknown_ones(tmp_path):
     from trl import GRPOConfig, SFTConfig
 
-    config = trl_config(GRPOConfig, {"num_generations": 4, "learning_rate": 3e-4}, str(tmp_path), "cpu", 1, False)
+    config = trainer_config(GRPOConfig, {"num_generations": 4, "learning_rate": 3e-4}, str(tmp_path), "cpu", 1, False)
     assert (config.num_generations, config.learning_rate, config.bf16, config.report_to) == (4, 3e-4, False, ["mlflow"])
-    with pytest.raises(ValueError, match=r"method.args has \['num_generations'\], not fields of trl.SFTConfig"):
-        trl_config(SFTConfig, {"num_generations": 4}, str(tmp_path), "cpu", 1, False)
+    with pytest.raises(ConfigError, match=r"method.args has \['num_generations'\], not fields of trl.SFTConfig"):
+        check_fields(SFTConfig, {"num_generations": 4}, "method.args")
+    with pytest.raises(ConfigError, match=r"method.args.learning_rate='abc' is not float \(SFTConfig.learning_rate\)"):
+        check_fields(SFTConfig, {"learning_rate": "abc"}, "method.args")
+    check_fields(SFTConfig, {"learning_rate": 1, "max_steps": 3, "bf16": False}, "method.args")  # an int is a float
 
 
 # "++": a sweep over methods composes its sweep config with method=none first, where method.args does not exist.
-FAST = ["++method.args.max_steps=2", "++method.geometry_every=1", "++method.args.per_device_train_batch_size=4",
-        "++method.args.logging_steps=1"]
+FAST = [
+    "++method.args.max_steps=2",
+    "++method.geometry_every=1",
+    "++method.args.per_device_train_batch_size=4",
+    "++method.args.logging_steps=1",
+]
 
 
 @pytest.mark.slow
@@ -103,19 +123,23 @@ def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache
         assert run.data.tags["geomsweep.base_revision"] == "step40"
         assert "learning_rate" in run.data.params  # the trainer's own MLflow reporting joined the job's run
         assert client.get_metric_history(run.info.run_id, "train_loss" if method != "rlvr" else "reward")
-    assert any(p.path == "post_training/history.csv" for p in client.list_artifacts(jobs["sft"].info.run_id, "post_training"))
+    assert any(
+        p.path == "post_training/history.csv" for p in client.list_artifacts(jobs["sft"].info.run_id, "post_training")
+    )
 
 
 @pytest.mark.slow
 def test_a_trainer_that_raises_fails_its_run_and_the_sweep_goes_on(tmp_path, cache_dir, tiny_checkpoints, store):
     # GRPO refuses a generation batch (4) that num_generations (3) does not divide; 2 divides it.
-    proc = run_app(["-m", "method=rlvr", "method.args.num_generations=3,2", *TINY, *FAST], tmp_path, cache_dir,
-                   store, check=False)
+    proc = run_app(
+        ["-m", "method=rlvr", "method.args.num_generations=3,2", *TINY, *FAST], tmp_path, cache_dir, store, check=False
+    )
     assert proc.returncode != 0
     client = mlflow.MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
-    jobs = {r.data.params["cfg.method.args.num_generations"]: r for r in runs
-            if r.data.tags.get("geomsweep.role") == "job"}
+    jobs = {
+        r.data.params["cfg.method.args.num_generations"]: r for r in runs if r.data.tags.get("geomsweep.role") == "job"
+    }
     assert jobs["3"].info.status == "FAILED" and "num_generations" in jobs["3"].data.tags["geomsweep.error"]
     assert jobs["2"].info.status == "FINISHED"
 
@@ -129,10 +153,25 @@ def test_post_training_needs_one_base_checkpoint(tmp_path, cache_dir, tiny_check
 @pytest.mark.slow
 def test_a_real_pretrained_model_post_trains_offline(tmp_path, cache_dir, store):
     pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
-    run_app(["model=smollm2-135m", "method=sft", "progress=false", *FAST, "++method.args.max_steps=1",
-             "++method.args.per_device_train_batch_size=2", "probe.n_sequences=48", "probe.max_length=24",
-             "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20", "task.id_fraction=0.05"],
-            tmp_path, cache_dir, store)
+    run_app(
+        [
+            "model=smollm2-135m",
+            "method=sft",
+            "progress=false",
+            *FAST,
+            "++method.args.max_steps=1",
+            "++method.args.per_device_train_batch_size=2",
+            "probe.n_sequences=48",
+            "probe.max_length=24",
+            "probe.batch_size=16",
+            "probe.fit_start=2",
+            "probe.fit_end=20",
+            "task.id_fraction=0.05",
+        ],
+        tmp_path,
+        cache_dir,
+        store,
+    )
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
     assert run.info.status == "FINISHED"

@@ -36,12 +36,18 @@ def postgres_uri():
         shutil.chown(root, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", free_port()
-    subprocess.run([*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "geomsweep", "--no-sync"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "geomsweep", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
     with open(root / "postgres.log", "wb") as log:
-        server = subprocess.Popen([*as_postgres, postgres, "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                                   "-k", str(root), "-F"], stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            [*as_postgres, postgres, "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(root), "-F"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 60
         while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
@@ -57,10 +63,22 @@ def postgres_uri():
 
 def test_a_parallel_sweep_into_a_server_over_postgresql(tmp_path, cache_dir, tiny_checkpoints, postgres_uri):
     port, artifacts = free_port(), tmp_path / "shared-artifacts"
-    run_app(["-m", *GEOMETRY_ONLY, "checkpoint=final", "seed=0,1",
-             "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "tracking=server",
-             f"tracking.server.port={port}", f"tracking.server.backend_store_uri='{postgres_uri}'",
-             f"tracking.server.artifacts_destination={artifacts}"], tmp_path, cache_dir)
+    run_app(
+        [
+            "-m",
+            *GEOMETRY_ONLY,
+            "checkpoint=final",
+            "seed=0,1",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            "tracking=server",
+            f"tracking.server.port={port}",
+            f"tracking.server.backend_store_uri='{postgres_uri}'",
+            f"tracking.server.artifacts_destination={artifacts}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
     jobs, (parent,) = runs_of(postgres_uri, "job"), runs_of(postgres_uri, "sweep")  # read from PostgreSQL itself
     assert sorted(r.info.status for r in jobs) == ["FINISHED", "FINISHED"] and parent.info.status == "FINISHED"
     client = mlflow.MlflowClient(postgres_uri)

@@ -40,8 +40,11 @@ def test_pythia_and_olmo_presets_are_all_there():
 @pytest.mark.parametrize("group", ["checkpoint", "method", "sampler", "task", "tracking", "probe", "eval", "data"])
 def test_every_other_preset_composes(group):
     for name in presets(group):
-        extra = {"step": ["checkpoint.step=1"], "steps": ["checkpoint.steps=[1]"],
-                 "every": ["checkpoint.every=1000"]}.get(name, [])
+        extra = {
+            "step": ["checkpoint.step=1"],
+            "steps": ["checkpoint.steps=[1]"],
+            "every": ["checkpoint.every=1000"],
+        }.get(name, [])
         cfg = composed(f"{group}={name}", *extra)
         assert cfg[group] is not None
 
@@ -86,8 +89,17 @@ def test_olmo_revisions_come_from_the_cached_branch_list(tmp_path, monkeypatch):
         ckpts.cached_refs(hub_id, str(tmp_path))
     cache = ckpts.refs_cache(hub_id, str(tmp_path))
     cache.parent.mkdir(parents=True)
-    cache.write_text(json.dumps(["main", "stage1-step20000-tokens42B", "stage1-step1000-tokens3B",
-                                 "stage2-ingredient1-step1000-tokens5B", "step5000-tokens21B"]))
+    cache.write_text(
+        json.dumps(
+            [
+                "main",
+                "stage1-step20000-tokens42B",
+                "stage1-step1000-tokens3B",
+                "stage2-ingredient1-step1000-tokens5B",
+                "step5000-tokens21B",
+            ]
+        )
+    )
     names = ckpts.cached_refs(hub_id, str(tmp_path))
     assert names == ["stage1-step1000-tokens3B", "step5000-tokens21B", "stage1-step20000-tokens42B"]
     assert ckpts.parse_revision(names[-1]) == (20000, 42 * 10**9)
@@ -126,8 +138,7 @@ def test_shards_split_a_checkpoint_list_round_robin():
 @pytest.mark.slow
 def test_a_hub_preset_fails_fast_offline_with_what_to_do(tmp_path, cache_dir, store, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    proc = run_app(["model=pythia-70m", "checkpoint=final", "progress=false"], tmp_path, cache_dir, store,
-                   check=False)
+    proc = run_app(["model=pythia-70m", "checkpoint=final", "progress=false"], tmp_path, cache_dir, store, check=False)
     assert proc.returncode == 1
     assert "model pythia-70m (EleutherAI/pythia-70m) is not available offline" in proc.stderr
     assert "model=local model.path=<dir>" in proc.stderr

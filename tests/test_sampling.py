@@ -9,8 +9,14 @@ import torch
 from geomsweep.behavior.diversity import answer_spread, distinct_m, prompt_diversity, self_jaccard
 from geomsweep.behavior.passk import default_ks, mean_pass_at_k, pass_at_k
 from geomsweep.behavior.sample_eval import checked_ks, score
-from geomsweep.behavior.sampling import (HFSampler, Samples, SampleSettings, VLLMSampler, make_sampler,
-                                         vllm_sampling_kwargs)
+from geomsweep.behavior.sampling import (
+    HFSampler,
+    Samples,
+    SampleSettings,
+    VLLMSampler,
+    make_sampler,
+    vllm_sampling_kwargs,
+)
 
 
 def brute_force_pass_at_k(n, c, k):
@@ -61,12 +67,19 @@ def test_diversity_golden_values():
     assert self_jaccard([[], []]) == 1.0
     assert math.isnan(self_jaccard([[1]]))
     assert prompt_diversity(samples, ["1", "1", "2"]).keys() == {
-        "distinct_1", "distinct_2", "distinct_3", "unique_answers", "answer_entropy", "self_jaccard"}
+        "distinct_1",
+        "distinct_2",
+        "distinct_3",
+        "unique_answers",
+        "answer_entropy",
+        "self_jaccard",
+    }
 
 
 def test_scoring_counts_correct_samples_and_builds_the_table():
-    samples = Samples(["sum 1 plus 1 is", "sum 2 plus 2 is"], [[" 2 .", " 3 ."], [" 5 .", " x"]],
-                      [[[10], [11]], [[12], [13]]])
+    samples = Samples(
+        ["sum 1 plus 1 is", "sum 2 plus 2 is"], [[" 2 .", " 3 ."], [" 5 .", " x"]], [[[10], [11]], [[12], [13]]]
+    )
     metrics, curve, table = score(samples, ["2", "4"], "first_number", [1, 2])
     assert curve == {1: 0.25, 2: 0.5}  # one problem with 1 of 2 right, one with 0
     assert metrics["pass_at_1"] == 0.25 and metrics["unique_answers"] == 1.0
@@ -111,8 +124,7 @@ def test_hf_sampler_is_seeded_and_returns_n_per_prompt(tiny_checkpoints):
 
 def test_vllm_parameters_map_one_request_per_prompt():
     settings = SampleSettings(n=64, temperature=0.7, top_p=0.95, max_tokens=32, seed=11)
-    assert vllm_sampling_kwargs(settings) == {"n": 64, "temperature": 0.7, "top_p": 0.95, "max_tokens": 32,
-                                              "seed": 11}
+    assert vllm_sampling_kwargs(settings) == {"n": 64, "temperature": 0.7, "top_p": 0.95, "max_tokens": 32, "seed": 11}
 
 
 def _has_vllm() -> bool:
@@ -135,7 +147,8 @@ def test_vllm_sampler_returns_the_hf_structure(tiny_checkpoints):
     model, tokenizer = load_tiny(tiny_checkpoints)
     prompts = ["sum 1 plus 2 is", "so"]
     out = VLLMSampler(SampleSettings(n=8, max_tokens=6), {"gpu_memory_utilization": 0.3}).sample(
-        model, tokenizer, prompts)
+        model, tokenizer, prompts
+    )
     assert out.prompts == prompts and [len(t) for t in out.texts] == [8, 8]
     assert all(len(ids) <= 6 for row in out.token_ids for ids in row)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from geomsweep.spectra import StreamingCovariance, alpha_req, eigenspectrum, measure, rankme
+from geomsweep.spectra import StreamingCovariance, alpha_req, eigenspectrum, rankme, spectral_geometry
 
 
 def rotated_covariance(eigs: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -108,4 +108,26 @@ def test_measure_refuses_too_few_sequences():
     cov = StreamingCovariance()
     cov.update(torch.randn(50, 128))
     with pytest.raises(ValueError, match=r"50 sequences.*fit range 12\.\.100 needs at least 101"):
-        measure(cov)
+        spectral_geometry(cov)
+
+
+def test_merging_shard_states_equals_one_pass_over_all_rows():
+    """torchmetrics' merge_state shape: K disjoint shards (processes, jobs) combine into the exact whole."""
+    torch.manual_seed(3)
+    x = torch.randn(1000, 24, dtype=torch.float64) * torch.linspace(0.1, 3.0, 24) + 50.0  # a mean far from 0
+    whole = StreamingCovariance()
+    whole.update(x)
+    shards = [StreamingCovariance() for _ in range(5)]
+    for i, rows in enumerate(torch.tensor_split(x, [10, 11, 400, 700])):  # uneven shards, one of a single row
+        shards[i].update(rows)
+    merged = StreamingCovariance().merge(shards[0])
+    for shard in shards[1:]:
+        merged.merge(shard)
+    merged.merge(StreamingCovariance())  # an empty state changes nothing
+    assert merged.count == whole.count == 1000
+    assert torch.allclose(merged.mean, whole.mean, rtol=0, atol=1e-12)
+    assert torch.allclose(merged.compute(), whole.compute(), rtol=0, atol=1e-12)
+    merged.reset()
+    assert merged.count == 0 and merged.mean is None
+    with pytest.raises(ValueError, match="need at least 2 representations"):
+        merged.compute()

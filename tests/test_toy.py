@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from geomsweep.toy.corpus import RECALL_MARKER, generate_documents, make_language
-from geomsweep.toy.probes import NextWordItems, dependency_items, next_word_accuracy
 from geomsweep.toy.pretrain import ToyConfig, checkpoint_steps, probe_documents
+from geomsweep.toy.probes import NextWordItems, dependency_items, next_word_accuracy
 
 
 def test_corpus_is_deterministic_and_seed_dependent():
@@ -48,15 +48,18 @@ def test_dependency_items_and_accuracy(tiny_checkpoints):
     lang = make_language(seed=0)
     long_range, short_range = dependency_items(lang, 100, seed=5)
     assert len(long_range.prefixes) == 100 and len(short_range.prefixes) > 10
-    assert all(p.split()[-1] == RECALL_MARKER and t == p.split()[0] for p, t in
-               zip(long_range.prefixes, long_range.targets))
+    assert all(
+        p.split()[-1] == RECALL_MARKER and t == p.split()[0] for p, t in zip(long_range.prefixes, long_range.targets)
+    )
     model, tokenizer = Checkpoint("s", 0, None, str(tiny_checkpoints / "step40")).load()
     # Targets made of the model's own greedy predictions (one at a time) score 1, any other token scores 0.
     prefixes = long_range.prefixes[:20]
     special = set(tokenizer.all_special_ids)
     with torch.inference_mode():
-        predicted = [int(model(input_ids=tokenizer(p, return_tensors="pt")["input_ids"]).logits[0, -1].argmax())
-                     for p in prefixes]
+        predicted = [
+            int(model(input_ids=tokenizer(p, return_tensors="pt")["input_ids"]).logits[0, -1].argmax())
+            for p in prefixes
+        ]
     other = [next(j for j in range(3, len(tokenizer)) if j != i and j not in special) for i in predicted]
     right = NextWordItems(prefixes, [tokenizer.decode([i]) for i in predicted])
     wrong = NextWordItems(prefixes, [tokenizer.decode([i]) for i in other])

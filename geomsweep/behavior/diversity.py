@@ -43,8 +43,13 @@ def self_jaccard(samples: Sequence[Sequence[int]]) -> float:
     return float(sim[pairs[0], pairs[1]].mean())
 
 
-def prompt_diversity(samples: Sequence[Sequence[int]], answers: Sequence[str | None],
-                     orders: Sequence[int] = (1, 2, 3)) -> dict[str, float]:
+def prompt_diversity(
+    samples: Sequence[Sequence[int]], answers: Sequence[str | None], orders: Sequence[int] = (1, 2, 3)
+) -> dict[str, float]:
     unique, entropy = answer_spread(answers)
-    return {**{f"distinct_{m}": distinct_m(samples, m) for m in orders},
-            "unique_answers": unique, "answer_entropy": entropy, "self_jaccard": self_jaccard(samples)}
+    return {
+        **{f"distinct_{m}": distinct_m(samples, m) for m in orders},
+        "unique_answers": unique,
+        "answer_entropy": entropy,
+        "self_jaccard": self_jaccard(samples),
+    }

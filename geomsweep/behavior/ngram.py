@@ -13,6 +13,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 import torch
+from scipy.stats import spearmanr
+from torch.nn.utils.rnn import pad_sequence
+
+from geomsweep.extract import next_token_logprobs
 
 
 class KneserNeyLM:
@@ -30,7 +34,7 @@ class KneserNeyLM:
         self.totals: list[Counter] = [Counter() for _ in range(order + 1)]  # sum over tokens, per context
         self.types: list[Counter] = [Counter() for _ in range(order + 1)]  # distinct tokens, per context
 
-    def fit(self, sequences: Iterable[Sequence[int]]) -> "KneserNeyLM":
+    def fit(self, sequences: Iterable[Sequence[int]]) -> KneserNeyLM:
         """Count every n-gram of every sequence (one document each, starting with its BOS/EOS token).
 
         Adjusted counts as in KenLM: highest-order grams and grams at a document start keep their raw counts;
@@ -74,17 +78,14 @@ class KneserNeyLM:
 
     def logprobs(self, sequence: Sequence[int]) -> list[float]:
         """log P(token_i | previous tokens) for i >= 1 (the first token is context only)."""
-        return [math.log(self.prob(sequence[max(0, i - self.order + 1) : i], sequence[i]))
-                for i in range(1, len(sequence))]
+        return [
+            math.log(self.prob(sequence[max(0, i - self.order + 1) : i], sequence[i])) for i in range(1, len(sequence))
+        ]
 
 
 @torch.inference_mode()
 def model_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[list[float]]:
     """The model's log P(token_i | previous tokens), i >= 1, for each sequence (right-padded batches)."""
-    from torch.nn.utils.rnn import pad_sequence
-
-    from geomsweep.extract import next_token_logprobs
-
     out = []
     for start in range(0, len(sequences), batch_size):
         chunk = [torch.tensor(seq) for seq in sequences[start : start + batch_size]]
@@ -96,8 +97,6 @@ def model_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: i
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    from scipy.stats import spearmanr
-
     if len(x) != len(y) or len(x) < 3:
         raise ValueError(f"Spearman needs two equally long series of >= 3 values, got {len(x)} and {len(y)}")
     return float(spearmanr(x, y).statistic)

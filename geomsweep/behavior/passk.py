@@ -16,8 +16,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 0 <= c <= n:
         raise ValueError(f"correct samples c={c} must lie in 0..n={n}")
     if not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 1 <= k <= n (the samples per problem); got k={k}, n={n}: "
-                         f"raise sampler.n or drop k from sampler.ks")
+        raise ValueError(
+            f"pass@k needs 1 <= k <= n (the samples per problem); got k={k}, n={n}: "
+            f"raise sampler.n or drop k from sampler.ks"
+        )
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))

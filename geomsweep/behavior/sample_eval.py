@@ -1,10 +1,10 @@
 """Sampled behavior of a model on a task's verifiable splits: pass@k, diversity, the geometry of its own samples.
 
-``SamplingProbe.update(model, tokenizer, step)`` samples ``sampler.n`` completions per problem of each split,
-logs ``behavior/*`` at ``step`` and the completions as an MLflow table; ``curves`` keeps each pass@k curve for
-the job's plot. Metric names: ``behavior/pass_at_<k>``, ``behavior/distinct_<m>``, ``behavior/unique_answers``,
-``behavior/answer_entropy``, ``behavior/self_jaccard``, ``behavior/sample_rankme`` for the ID split, and the
-same under ``behavior/<split>/`` for the others (``behavior/ood/pass_at_8``).
+``SamplingProbe.update(model, tokenizer, step)`` samples ``sampler.n`` completions per problem of each split and
+returns the ``behavior/*`` metrics and the completions as tables (the caller logs them); ``curves`` keeps each
+pass@k curve for the job's plot. Metric names: ``behavior/pass_at_<k>``, ``behavior/distinct_<m>``,
+``behavior/unique_answers``, ``behavior/answer_entropy``, ``behavior/self_jaccard``, ``behavior/sample_rankme``
+for the ID split, and the same under ``behavior/<split>/`` for the others (``behavior/ood/pass_at_8``).
 """
 
 from __future__ import annotations
@@ -15,15 +15,24 @@ import numpy as np
 
 from geomsweep.behavior.diversity import prompt_diversity
 from geomsweep.behavior.passk import default_ks, mean_pass_at_k
-from geomsweep.behavior.sampling import SampleSettings, Samples, make_sampler
+from geomsweep.behavior.sampling import Samples, SampleSettings, make_sampler
+from geomsweep.extract import accumulate, encode_batches, eval_mode
+from geomsweep.spectra import eigenspectrum, rankme
+from geomsweep.tasks import answer_of, load_task
 
 SPLITS = ("id", "ood")
 
 
 def settings_from_cfg(sampler_cfg, task_cfg) -> SampleSettings:
     max_tokens = sampler_cfg.max_tokens if sampler_cfg.max_tokens is not None else task_cfg.max_new_tokens
-    return SampleSettings(n=sampler_cfg.n, temperature=sampler_cfg.temperature, top_p=sampler_cfg.top_p,
-                          max_tokens=max_tokens, seed=sampler_cfg.seed, batch_size=sampler_cfg.batch_size)
+    return SampleSettings(
+        n=sampler_cfg.n,
+        temperature=sampler_cfg.temperature,
+        top_p=sampler_cfg.top_p,
+        max_tokens=max_tokens,
+        seed=sampler_cfg.seed,
+        batch_size=sampler_cfg.batch_size,
+    )
 
 
 def checked_ks(ks, n: int) -> list[int]:
@@ -31,26 +40,21 @@ def checked_ks(ks, n: int) -> list[int]:
         return default_ks(n)
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
-        raise ValueError(f"sampler.ks has {bad}, outside 1..sampler.n={n}: pass@k needs at least k samples "
-                         f"per problem")
+        raise ValueError(f"sampler.ks has {bad}, outside 1..sampler.n={n}: pass@k needs at least k samples per problem")
     return sorted(set(ks))
 
 
 def sample_rankme(model, tokenizer, samples: Samples, probe) -> float:
     """RankMe of the model's own last-token representations of prompt + completion, over every sample."""
-    from geomsweep.extract import accumulate, encode_batches
-    from geomsweep.spectra import eigenspectrum, rankme
-
     texts = [p + t for p, ts in zip(samples.prompts, samples.texts) for t in ts]
-    batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
-    reps = accumulate(model, batches, [probe.layers[0]], probe.norm, progress=False, with_loss=False)
+    with eval_mode(model, tokenizer):
+        batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
+        reps = accumulate(model, batches, [probe.layers[0]], probe.norm, progress=False, with_loss=False)
     return rankme(eigenspectrum(reps.covariances[probe.layers[0]].compute()), probe.rankme)
 
 
 def score(samples: Samples, references: list[str], extractor: str, ks: list[int]):
     """(metrics without the representation RankMe, pass@k curve, completions table) of one split's samples."""
-    from post_training.rewards import answer_of
-
     answers = [[answer_of(t, extractor) for t in texts] for texts in samples.texts]
     correct = [[a == str(ref) for a in row] for row, ref in zip(answers, references)]
     n = len(samples.texts[0])
@@ -66,28 +70,21 @@ def score(samples: Samples, references: list[str], extractor: str, ks: list[int]
     return metrics, curve, table
 
 
-AT = ("last", "all")
-
-
-def sampling_probe(cfg) -> "SamplingProbe | None":
-    """The job's sampling probe, or None when ``sampler.n=0``."""
-    if not cfg.sampler.n:
+def sampling_probe(settings) -> SamplingProbe | None:
+    """The job's sampling probe (``settings``: the typed Config), or None when ``sampler.n=0``."""
+    if not settings.sampler.n:
         return None
-    if cfg.sampler.at not in AT:
-        raise ValueError(f"sampler.at must be one of {', '.join(AT)}, got {cfg.sampler.at!r}")
-    return SamplingProbe(cfg.sampler, cfg.task, cfg.probe, seed=cfg.seed)
+    return SamplingProbe(settings.sampler, settings.task, settings.probe, seed=settings.seed)
 
 
 class SamplingProbe:
     def __init__(self, sampler_cfg, task_cfg, probe, seed: int = 0):
-        from post_training.data import load_task
-
         self.settings = settings_from_cfg(sampler_cfg, task_cfg)
         self.ks = checked_ks(sampler_cfg.ks, self.settings.n)
         unknown = [s for s in sampler_cfg.splits if s not in SPLITS]
         if unknown:
             raise ValueError(f"sampler.splits has {unknown}; valid: {', '.join(SPLITS)}")
-        engine = sampler_cfg.get("engine")
+        engine = sampler_cfg.engine
         self.sampler = make_sampler(sampler_cfg.name, self.settings, dict(engine) if engine else None)
         self.extractor, self.probe = task_cfg.extractor, probe
         task = load_task(task_cfg, seed=seed)
@@ -95,8 +92,10 @@ class SamplingProbe:
         for name in sampler_cfg.splits:
             split = {"id": task.id_eval, "ood": task.ood_eval}[name]
             if split is None or "answer" not in split.column_names:
-                warnings.warn(f"sampler: task {task.name!r} has no checkable answers in its {name} split; "
-                              f"not sampled")
+                warnings.warn(
+                    f"sampler: task {task.name!r} has no checkable answers in its {name} split; not sampled",
+                    stacklevel=2,
+                )
                 continue
             self.splits[name] = split
         self.curves: dict[str, dict[int, float]] = {}  # "<split> step <N>" -> {k: pass@k}
@@ -105,19 +104,14 @@ class SamplingProbe:
     def prefix(split: str) -> str:
         return "behavior/" if split == "id" else f"behavior/{split}/"
 
-    def update(self, model, tokenizer, step: int, log) -> dict[str, float]:
-        metrics = {}
+    def update(self, model, tokenizer, step: int) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
+        """(``behavior/*`` metrics, completions tables by artifact path) of the model at ``step``."""
+        metrics, tables = {}, {}
         for name, split in self.splits.items():
             samples = self.sampler.sample(model, tokenizer, list(split["prompt"]))
             values, curve, table = score(samples, list(split["answer"]), self.extractor, self.ks)
             values["sample_rankme"] = sample_rankme(model, tokenizer, samples, self.probe)
             metrics |= {self.prefix(name) + key: value for key, value in values.items()}
             self.curves[f"{name} step {step}"] = curve
-            log.json_table(table, f"sampling/{name}_step{step}.json")
-        return metrics
-
-    def log_plot(self, log) -> None:
-        if self.curves:
-            from geomsweep import plots
-
-            log.figure(plots.pass_at_k(self.curves, self.settings.n), "plots/pass_at_k.png")
+            tables[f"sampling/{name}_step{step}.json"] = table
+        return metrics, tables

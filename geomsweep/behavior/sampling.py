@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers import set_seed
+
+from geomsweep.extract import eval_mode
 
 BACKENDS = ("hf", "vllm")
 
@@ -30,8 +33,10 @@ class SampleSettings:
         if self.n < 1:
             raise ValueError(f"sampler.n must be >= 1, got {self.n}")
         if not self.temperature > 0:
-            raise ValueError(f"sampler.temperature must be > 0 (pass@k needs random samples; greedy accuracy is "
-                             f"eval/*_acc), got {self.temperature}")
+            raise ValueError(
+                f"sampler.temperature must be > 0 (pass@k needs random samples; greedy accuracy is "
+                f"eval/*_acc), got {self.temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"sampler.top_p must lie in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
@@ -65,67 +70,79 @@ class HFSampler:
 
     @torch.inference_mode()
     def sample(self, model, tokenizer, prompts: list[str]) -> Samples:
-        from transformers import set_seed
-
         s = self.settings
         set_seed(s.seed)
         device = next(model.parameters()).device
         stop = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        was_training = model.training
-        model.eval()
         texts, token_ids = [], []
-        try:
+        with eval_mode(model, tokenizer, padding_side="left"):
             for i in range(0, len(prompts), s.batch_size):
-                batch = tokenizer(prompts[i : i + s.batch_size], return_tensors="pt", padding=True,
-                                  add_special_tokens=False).to(device)
-                out = model.generate(**batch, do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0,
-                                     max_new_tokens=s.max_tokens, num_return_sequences=s.n, pad_token_id=pad)
-                generated = out[:, batch["input_ids"].shape[1]:].tolist()
+                batch = tokenizer(
+                    prompts[i : i + s.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(device)
+                out = model.generate(
+                    **batch,
+                    do_sample=True,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    top_k=0,
+                    max_new_tokens=s.max_tokens,
+                    num_return_sequences=s.n,
+                    pad_token_id=pad,
+                )
+                generated = out[:, batch["input_ids"].shape[1] :].tolist()
                 for p in range(len(generated) // s.n):
                     ids = [_strip(row, stop) for row in generated[p * s.n : (p + 1) * s.n]]
                     token_ids.append(ids)
                     texts.append(tokenizer.batch_decode(ids, skip_special_tokens=True))
-        finally:
-            tokenizer.padding_side = side
-            model.train(was_training)
         return Samples(list(prompts), texts, token_ids)
 
 
 def vllm_sampling_kwargs(settings: SampleSettings) -> dict:
     """``vllm.SamplingParams`` arguments: n samples per request, never n copies of a prompt."""
-    return {"n": settings.n, "temperature": settings.temperature, "top_p": settings.top_p,
-            "max_tokens": settings.max_tokens, "seed": settings.seed}
+    return {
+        "n": settings.n,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "max_tokens": settings.max_tokens,
+        "seed": settings.seed,
+    }
 
 
 class VLLMSampler:
     def __init__(self, settings: SampleSettings, engine_args: dict | None = None):
         try:
-            import vllm  # noqa: F401
+            import vllm  # noqa: F401, PLC0415  (optional and heavy: CUDA machines with the vllm extra only)
         except ImportError as err:
-            raise RuntimeError("sampler=vllm needs the vllm package (pip install -e '.[vllm]', CUDA only); "
-                               "on a machine without it use sampler=hf") from err
+            raise RuntimeError(
+                "sampler=vllm needs the vllm package (pip install -e '.[vllm]', CUDA only); "
+                "on a machine without it use sampler=hf"
+            ) from err
         if not torch.cuda.is_available():
             raise RuntimeError("sampler=vllm needs a CUDA GPU, and torch sees none; use sampler=hf")
         self.settings, self.engine_args = settings, dict(engine_args or {})
 
     def sample(self, model, tokenizer, prompts: list[str]) -> Samples:
-        from vllm import LLM, SamplingParams
+        from vllm import LLM, SamplingParams  # noqa: PLC0415  (optional, as above)
 
         with tempfile.TemporaryDirectory(prefix="geomsweep-vllm-") as path:
             model.save_pretrained(path)
             tokenizer.save_pretrained(path)
             llm = LLM(model=path, seed=self.settings.seed, **self.engine_args)
             try:
-                outputs = llm.generate(list(prompts), SamplingParams(**vllm_sampling_kwargs(self.settings)),
-                                       use_tqdm=False)
+                outputs = llm.generate(
+                    list(prompts), SamplingParams(**vllm_sampling_kwargs(self.settings)), use_tqdm=False
+                )
             finally:
                 del llm
                 torch.cuda.empty_cache()
         stop = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
-        return Samples(list(prompts), [[c.text for c in o.outputs] for o in outputs],
-                       [[_strip(list(c.token_ids), stop) for c in o.outputs] for o in outputs])
+        return Samples(
+            list(prompts),
+            [[c.text for c in o.outputs] for o in outputs],
+            [[_strip(list(c.token_ids), stop) for c in o.outputs] for o in outputs],
+        )
 
 
 def make_sampler(name: str, settings: SampleSettings, engine_args: dict | None = None) -> Sampler:

@@ -33,8 +33,15 @@ class Language:
     follow_prob: float  # how often the next word is a preferred successor rather than a fresh Zipf draw
 
 
-def make_language(n_words: int = 600, n_subjects: int = 40, zipf_exponent: float = 1.1, n_successors: int = 4,
-                  n_fixed_pairs: int = 40, follow_prob: float = 0.7, seed: int = 0) -> Language:
+def make_language(
+    n_words: int = 600,
+    n_subjects: int = 40,
+    zipf_exponent: float = 1.1,
+    n_successors: int = 4,
+    n_fixed_pairs: int = 40,
+    follow_prob: float = 0.7,
+    seed: int = 0,
+) -> Language:
     rng = np.random.default_rng(seed)
     names: set[str] = set()
     while len(names) < n_words + n_subjects:
@@ -52,8 +59,15 @@ def make_language(n_words: int = 600, n_subjects: int = 40, zipf_exponent: float
     return Language(words, unigram, successors, fixed_pairs, subjects, follow_prob)
 
 
-def generate_documents(language: Language, n_docs: int, seed: int, min_words: int = 12, max_words: int = 40,
-                       arithmetic_fraction: float = 0.15, max_operand: int = 9) -> list[str]:
+def generate_documents(
+    language: Language,
+    n_docs: int,
+    seed: int,
+    min_words: int = 12,
+    max_words: int = 40,
+    arithmetic_fraction: float = 0.15,
+    max_operand: int = 9,
+) -> list[str]:
     """Sample documents; different seeds give disjoint samples of the same language (train vs held out)."""
     rng = np.random.default_rng(seed)
     n_words, n_succ = language.successors.shape

@@ -8,66 +8,34 @@ with the same settings reuses them, and concurrent jobs wait on a file lock inst
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
+from datasets import Dataset
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import (
+    DataCollatorForLanguageModeling,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.utils import logging as hf_logging
 
+from geomsweep.toy.config import ToyConfig
 from geomsweep.toy.corpus import generate_documents, make_language
 
 COMPLETE_MARKER = "COMPLETE"
 TRAIN_SEED_OFFSET, PROBE_SEED_OFFSET = 1_000, 2_000
-
-
-@dataclass
-class ToyConfig:
-    """Everything that determines the toy world and its pretraining trace (hashed into the cache key).
-    The defaults are ``conf/model/tiny.yaml``'s: width 16 against 3,000 words, where the three phases appear."""
-
-    n_words: int = 3000
-    n_subjects: int = 40
-    zipf_exponent: float = 1.1
-    n_successors: int = 4
-    follow_prob: float = 0.7
-    n_train_docs: int = 20_000
-    vocab_size: int = 2048
-    hidden_size: int = 16
-    num_layers: int = 2
-    num_heads: int = 2
-    seq_len: int = 64
-    batch_size: int = 32
-    max_steps: int = 6000
-    learning_rate: float = 3e-3
-    warmup_steps: int = 30
-    lr_scheduler: str = "constant_with_warmup"
-    weight_decay: float = 0.01
-    n_checkpoints: int = 30
-    extra_steps: list[int] = field(default_factory=list)
-    seed: int = 0
-
-    @classmethod
-    def from_cfg(cls, node) -> "ToyConfig":
-        """From a Hydra/OmegaConf node (or a plain dict, or None for the defaults)."""
-        from omegaconf import OmegaConf
-
-        if node is None:
-            return cls()
-        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown model.toy fields {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**values)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def checkpoint_steps(cfg: ToyConfig) -> list[int]:
@@ -78,8 +46,14 @@ def checkpoint_steps(cfg: ToyConfig) -> list[int]:
 
 
 def language(cfg: ToyConfig):
-    return make_language(n_words=cfg.n_words, n_subjects=cfg.n_subjects, zipf_exponent=cfg.zipf_exponent,
-                         n_successors=cfg.n_successors, follow_prob=cfg.follow_prob, seed=cfg.seed)
+    return make_language(
+        n_words=cfg.n_words,
+        n_subjects=cfg.n_subjects,
+        zipf_exponent=cfg.zipf_exponent,
+        n_successors=cfg.n_successors,
+        follow_prob=cfg.follow_prob,
+        seed=cfg.seed,
+    )
 
 
 def train_documents(cfg: ToyConfig) -> list[str]:
@@ -100,39 +74,38 @@ def probe_documents(cfg: ToyConfig, n: int, seed: int = 0, min_words: int = 4) -
 
 def train_tokenizer(docs: list[str], vocab_size: int):
     """A BPE tokenizer trained offline with `tokenizers`, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>", "<unk>"],
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<eos>", "<pad>", "<unk>"], show_progress=False
+    )
     tok.train_from_iterator(docs, trainer=trainer)
-    from tokenizers import decoders
-
     tok.decoder = decoders.BPEDecoder()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<eos>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", bos_token="<eos>"
+    )
 
 
 def build_model(cfg: ToyConfig, vocab_size: int):
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     torch.manual_seed(cfg.seed)
     config = GPTNeoXConfig(
-        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.hidden_size,
-        max_position_embeddings=cfg.seq_len, tie_word_embeddings=False, use_cache=False,
-        bos_token_id=0, eos_token_id=0, pad_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=4 * cfg.hidden_size,
+        max_position_embeddings=cfg.seq_len,
+        tie_word_embeddings=False,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
     )
     return GPTNeoXForCausalLM(config)
 
 
 def packed_dataset(tokenizer, docs: list[str], seq_len: int):
     """Documents joined by EOS and cut into equal blocks: no padding, every token trains."""
-    from datasets import Dataset
-
     ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
     stream = np.fromiter((t for doc in ids for t in (*doc, tokenizer.eos_token_id)), dtype=np.int64)
     n_blocks = len(stream) // seq_len
@@ -147,14 +120,27 @@ def default_cache_dir() -> str:
     return os.environ.get("GEOMSWEEP_CACHE") or str(Path.home() / ".cache" / "geomsweep")
 
 
-def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike, progress: bool = True) -> Path:
-    """Directory holding ``step{N}`` checkpoints of the toy model; pretrains it first if not cached."""
-    from filelock import FileLock
+def checkpoint_dir(cfg: ToyConfig, cache_dir: str | os.PathLike) -> Path:
+    """Where the checkpoints of this toy world live in the cache (whether or not they exist yet)."""
+    return Path(cache_dir).expanduser() / f"toy-{cfg.key()}"
 
-    root = Path(cache_dir).expanduser() / f"toy-{cfg.key()}"
+
+def is_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike) -> bool:
+    return (checkpoint_dir(cfg, cache_dir) / COMPLETE_MARKER).exists()
+
+
+def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike, progress: bool = True) -> Path:
+    """Directory holding ``step{N}`` checkpoints of the toy model; pretrains it first if not cached (the one place
+    geomsweep trains the toy: a named step with its own progress bar, never a side effect of listing)."""
+    root = checkpoint_dir(cfg, cache_dir)
     root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
+    with FileLock(str(root) + ".lock", timeout=3 * 3600):
         if not (root / COMPLETE_MARKER).exists():
+            if progress:
+                tqdm.write(
+                    f"geomsweep: pretraining the toy model ({cfg.max_steps} steps, width {cfg.hidden_size}) "
+                    f"into {root}; later runs reuse it"
+                )
             staging = root.with_name(root.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
             _pretrain(cfg, staging, progress)
@@ -164,9 +150,6 @@ def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike, progress: bo
 
 
 def _pretrain(cfg: ToyConfig, out: Path, progress: bool) -> None:
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # a "writing shards" bar per checkpoint drowns the training bar
 
     docs = train_documents(cfg)
@@ -184,14 +167,27 @@ def _pretrain(cfg: ToyConfig, out: Path, progress: bool) -> None:
                 save(state.global_step, model)
 
     args = TrainingArguments(
-        output_dir=str(out / "trainer"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none",
-        logging_steps=max(cfg.max_steps // 10, 1), use_cpu=True, bf16=False, dataloader_num_workers=0,
+        output_dir=str(out / "trainer"),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(cfg.max_steps // 10, 1),
+        use_cpu=True,
+        bf16=False,
+        dataloader_num_workers=0,
         disable_tqdm=not progress,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=packed_dataset(tokenizer, docs, cfg.seq_len),
+        model=model,
+        args=args,
+        train_dataset=packed_dataset(tokenizer, docs, cfg.seq_len),
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         callbacks=[LogSpacedCheckpoints()],
     )

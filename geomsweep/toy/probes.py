@@ -5,15 +5,14 @@ previous word alone (the fixed pairs); and n-gram memorization against the pretr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from geomsweep.extract import last_token_index
+from geomsweep.behavior.ngram import KneserNeyLM, ngram_alignment
+from geomsweep.extract import eval_mode, last_token_index
+from geomsweep.toy.config import ToyConfig
 from geomsweep.toy.corpus import RECALL_MARKER, generate_documents
-
-if TYPE_CHECKING:
-    from geomsweep.toy.pretrain import ToyConfig
+from geomsweep.toy.pretrain import language, train_documents
 
 
 @dataclass(frozen=True)
@@ -44,16 +43,16 @@ def next_word_accuracy(model, tokenizer, items: NextWordItems, batch_size: int =
     """Fraction of items whose greedy next token is the first token of the target word."""
     if not items.prefixes:
         return float("nan")
-    tokenizer.padding_side = "right"
     device = next(model.parameters()).device
     firsts = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in items.targets])
     correct = 0
-    for i in range(0, len(items.prefixes), batch_size):
-        batch = tokenizer(items.prefixes[i : i + batch_size], padding=True, return_tensors="pt").to(device)
-        logits = model(**batch).logits
-        last = last_token_index(batch["attention_mask"])
-        predicted = logits[torch.arange(len(last), device=device), last].argmax(-1).cpu()
-        correct += int((predicted == firsts[i : i + batch_size]).sum())
+    with eval_mode(model, tokenizer, padding_side="right"):
+        for i in range(0, len(items.prefixes), batch_size):
+            batch = tokenizer(items.prefixes[i : i + batch_size], padding=True, return_tensors="pt").to(device)
+            logits = model(**batch).logits
+            last = last_token_index(batch["attention_mask"])
+            predicted = logits[torch.arange(len(last), device=device), last].argmax(-1).cpu()
+            correct += int((predicted == firsts[i : i + batch_size]).sum())
     return correct / len(items.prefixes)
 
 
@@ -61,26 +60,25 @@ class ToyEvaluation:
     """Everything a toy checkpoint is scored on, built once per job: ``tasks`` (the accuracies, also used by the
     spectral-tail ablation) and ``behavior`` (tasks plus n-gram alignment)."""
 
-    def __init__(self, toy: "ToyConfig", n_docs: int, ngram_order: int, seed: int):
-        from geomsweep.toy.pretrain import language
-
+    def __init__(self, toy: ToyConfig, n_docs: int, ngram_order: int, seed: int):
         self.toy, self.ngram_order = toy, ngram_order
         self.long_range, self.short_range = dependency_items(language(toy), n_docs, seed=seed)
         self.held_out = generate_documents(language(toy), n_docs, seed=seed + 1, max_words=30)
         self._ngram = None
 
     def tasks(self, model, tokenizer) -> dict[str, float]:
-        return {"long_range_acc": next_word_accuracy(model, tokenizer, self.long_range),
-                "short_range_acc": next_word_accuracy(model, tokenizer, self.short_range)}
+        return {
+            "long_range_acc": next_word_accuracy(model, tokenizer, self.long_range),
+            "short_range_acc": next_word_accuracy(model, tokenizer, self.short_range),
+        }
 
     def behavior(self, model, tokenizer) -> dict[str, float]:
-        from geomsweep.behavior.ngram import ngram_alignment
-
         metrics = {f"eval/{name}": value for name, value in self.tasks(model, tokenizer).items()}
         if self.ngram_order:
             ngram = self._ngram_model(tokenizer)
-            metrics["behavior/ngram_alignment"] = ngram_alignment(model, ngram, self._encode(tokenizer, self.held_out),
-                                                                  tokenizer.pad_token_id)
+            metrics["behavior/ngram_alignment"] = ngram_alignment(
+                model, ngram, self._encode(tokenizer, self.held_out), tokenizer.pad_token_id
+            )
         return metrics
 
     @staticmethod
@@ -90,9 +88,6 @@ class ToyEvaluation:
 
     def _ngram_model(self, tokenizer):
         """Kneser-Ney over the exact pretraining documents, in the checkpoints' own tokens (shared by all)."""
-        from geomsweep.behavior.ngram import KneserNeyLM
-        from geomsweep.toy.pretrain import train_documents
-
         if self._ngram is None:
             corpus = self._encode(tokenizer, train_documents(self.toy))
             self._ngram = KneserNeyLM(self.ngram_order, vocab_size=len(tokenizer)).fit(corpus)

@@ -1,0 +1,68 @@
+"""Measuring one model: the probe texts through it -> geometry by layer and the probe loss. Shared by traces
+(one measurement per checkpoint) and post-training (one every few optimizer steps), with where to run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from geomsweep.extract import accumulate, encode_batches, eval_mode
+from geomsweep.spectra import Geometry, StreamingCovariance, spectral_geometry
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is CUDA when there is one; asking for CUDA where there is none is an error, not a fallback."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device} but this machine has no CUDA device (torch {torch.__version__}); valid here: auto, cpu"
+        )
+    return device
+
+
+def resolve_dtype(dtype: str, device: str, preferred: str | None = None) -> str:
+    """``auto``: float32 on a CPU; on a GPU the model's own training dtype (``model.dtype``), else float16."""
+    if dtype == "auto":
+        return str(preferred or "float16") if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return str(dtype)
+
+
+@dataclass
+class Measurement:
+    """The geometry of one model's probe representations, by layer, and the probe loss of the same passes."""
+
+    geometry: dict[int, Geometry]
+    loss: float  # NaN when probe.loss is off
+    covariances: dict[int, StreamingCovariance]  # kept for the spectral-tail ablation and for merging
+
+    def metrics(self, layer: int, with_loss: bool = True) -> dict[str, float]:
+        """The headline metrics of ``layer``: ``geometry/*`` and ``eval/probe_loss``."""
+        return self.geometry[layer].metrics() | ({"eval/probe_loss": self.loss} if with_loss else {})
+
+
+def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = True) -> Measurement:
+    """Every probe layer's spectral geometry of ``texts`` under ``model`` (``probe``: a ProbeConfig)."""
+    with eval_mode(model, tokenizer):
+        batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
+        reps = accumulate(
+            model,
+            batches,
+            list(probe.layers),
+            probe.norm,
+            progress=progress,
+            total=-(-len(texts) // probe.batch_size),
+            with_loss=probe.loss,
+        )
+    geometry = {
+        layer: spectral_geometry(
+            cov, rankme_variant=probe.rankme, fit_start=probe.fit_start, fit_end=probe.fit_end, max_eigs=probe.max_eigs
+        )
+        for layer, cov in reps.covariances.items()
+    }
+    return Measurement(geometry, reps.loss, reps.covariances)
