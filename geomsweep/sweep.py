@@ -18,12 +18,16 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from geomsweep import server, tracking
 from geomsweep.phases import PhaseRule
 from geomsweep.rollup import roll_up_traces
+from geomsweep.schema import check
 
 log = logging.getLogger(__name__)
 SEQUENTIAL_LAUNCHERS = (None, "basic")
@@ -90,6 +94,25 @@ def roll_up(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
     return table
 
 
+def check_cells(config: DictConfig) -> int:
+    """Compose and check every cell of the sweep (the basic sweeper's cross product of the command line) before
+    anything starts: one bad value stops the whole sweep at once, naming its cell, instead of failing that cell
+    after the others have run. Returns the number of cells (0 for other sweepers, whose cells are checked as they
+    start)."""
+    if config.hydra.runtime.choices.get("hydra/sweeper") != "basic":
+        return 0
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    (cells,) = BasicSweeper.split_arguments(parsed, None)
+    for cell in cells:
+        try:
+            check(compose(config.hydra.job.config_name, overrides=cell))
+        except Exception as err:
+            raise SystemExit(
+                f"geomsweep: invalid config in cell {' '.join(cell)}: {str(err).splitlines()[0]}"
+            ) from None
+    return len(cells)
+
+
 _SERVER = []  # the local server process, if this process started one (kept off the callback: launchers pickle it)
 
 
@@ -128,6 +151,7 @@ class SweepCallback(Callback):
 
     # the sweep parent ---------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_cells(config)
         self._start_server(config, config.hydra.sweep.dir)
         experiment_id = tracking.setup_store(config.tracking)
         launcher = config.hydra.runtime.choices.get("hydra/launcher")

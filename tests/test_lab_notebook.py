@@ -19,17 +19,20 @@ pytestmark = pytest.mark.slow
 FAST = GEOMETRY_ONLY + ["checkpoint=final"]
 
 
+# probe.fit_end=40 is a valid config that fails at run time: the width-32 model has 32 eigenvalues.
 def test_a_failed_cell_fails_the_sweep_and_is_named_in_its_summary(tmp_path, cache_dir, tiny_checkpoints, store):
-    proc = run_app(["-m", *FAST, "probe.fit_end=20,80"], tmp_path, cache_dir, store, check=False)
+    proc = run_app(["-m", *FAST, "probe.fit_end=20,40"], tmp_path, cache_dir, store, check=False)
     assert proc.returncode == 1
-    assert "1 of 2 cells did not finish" in proc.stderr and "probe.fit_end=80" in proc.stderr
+    assert "1 of 2 cells did not finish" in proc.stderr and "probe.fit_end=40" in proc.stderr
     (parent,) = runs_of(store, "sweep")
     jobs = {r.data.params["cfg.probe.fit_end"]: r for r in runs_of(store, "job")}
-    assert parent.info.status == "FAILED" and "probe.fit_end=80" in parent.data.tags["geomsweep.failed_cells"]
-    assert jobs["20"].info.status == "FINISHED" and jobs["80"].info.status == "FAILED"
-    assert "needs at least 81 sequences" in jobs["80"].data.tags["geomsweep.error"]
+    assert parent.info.status == "FAILED" and "probe.fit_end=40" in parent.data.tags["geomsweep.failed_cells"]
+    assert jobs["20"].info.status == "FINISHED" and jobs["40"].info.status == "FAILED"
+    assert (
+        "the spectrum has 32 eigenvalues but the alpha-ReQ fit range 2..40" in jobs["40"].data.tags["geomsweep.error"]
+    )
     client = mlflow.MlflowClient(store)
-    assert "Traceback" in open(client.download_artifacts(jobs["80"].info.run_id, "error.txt", str(tmp_path))).read()
+    assert "Traceback" in open(client.download_artifacts(jobs["40"].info.run_id, "error.txt", str(tmp_path))).read()
     summary = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path)))
     assert sorted(summary["status"]) == ["FAILED", "FINISHED"]
     finished = summary[summary["status"] == "FINISHED"].iloc[0]
@@ -37,15 +40,15 @@ def test_a_failed_cell_fails_the_sweep_and_is_named_in_its_summary(tmp_path, cac
 
 
 def test_a_rerun_skips_finished_cells_and_reruns_failed_ones(tmp_path, cache_dir, tiny_checkpoints, store):
-    args = ["-m", *FAST, "probe.fit_end=20,80"]
+    args = ["-m", *FAST, "probe.fit_end=20,40"]
     run_app(args, tmp_path, cache_dir, store, check=False)
     proc = run_app(args, tmp_path, cache_dir, store, check=False)
-    assert "already FINISHED" in proc.stdout and proc.returncode == 1  # fit_end=80 fails again
+    assert "already FINISHED" in proc.stdout and proc.returncode == 1  # fit_end=40 fails again
     jobs = runs_of(store, "job")
     by_cell = {}
     for run in jobs:
         by_cell.setdefault(run.data.params["cfg.probe.fit_end"], []).append(run.info.status)
-    assert by_cell == {"20": ["FINISHED"], "80": ["FAILED", "FAILED"]}
+    assert by_cell == {"20": ["FINISHED"], "40": ["FAILED", "FAILED"]}
     client = mlflow.MlflowClient(store)
     second = max(runs_of(store, "sweep"), key=lambda r: r.info.start_time)
     summary = pd.read_csv(client.download_artifacts(second.info.run_id, "summary.csv", str(tmp_path)))

@@ -111,3 +111,14 @@ def test_a_plain_hydra_app_beside_geomsweep_gets_no_geomsweep_tags(tmp_path, sto
     run = mlflow.MlflowClient(store).get_run(proc.stdout.split()[-1])
     assert run.data.metrics == {"x": 1.0}
     assert not [key for key in run.data.tags if key.startswith("geomsweep.")]
+
+
+def test_a_sweep_with_one_bad_cell_does_not_start(tmp_path):
+    """Every cell is checked before the sweep parent exists: nothing runs, nothing is logged."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    store = tmp_path / "mlflow.db"
+    proc = run_app(["-m", *TINY, "probe.batch_size=8,0"], tmp_path, cache, f"sqlite:///{store}", check=False)
+    assert proc.returncode != 0
+    assert "geomsweep: invalid config in cell" in proc.stderr and "probe.batch_size=0 must be >= 1" in proc.stderr
+    assert not store.exists() and not any(cache.iterdir())
