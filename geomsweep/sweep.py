@@ -29,7 +29,7 @@ from geomsweep.phases import PhaseRule
 from geomsweep.rollup import roll_up_traces
 from geomsweep.schema import check
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 SEQUENTIAL_LAUNCHERS = (None, "basic")
 HEADLINE_METRICS = (
     "geometry/rankme",
@@ -81,7 +81,7 @@ def summary(runs, parent_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def roll_up(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
+def close_sweep(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
     """Log the summary on the parent and end it FINISHED, or FAILED when a cell failed; returns the summary."""
     table = summary(cells(client, experiment_id, parent_id), parent_id)
     failed = table[table["status"] != "FINISHED"] if len(table) else table
@@ -156,7 +156,7 @@ class SweepCallback(Callback):
         experiment_id = tracking.setup_store(config.tracking)
         launcher = config.hydra.runtime.choices.get("hydra/launcher")
         if launcher not in SEQUENTIAL_LAUNCHERS and mlflow.get_tracking_uri().startswith("sqlite"):
-            log.warning(
+            logger.warning(
                 "hydra/launcher=%s runs jobs at the same time, but %s takes one writer at a time "
                 "(jobs may fail with 'database is locked'): use tracking=server",
                 launcher,
@@ -186,7 +186,7 @@ class SweepCallback(Callback):
                 return
             client = mlflow.MlflowClient()
             roll_up_traces(client, experiment_id, parent, PhaseRule(**config.phases))
-            table = roll_up(client, experiment_id, parent)
+            table = close_sweep(client, experiment_id, parent)
             print(tracking.results_message(client.get_run(parent)))
         finally:
             self._stop_server()

@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from geomsweep import server
+from geomsweep.tracking import TAG_ROLE
 
 # A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
 # shrunk to its width; the test suite runs on the same one (tests/conftest.py).
@@ -81,8 +82,8 @@ def check_rest(uri: str, experiment: str) -> tuple[str, dict, list[dict]]:
     def tags(run):
         return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
-    sweeps = [r for r in runs if tags(r).get("geomsweep.role") == "sweep"]
-    jobs = [r for r in runs if tags(r).get("geomsweep.role") == "job"]
+    sweeps = [r for r in runs if tags(r).get(TAG_ROLE) == "sweep"]
+    jobs = [r for r in runs if tags(r).get(TAG_ROLE) == "job"]
     assert sweeps and jobs, f"expected a sweep parent and its jobs, got {len(sweeps)} sweeps and {len(jobs)} jobs"
     for job in jobs:
         history = rest(uri, f"metrics/get-history?run_id={job['info']['run_id']}&metric_key=geometry/rankme")
