@@ -78,15 +78,23 @@ class TraceSummary:
 
 
 def summarize_trace(
-    steps: Sequence[int], rankme: Sequence[float], alpha: Sequence[float], loss: Sequence[float] | None, rule: PhaseRule
+    steps: Sequence[int],
+    rankme: Sequence[float],
+    alpha: Sequence[float],
+    loss: Sequence[float] | None,
+    rule: PhaseRule,
+    stages: Sequence[str] | None = None,
 ) -> TraceSummary:
-    """Phases (from 3 checkpoints on) and the trajectory figure (from 2 on) of one trace."""
-    phases = detect(list(steps), list(rankme), rule.min_change, rule.bandwidth) if len(steps) > 2 else None
-    figure = (
-        plots.trajectory(list(steps), list(rankme), list(alpha), loss=loss, phases=phases.labels if phases else None)
-        if len(steps) > 1
-        else None
+    """Phases (from 3 checkpoints on) and the trajectory figure (from 2 on) of one trace. A trace over the
+    stages of a post-training pipeline has no pretraining phases: its figure is labelled by stage instead."""
+    phases = (
+        detect(list(steps), list(rankme), rule.min_change, rule.bandwidth) if len(steps) > 2 and not stages else None
     )
+    figure = None
+    if len(steps) > 1:
+        figure = plots.trajectory(
+            list(steps), list(rankme), list(alpha), loss=loss, phases=phases.labels if phases else None, stages=stages
+        )
     return TraceSummary(list(steps), phases, figure)
 
 

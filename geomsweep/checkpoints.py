@@ -37,6 +37,12 @@ class Checkpoint:
     tokens: int | None  # tokens seen at this step, when known
     location: str  # a local directory or a hub id
     hub_revision: str | None = None  # the git revision to ask the hub for
+    stage: str | None = None  # the pipeline stage (base, sft, dpo, ...) of a stage trace
+
+    def load_tokenizer(self):
+        """This checkpoint's tokenizer alone (to count tokens before any model loads)."""
+        kwargs = {"revision": self.hub_revision} if self.hub_revision else {}
+        return AutoTokenizer.from_pretrained(self.location, **kwargs)
 
     def load(self, device: str = "cpu", dtype: str = "float32", device_map=None):
         """(model, tokenizer) with transformers' Auto classes; fails fast when a hub model is not cached.
@@ -163,6 +169,8 @@ def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
     (``toy.pretrain.ensure_pretrained``, which a job runs as a step of its own)."""
     source = model_cfg.source
     tokens_per_step = model_cfg.tokens_per_step
+    if model_cfg.stages:
+        return stage_checkpoints(model_cfg)
     if source == "toy":
         toy = ToyConfig.from_cfg(model_cfg.toy)
         if not is_pretrained(toy, cache_dir):
@@ -186,6 +194,28 @@ def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
             found.append(Checkpoint(name, step, tokens, model_cfg.hub_id, hub_revision=name))
         return sorted(found, key=lambda c: c.step)
     raise ValueError(f"unknown model.source {source!r}; valid: {', '.join(SOURCES)}")
+
+
+def stage_checkpoints(model_cfg) -> list[Checkpoint]:
+    """The released stages of a post-training pipeline, in order, as the checkpoints of one trace: step i is the
+    i-th stage. From the hub (each stage its own repository) or a local mirror with one directory per stage."""
+    found = []
+    for i, stage in enumerate(model_cfg.stages):
+        if model_cfg.source == "hub":
+            found.append(Checkpoint(stage.name, i, None, stage.hub_id, stage=stage.name))
+            continue
+        directory = Path(str(model_cfg.path)).expanduser() / stage.name
+        if not (directory / "config.json").exists():
+            raise FileNotFoundError(
+                f"stage {stage.name!r}: {str(directory)!r} is not a saved model (no config.json); "
+                f"a local stage mirror holds one save_pretrained directory per stage, named "
+                f"after it: {', '.join(s.name for s in model_cfg.stages)}"
+            )
+        found.append(Checkpoint(stage.name, i, None, str(directory), stage=stage.name))
+    if model_cfg.source == "hub":
+        for checkpoint in found:
+            require_hub_or_cache(model_cfg, "main", hub_id=checkpoint.location)
+    return found
 
 
 def loaded(checkpoints: list[Checkpoint], device: str, dtype: str, prefetch: bool = True, device_map=None):
@@ -248,9 +278,10 @@ def cached_refs(hub_id: str, cache_dir: str) -> list[str]:
     return sorted(names, key=lambda n: (parse_revision(n)[0], n))
 
 
-def require_hub_or_cache(model_cfg, revision: str, timeout: float = 3.0) -> None:
+def require_hub_or_cache(model_cfg, revision: str, timeout: float = 3.0, hub_id: str | None = None) -> None:
     """Fail at once, with what to do, when the hub cannot be reached and the model is not in the HF cache."""
-    if isinstance(try_to_load_from_cache(model_cfg.hub_id, "config.json", revision=revision), str):
+    hub_id = hub_id or model_cfg.hub_id
+    if isinstance(try_to_load_from_cache(hub_id, "config.json", revision=revision), str):
         return
     if not constants.HF_HUB_OFFLINE:
         try:
@@ -258,11 +289,15 @@ def require_hub_or_cache(model_cfg, revision: str, timeout: float = 3.0) -> None
             return
         except OSError:
             pass
+    layout = (
+        "one directory per stage, named after it, and run with model.source=local"
+        if model_cfg.stages
+        else "one directory per revision, and run with model=local"
+    )
     raise RuntimeError(
-        f"model {model_cfg.name} ({model_cfg.hub_id}) is not available offline: the hub "
-        f"({constants.ENDPOINT}) cannot be reached and revision {revision} is not in the Hugging Face cache. "
-        f"Download it where the hub is reachable (huggingface-cli download {model_cfg.hub_id} --revision "
-        f"{revision} --local-dir <dir>/{revision}, one directory per revision) and run with model=local "
+        f"model {model_cfg.name} ({hub_id}) is not available offline: the hub ({constants.ENDPOINT}) cannot be "
+        f"reached and revision {revision} is not in the Hugging Face cache. Download it where the hub is reachable "
+        f"(huggingface-cli download {hub_id} --revision {revision} --local-dir <dir>/<name>, {layout} "
         f"model.path=<dir>"
     )
 

@@ -1,11 +1,16 @@
 """Probe texts: the sequences whose last-token representations are measured.
 
 ``data.source=toy`` draws held-out documents of the embedded synthetic language; ``files`` reads local text,
-JSON(L), CSV or Parquet files through `datasets`; ``hub`` names a hub dataset (needs network or a local cache).
+JSON(L), CSV or Parquet files through `datasets`; ``hub`` streams a hub dataset (needs network), so a probe set
+of 15,000 FineWeb documents never downloads the whole 10B-token sample. Texts are taken in the dataset's own
+order, so every checkpoint (and every job) sees the same ones; ``data.min_tokens`` keeps only texts longer than
+that many tokens under the measured model's tokenizer (the study: more than 32).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 
 from datasets import load_dataset
@@ -17,28 +22,46 @@ SOURCES = ("toy", "files", "hub")
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def probe_texts(data_cfg, toy_cfg, n_sequences: int, seed: int = 0) -> list[str]:
-    """The first ``n_sequences`` usable texts (at least ``data.min_chars`` characters) of the configured source."""
+def probe_texts(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=None) -> list[str]:
+    """The first ``n_sequences`` usable texts of the configured source: at least ``data.min_chars`` characters
+    and, with ``data.min_tokens``, more than that many tokens under ``tokenizer`` (the measured model's)."""
     source = data_cfg.source
     if source == "toy":  # the default world's language (toy_cfg None: the default ToyConfig)
-        return probe_documents(ToyConfig.from_cfg(toy_cfg), n_sequences, seed=seed)
+        texts = probe_documents(ToyConfig.from_cfg(toy_cfg), n_sequences, seed=seed)
+        return list(islice(usable(texts, data_cfg, tokenizer), n_sequences))
     if source == "files":
         dataset = _load_files(str(data_cfg.path))
     elif source == "hub":
-        dataset = load_dataset(data_cfg.name, data_cfg.config, split=data_cfg.split)
+        dataset = load_dataset(data_cfg.name, data_cfg.config, split=data_cfg.split, streaming=True)
     else:
         raise ValueError(f"unknown data.source {source!r}; valid: {', '.join(SOURCES)}")
     field = data_cfg.text_field
-    if field not in dataset.column_names:
+    if dataset.column_names is not None and field not in dataset.column_names:
         raise ValueError(f"data.text_field {field!r} is not a column of the dataset; columns: {dataset.column_names}")
-    min_chars = int(data_cfg.min_chars)
-    texts = [t for t in dataset[field] if isinstance(t, str) and len(t.strip()) >= min_chars][:n_sequences]
+    texts = list(islice(usable((row[field] for row in dataset), data_cfg, tokenizer), n_sequences))
     if not texts:
+        longer = f" and more than {data_cfg.min_tokens} tokens" if data_cfg.min_tokens else ""
         raise ValueError(
             f"the probe dataset {data_cfg.path or data_cfg.name!r} has no text of at "
-            f"least {min_chars} characters in field {field!r}"
+            f"least {data_cfg.min_chars} characters{longer} in field {field!r}"
         )
     return texts
+
+
+def usable(texts: Iterable, data_cfg, tokenizer=None) -> Iterable[str]:
+    """The texts that pass ``data.min_chars`` and ``data.min_tokens`` (lazily: a stream is read only as far as
+    needed)."""
+    if data_cfg.min_tokens and tokenizer is None:
+        raise ValueError(
+            f"data.min_tokens={data_cfg.min_tokens} counts tokens under the measured model's "
+            f"tokenizer, and none was given"
+        )
+    for text in texts:
+        if not isinstance(text, str) or len(text.strip()) < data_cfg.min_chars:
+            continue
+        if data_cfg.min_tokens and len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= data_cfg.min_tokens:
+            continue
+        yield text
 
 
 def _load_files(path: str):

@@ -70,13 +70,17 @@ def prepare_model(settings: Config) -> None:
 
 
 def measure_and_report(settings: Config, log: RunLogger) -> None:
-    texts = probe_texts(settings.data, settings.model.toy, settings.probe.n_sequences, seed=settings.seed)
+    prepare_model(settings)
+    tokenizer = None
+    if settings.data.min_tokens:  # counted the way the measured model counts (its checkpoints share one tokenizer)
+        tokenizer = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)[0].load_tokenizer()
+    texts = probe_texts(settings.data, settings.model.toy, settings.probe.n_sequences, settings.seed, tokenizer)
     if len(texts) < settings.probe.n_sequences:
         raise ValueError(
             f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
             f"{settings.probe.n_sequences}"
         )
-    prepare_model(settings)
+    log.probe_input(texts, name=str(settings.data.name or settings.data.path or "toy"))
     if settings.method.name != "none":
         history = get_method(settings.method.runner)(settings, texts, log)
         frame = artifacts.post_training_history(history)
@@ -106,12 +110,16 @@ def trace_checkpoints(settings: Config, texts: list[str], log: RunLogger) -> Non
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
     layer, probe = settings.probe.layers[0], settings.probe
     steps = [p.checkpoint.step for p in points]
+    stages = [p.checkpoint.stage for p in points] if settings.model.stages else None
+    if stages:
+        log.tags({f"{tracking.TAG_STAGE_PREFIX}{step}": stage for step, stage in zip(steps, stages)})
     summary = artifacts.summarize_trace(
         steps,
         [p.geometry[layer].rankme for p in points],
         [p.geometry[layer].fit.alpha for p in points],
         [p.loss for p in points] if probe.loss else None,
         settings.phases,
+        stages,
     )
     if summary.phases:
         log.history(summary.phase_history())

@@ -8,11 +8,19 @@ The rule used here: smooth log RankMe with a Gaussian kernel in log(step + 1) (c
 uneven), then find turning points by a *zigzag*. A minimum or maximum counts only once the curve has moved
 away from it by at least ``min_change`` (a relative change of RankMe). Noise smaller than that, a flat curve and
 a monotone curve therefore give no boundaries. A run that starts by rising has no warmup.
+
+The kernel's width adapts to the grid: at each checkpoint it is ``bandwidth`` or the local spacing of the
+checkpoints in log(step + 1), whichever is smaller. A sparse log-spaced grid is smoothed as before; where the
+checkpoints are dense (late in training on an every-k-steps grid, or a dense log grid), the kernel still averages
+a few neighbours against noise but no longer blurs away repeated entropy -> compression cycles.
+Points that are not positive finite numbers (NaN, inf, 0) cannot be placed on a log scale: they are dropped
+with a warning naming their steps and labelled "none".
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,7 +51,9 @@ class Phases:
     smoothed: list[float]  # the smoothed RankMe the segmentation was read from
 
     def describe(self) -> str:
-        """``warmup until 13, entropy-seeking until 420, compression-seeking``."""
+        """``warmup until 13, entropy-seeking until 420, compression-seeking`` ("" for an empty trace)."""
+        if not self.labels:
+            return ""
         parts, start = [], 0
         ends = [i for i in range(1, len(self.labels)) if self.labels[i] != self.labels[i - 1]]
         for end in [*ends, len(self.labels)]:
@@ -53,13 +63,23 @@ class Phases:
         return ", ".join(parts)
 
 
+def local_spacing(x: torch.Tensor) -> torch.Tensor:
+    """Mean distance from each point to its neighbours (one neighbour at either end)."""
+    if len(x) < 2:
+        return torch.full_like(x, math.inf)
+    gaps = x.diff()
+    return torch.cat([gaps[:1], (gaps[1:] + gaps[:-1]) / 2, gaps[-1:]])
+
+
 def smooth_log(steps: Sequence[float], values: Sequence[float], bandwidth: float) -> torch.Tensor:
-    """Nadaraya-Watson smoothing of log(values) against log(step + 1) with a Gaussian kernel."""
+    """Nadaraya-Watson smoothing of log(values) against log(step + 1) with a Gaussian kernel whose width at each
+    point is ``bandwidth`` or the local checkpoint spacing, whichever is smaller."""
     x = torch.tensor([math.log1p(s) for s in steps], dtype=torch.float64)
     y = torch.tensor(values, dtype=torch.float64).log()
-    if bandwidth <= 0:
+    if bandwidth <= 0 or len(x) < 2:
         return y
-    weights = torch.exp(-0.5 * ((x[:, None] - x[None, :]) / bandwidth) ** 2)
+    width = local_spacing(x).clamp(max=bandwidth)[:, None]
+    weights = torch.exp(-0.5 * ((x[:, None] - x[None, :]) / width) ** 2)
     return (weights @ y) / weights.sum(dim=1)
 
 
@@ -96,6 +116,26 @@ def detect(
         raise ValueError("steps must be in increasing order")
     if min_change <= 0:
         raise ValueError(f"min_change must be positive, got {min_change}")
+    usable = [i for i, value in enumerate(rankme) if math.isfinite(value) and value > 0]
+    if len(usable) < len(steps):
+        dropped = [steps[i] for i in range(len(steps)) if i not in set(usable)]
+        warnings.warn(
+            f"RankMe at steps {dropped} is not a positive finite number: those checkpoints are left out "
+            f"of phase detection (labelled none)",
+            stacklevel=2,
+        )
+        found = _segment([steps[i] for i in usable], [rankme[i] for i in usable], min_change, bandwidth)
+        labels, smoothed = [NO_PHASE] * len(steps), [math.nan] * len(steps)
+        for i, label, value in zip(usable, found.labels, found.smoothed):
+            labels[i], smoothed[i] = label, value
+        return Phases(labels, found.boundaries, smoothed)
+    return _segment(list(steps), list(rankme), min_change, bandwidth)
+
+
+def _segment(steps: list[int], rankme: list[float], min_change: float, bandwidth: float) -> Phases:
+    """The zigzag segmentation of a trace whose RankMe values are all positive and finite."""
+    if len(steps) < 2:
+        return Phases([NO_PHASE] * len(steps), [], list(rankme))
     y = smooth_log(steps, rankme, bandwidth)
     turns = turning_points(y.tolist(), math.log1p(min_change))
     if not turns:

@@ -59,8 +59,10 @@ def trajectory(
     loss: Sequence[float] | None = None,
     phases: Sequence[int] | None = None,
     xlabel: str = "step",
+    stages: Sequence[str] | None = None,
 ):
-    """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given."""
+    """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given.
+    With ``stages`` (a post-training pipeline) the x axis is the stages in order, labelled by name."""
     panels = [("RankMe", rankme, "tab:blue"), ("α-ReQ", alpha, "tab:orange")]
     if loss is not None:
         panels.append(("loss", loss, "tab:gray"))
@@ -74,8 +76,12 @@ def trajectory(
             shade_phases(ax, steps, phases)
     if phases is not None:
         axes[0].legend(loc="best", fontsize=7)
-    axes[-1].set_xscale("symlog", linthresh=1)
-    axes[-1].set_xlabel(xlabel)
+    if stages:
+        axes[-1].set_xticks(list(steps), list(stages))
+        axes[-1].set_xlabel("stage")
+    else:
+        axes[-1].set_xscale("symlog", linthresh=1)
+        axes[-1].set_xlabel(xlabel)
     axes[0].set_title("Representation geometry over training")
     fig.tight_layout()
     return fig

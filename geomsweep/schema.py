@@ -22,6 +22,7 @@ from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from geomsweep.phases import PhaseRule
+from geomsweep.spectra import REFERENCE_FIT, REFERENCE_MAX_EIGS
 from geomsweep.toy.config import ToyConfig
 
 
@@ -105,6 +106,14 @@ class Extractor(StrEnum):
 
 
 @dataclass
+class StageConfig:
+    """One released stage of a post-training pipeline (base, sft, dpo, rlvr, ...)."""
+
+    name: str = MISSING
+    hub_id: str | None = None  # source=hub; a local mirror holds one sub-directory per stage, named after it
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     source: Source = MISSING
@@ -114,6 +123,7 @@ class ModelConfig:
     package: str | None = None  # source=gguf: the Python package shipping the file
     gguf_file: str | None = None
     toy: ToyConfig | None = None  # source=toy
+    stages: list[StageConfig] | None = None  # a pipeline's stages, traced in order as the checkpoints of one trace
     width: int | None = None
     depth: int | None = None
     tokens_per_step: int | None = None
@@ -122,8 +132,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         needs = {Source.hub: "hub_id", Source.local: "path", Source.gguf: "gguf_file", Source.toy: "toy"}
-        key = needs[self.source]
+        key = "stages" if self.stages and self.source == Source.hub else needs[self.source]
         _require(getattr(self, key) is not None, f"model.source={self.source} needs model.{key}")
+        if self.stages:
+            _require(
+                self.source in (Source.hub, Source.local),
+                f"model.stages are read from the hub or a local mirror, not model.source={self.source}",
+            )
+            missing = [s.name for s in self.stages if self.source == Source.hub and not s.hub_id]
+            _require(not missing, f"model.stages {missing} have no hub_id (needed with model.source=hub)")
         if self.source == Source.hub and isinstance(self.revisions, str):
             _require(
                 self.revisions in ("pythia", "refs"),
@@ -173,8 +190,10 @@ class DataConfig:
     split: str = "train"
     text_field: str = "text"
     min_chars: int = 1
+    min_tokens: int = 0  # keep texts with more than this many tokens (the measured model's tokenizer); 0: all
 
     def __post_init__(self) -> None:
+        _require(self.min_tokens >= 0, f"data.min_tokens={self.min_tokens} must be >= 0")
         if self.source == DataSource.files:
             _require(self.path is not None, "data.source=files needs data.path")
         if self.source == DataSource.hub:
@@ -193,9 +212,9 @@ class ProbeConfig:
     layers: list[int] = field(default_factory=lambda: [-1])  # indices into hidden_states; the first is the headline
     norm: Norm = Norm.post
     rankme: RankMeVariant = RankMeVariant.eigen
-    fit_start: int = 12  # alpha-ReQ fit over 1-based ranks fit_start..fit_end, weights 1/k
-    fit_end: int = 100
-    max_eigs: int | None = None  # keep only the largest eigenvalues; None keeps all
+    fit_start: int = REFERENCE_FIT[0]  # alpha-ReQ fit over 1-based ranks fit_start..fit_end, weights 1/k
+    fit_end: int = REFERENCE_FIT[1]
+    max_eigs: int | None = REFERENCE_MAX_EIGS  # keep the largest min(max_eigs, N, D), as the reference; None: all
     loss: bool = True  # also log eval/probe_loss from the same forward passes
 
     def __post_init__(self) -> None:

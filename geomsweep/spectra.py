@@ -14,6 +14,10 @@ import torch
 
 RANKME_EPS = 1e-7
 RANKME_VARIANTS = ("eigen", "singular")
+# The reference (the study's code): PCA keeps min(2048, N, D) components; alpha is fit over 1-based ranks 12..100.
+REFERENCE_MAX_EIGS = 2048
+REFERENCE_FIT = (12, 100)
+R2_WIDE_LAST = 500  # the wide R^2 window ends at min(500, kept - 10)
 
 
 class StreamingCovariance:
@@ -107,8 +111,8 @@ def rankme(eigs: torch.Tensor, variant: str = "eigen") -> float:
 class PowerLawFit:
     alpha: float  # decay exponent: lambda_k ~ k^-alpha
     intercept: float  # log-lambda at k = 1 of the fitted line
-    r2: float  # R^2 of log-lambda vs the fit over ranks fit_start .. fit_end - 1 (the reference's window)
-    r2_wide: float  # R^2 over ranks fit_start .. min(500, D - 10)
+    r2: float  # R^2 of log-lambda vs the fit over ranks fit_start + 1 .. fit_end (the reference's window)
+    r2_wide: float  # R^2 over ranks fit_start + 1 .. min(500, kept - 10) (the reference's wide window)
 
 
 def _r2(log_eigs: torch.Tensor, log_ranks: torch.Tensor, alpha: float, intercept: float) -> float:
@@ -118,12 +122,17 @@ def _r2(log_eigs: torch.Tensor, log_ranks: torch.Tensor, alpha: float, intercept
     return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
 
 
-def alpha_req(eigs: torch.Tensor, fit_start: int = 12, fit_end: int = 100) -> PowerLawFit:
+def alpha_req(
+    eigs: torch.Tensor, fit_start: int = REFERENCE_FIT[0], fit_end: int = REFERENCE_FIT[1], n_samples: int | None = None
+) -> PowerLawFit:
     """Fit lambda_k ~ k^-alpha by least squares of log(lambda) on log(k), weights 1/k, over 1-based ranks
     fit_start .. fit_end inclusive (Stringer et al. 2019; 12 .. 100 in the study).
 
+    R^2 is scored over the reference code's windows, which start one rank later than the fit (it increments its
+    rank array in place before scoring): ranks fit_start + 1 .. fit_end, and fit_start + 1 .. min(500, kept - 10).
     A spectrum shorter than the window raises; zero eigenvalues inside the window (fewer samples than ranks)
-    give NaN with a warning rather than a number computed from log(0).
+    give NaN with a warning rather than a number computed from log(0); so does a wide window that reaches past
+    rank ``n_samples - 1``, where the eigenvalues are round-off.
     """
     if not 1 <= fit_start < fit_end:
         raise ValueError(f"fit range must satisfy 1 <= fit_start < fit_end, got {fit_start}..{fit_end}")
@@ -151,14 +160,24 @@ def alpha_req(eigs: torch.Tensor, fit_start: int = 12, fit_end: int = 100) -> Po
     slope = (w * (x - xm) * (y - ym)).sum() / (w * (x - xm) ** 2).sum()
     alpha, intercept = float(-slope), float(ym - slope * xm)
 
-    def r2_over(last: int) -> float:
-        last = min(last, n)
-        if last <= fit_start or (eigs[fit_start - 1 : last] <= 0).any():
+    def r2_over(first: int, last: int) -> float:
+        if last <= first or (eigs[first - 1 : last] <= 0).any():
             return float("nan")
-        k = torch.arange(fit_start, last + 1, dtype=torch.float64)
-        return _r2(eigs[fit_start - 1 : last].log(), k.log(), alpha, intercept)
+        k = torch.arange(first, last + 1, dtype=torch.float64)
+        return _r2(eigs[first - 1 : last].log(), k.log(), alpha, intercept)
 
-    return PowerLawFit(alpha, intercept, r2_over(fit_end - 1), r2_over(min(500, n - 10)))
+    wide_last = min(R2_WIDE_LAST, n - 10)
+    if n_samples is not None and wide_last > n_samples - 1:
+        warnings.warn(
+            f"the wide R^2 window {fit_start + 1}..{wide_last} reaches past rank {n_samples - 1}, the last non-zero "
+            f"eigenvalue of {n_samples} sequences (the rest is round-off): alpha_r2_wide is NaN; keep the cap "
+            f"probe.max_eigs (the reference's 2048 keeps at most N) or use more sequences",
+            stacklevel=2,
+        )
+        wide = float("nan")
+    else:
+        wide = r2_over(fit_start + 1, wide_last)
+    return PowerLawFit(alpha, intercept, r2_over(fit_start + 1, fit_end), wide)
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,7 @@ class Geometry:
             "geometry/alpha_req": self.fit.alpha,
             "geometry/alpha_r2": self.fit.r2,
             "geometry/alpha_r2_wide": self.fit.r2_wide,
+            "geometry/n_eigs": float(len(self.eigs)),
         }
 
 
@@ -183,16 +203,21 @@ def spectral_geometry(
     cov: StreamingCovariance,
     *,
     rankme_variant: str = "eigen",
-    fit_start: int = 12,
-    fit_end: int = 100,
-    max_eigs: int | None = None,
+    fit_start: int = REFERENCE_FIT[0],
+    fit_end: int = REFERENCE_FIT[1],
+    max_eigs: int | None = REFERENCE_MAX_EIGS,
 ) -> Geometry:
-    """Covariance accumulator -> eigenspectrum -> RankMe and alpha-ReQ, refusing too few samples up front."""
+    """Covariance accumulator -> eigenspectrum -> RankMe and alpha-ReQ, refusing too few samples up front.
+
+    Like the reference's PCA, it keeps the largest min(max_eigs, N, D) eigenvalues (max_eigs=None keeps all D,
+    round-off included): with 2048 this matters for every model wider than 2048 and whenever N < D."""
     if cov.count < fit_end + 1:
         raise ValueError(
             f"{cov.count} sequences give at most {max(cov.count - 1, 0)} non-zero eigenvalues, but the alpha-ReQ "
             f"fit range {fit_start}..{fit_end} needs at least {fit_end + 1} sequences: raise probe.n_sequences "
             f"or lower probe.fit_end"
         )
-    eigs = eigenspectrum(cov.compute(), max_eigs)
-    return Geometry(eigs, rankme(eigs, rankme_variant), alpha_req(eigs, fit_start, fit_end), cov.count)
+    kept = min(max_eigs, cov.count, cov.dim) if max_eigs is not None else cov.dim
+    eigs = eigenspectrum(cov.compute(), kept)
+    fit = alpha_req(eigs, fit_start, fit_end, n_samples=cov.count)
+    return Geometry(eigs, rankme(eigs, rankme_variant), fit, cov.count)

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.data
+import pandas as pd
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.utils import mlflow_tags
 from omegaconf import DictConfig, OmegaConf
 
 from geomsweep.server import healthy
@@ -41,6 +44,8 @@ TAG_REUSED_PREFIX = "geomsweep.reused."  # on a sweep parent: a cell already FIN
 TAG_TRACE_MEMBERS = "geomsweep.trace_members"  # on a trace run: the job runs it rolls up
 TAG_PHASES, TAG_PHASE_BOUNDARIES = "geomsweep.phases", "geomsweep.phase_boundaries"
 TAG_ABLATION = "geomsweep.ablation"  # why the spectral-tail ablation was skipped
+TAG_STAGE_PREFIX = "geomsweep.stage."  # a stage trace: geomsweep.stage.<step> = the stage measured at that step
+TAG_PROBE_DIGEST = "geomsweep.probe_digest"  # sha256 of the probe texts: the same digest, the same texts
 TAG_BASE_REVISION, TAG_BASE_STEP = "geomsweep.base_revision", "geomsweep.base_step"
 TAG_CELLS, TAG_FAILED_CELLS = "geomsweep.cells", "geomsweep.failed_cells"
 TAG_MODEL, TAG_MODEL_REVISION = "geomsweep.model", "geomsweep.model_revision"
@@ -208,6 +213,16 @@ class RunLogger:
     def json_table(self, columns: dict[str, list], path: str) -> None:
         """An MLflow table (readable in the UI's artifact view and through ``mlflow.load_table``)."""
         self.client.log_table(self.run_id, columns, path)
+
+    def probe_input(self, texts: list[str], name: str) -> str:
+        """The probe texts as the run's MLflow dataset input (context ``probe``, in the UI's Datasets column), with
+        a digest of all of them; returns the digest."""
+        digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+        dataset = mlflow.data.from_pandas(pd.DataFrame({"text": texts}), name=name, digest=digest)
+        context = InputTag(key=mlflow_tags.MLFLOW_DATASET_CONTEXT, value="probe")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[context])])
+        self.tags({TAG_PROBE_DIGEST: digest})
+        return digest
 
     def failure(self, err: BaseException) -> None:
         """The reason as a tag, the traceback as ``error.txt``."""

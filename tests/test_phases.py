@@ -81,3 +81,37 @@ def test_bad_inputs():
         detect([0, 1, 2], [1.0, 2.0])
     with pytest.raises(ValueError, match="increasing order"):
         detect([2, 1], [1.0, 2.0])
+
+
+# Continued training brings further entropy -> compression cycles (the paper, with OLMo): after the first
+# compression, RankMe peaks again at 45% and at 65% of training.
+LATE_CYCLES = [(0, 400), (30, 40), (2000, 800), (3500, 400), (4500, 800), (5500, 400), (6500, 800), (10_000, 300)]
+DENSE_LOG_GRID = sorted({0, *np.unique(np.geomspace(1, 10_000, 160).round().astype(int)).tolist()})
+EVERY_100_GRID = list(range(0, 10_001, 100))
+
+
+@pytest.mark.parametrize("grid", [DENSE_LOG_GRID, EVERY_100_GRID], ids=["log-spaced", "every-100-steps"])
+@pytest.mark.parametrize("seed", range(5))
+def test_late_repeated_cycles_are_found_on_both_grids_with_noise(grid, seed):
+    rng = np.random.default_rng(seed)
+    noisy = [r * math.exp(rng.normal(0, 0.05)) for r in piecewise(grid, LATE_CYCLES)]
+    phases = detect(grid, noisy)
+    assert runs(phases.labels) == [WARMUP, ENTROPY, COMPRESSION, ENTROPY, COMPRESSION, ENTROPY, COMPRESSION]
+    peaks = phases.boundaries[1::2]  # the ends of the entropy-seeking legs
+    assert [round(p / 500) * 500 for p in peaks] == [2000, 4500, 6500]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -1.0])
+def test_non_finite_or_zero_points_are_dropped_with_a_warning_naming_their_steps(bad):
+    values = piecewise(STEPS, THREE_PHASES)
+    values[5], values[20] = bad, bad
+    with pytest.warns(UserWarning, match=rf"RankMe at steps \[{STEPS[5]}, {STEPS[20]}\] is not a positive finite"):
+        phases = detect(STEPS, values)
+    assert phases.labels[5] == phases.labels[20] == NO_PHASE
+    kept = [label for i, label in enumerate(phases.labels) if i not in (5, 20)]
+    assert runs(kept) == [WARMUP, ENTROPY, COMPRESSION]
+
+
+def test_empty_and_single_point_traces():
+    assert detect([], []).labels == [] and detect([], []).describe() == ""
+    assert detect([10], [5.0]).labels == [NO_PHASE]

@@ -25,9 +25,14 @@ def test_every_model_preset_composes(model):
     cfg = composed(f"model={model}", "model.path=/x" if model == "local" else "seed=0")
     assert cfg.model.name == model
     if cfg.model.source == "hub":
-        assert cfg.model.hub_id.count("/") == 1 and cfg.model.width > 0 and cfg.model.depth > 0
+        hub_ids = [s.hub_id for s in cfg.model.stages] if cfg.model.stages else [cfg.model.hub_id]
+        assert all(h.count("/") == 1 for h in hub_ids) and cfg.model.width > 0 and cfg.model.depth > 0
         assert cfg.model.trust_remote_code is False and cfg.model.dtype in ("float16", "bfloat16")
-        assert cfg.model.revisions in ("pythia", "refs")
+        assert cfg.model.stages or cfg.model.revisions in ("pythia", "refs")
+        # every hub model is measured the study's way: FineWeb texts of > 32 tokens, 15,000 x 512, 2,048 eigenvalues
+        assert (cfg.data.name, cfg.data.config, cfg.data.min_tokens) == ("HuggingFaceFW/fineweb", "sample-10BT", 32)
+        assert (cfg.probe.n_sequences, cfg.probe.max_length, cfg.probe.max_eigs) == (15000, 512, 2048)
+        assert (cfg.probe.padding_side, cfg.probe.fit_start, cfg.probe.fit_end) == ("right", 12, 100)
 
 
 def test_pythia_and_olmo_presets_are_all_there():
