@@ -8,6 +8,8 @@
     sample, in generated tokens/s; and vLLM vs the hf sampler (target >= 10x) where vLLM and CUDA are present.
 (e) a K-checkpoint toy trace (load + measure each checkpoint) with the next checkpoint prefetched in the
     background vs loaded in turn: time ratio (below 1 is faster).
+(f) a real LM (SmolLM2-135M, offline) on real English text, 128 tokens: geomsweep vs bare batched forward passes
+    over the same tokens (time ratio) and vs the authors' procedure (sequences/s ratio).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import time
 import torch
 from hydra import compose, initialize
 
-import geomsweep.schema  # noqa: F401  (registers the schema that conf/config.yaml lists)
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
-from geomsweep.checkpoints import loaded, local_revisions
-from geomsweep.extract import accumulate, encode_batches
+from geomsweep.checkpoints import available, loaded, local_revisions
+from geomsweep.data import english_texts
+from geomsweep.extract import accumulate, encode_batches, eval_mode
+from geomsweep.schema import check
 from geomsweep.spectra import rankme, spectral_geometry
 from geomsweep.tasks import arithmetic_task
 from geomsweep.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
@@ -47,12 +50,12 @@ def final_checkpoint(cache_dir: str):
     return local_revisions(ensure_pretrained(toy, cache_dir), toy.tokens_per_step)[-1].load()
 
 
-def paper_procedure(model, tokenizer, texts):
+def paper_procedure(model, tokenizer, texts, max_length: int = MAX_LEN):
     """One unpadded sequence per forward pass, keep all N x D rows, full SVD of the centered matrix."""
     rows = []
     with torch.inference_mode():
         for text in texts:
-            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_LEN)["input_ids"]
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
             rows.append(model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1])
     x = torch.stack(rows).double()
     singular = torch.linalg.svdvals(x - x.mean(dim=0))
@@ -102,6 +105,33 @@ def sampling_speeds(model, tokenizer, n: int = 16, max_tokens: int = 8) -> dict[
         vllm.sample(model, tokenizer, prompts)  # engine start and compilation are not sampling speed
         speeds["vllm"] = tokens_per_s(lambda: vllm.sample(model, tokenizer, prompts))
     return speeds
+
+
+def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> str:
+    """(f): SmolLM2-135M on English text (data.english_texts), or why it was not measured."""
+    try:
+        with initialize(version_base="1.3", config_path="../conf"):
+            model_cfg = check(compose("config", overrides=["model=smollm2-135m"])).model
+        model, tokenizer = available(model_cfg, cache_dir)[-1].load()
+    except (RuntimeError, FileNotFoundError, ImportError) as err:
+        return f"(f) real model not measured: {err}"
+    texts = english_texts()[:n]
+    with eval_mode(model, tokenizer):
+        batches = list(encode_batches(tokenizer, texts, 32, max_length))
+
+        def ours_real():
+            return spectral_geometry(accumulate(model, batches, progress=False, with_loss=False).covariances[-1])
+
+        t_ours = t_bare = float("inf")
+        for _ in range(2):  # interleaved, best of each
+            t_bare = min(t_bare, timed(bare_forward, model, batches, repeat=1))
+            t_ours = min(t_ours, timed(ours_real, repeat=1))
+        t_paper = timed(paper_procedure, model, tokenizer, texts, max_length, repeat=1)
+    return (
+        f"(f) SmolLM2-135M (d={model.config.hidden_size}), {n} English texts x {max_length} tokens: "
+        f"vs bare batched forward {t_ours / t_bare:6.3f}x time ({t_ours:.1f}s vs {t_bare:.1f}s); "
+        f"vs the authors' procedure {t_paper / t_ours:5.1f}x sequences/s ({t_paper:.1f}s)"
+    )
 
 
 def trace_seconds(cache_dir: str, texts, prefetch: bool) -> float:
@@ -203,6 +233,7 @@ def main() -> None:
         f"(e) {n_checkpoints}-checkpoint trace, {len(trace_texts)} sequences each: prefetch vs in turn "
         f"{t_prefetch / t_in_turn:6.3f}x time ({t_prefetch:.2f}s vs {t_in_turn:.2f}s)"
     )
+    print(real_model_ratios(cache_dir))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,17 @@ def usable(texts: Iterable, data_cfg, tokenizer=None) -> Iterable[str]:
         yield text
 
 
+def english_texts(words_per_text: int = 110, stride: int = 40) -> list[str]:
+    """Real English prose available offline on every Debian system: the licence texts of base-files
+    (/usr/share/common-licenses, which may be copied verbatim), cut into overlapping windows of words. About 1,000
+    texts of 110 words: enough to smoke-test a real model without the hub (tests, ``make bench``)."""
+    files = sorted(p for p in Path("/usr/share/common-licenses").glob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError("no /usr/share/common-licenses here (Debian's base-files): no offline English text")
+    words = " ".join(p.read_text() for p in files).split()
+    return [" ".join(words[i : i + words_per_text]) for i in range(0, len(words) - words_per_text, stride)]
+
+
 def _load_files(path: str):
     files = Path(path).expanduser()
     if not files.exists():

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import geomsweep.schema  # noqa: F401  registers the typed schema that conf/config.yaml lists first (as the app does)
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from geomsweep.checkpoints import local_revisions
-from geomsweep.data import probe_texts
+from geomsweep.data import english_texts, probe_texts
 from geomsweep.schema import DataConfig, check
 from tests.conftest import REPO, TINY_PROBE, run_app, runs_of
 
@@ -102,3 +102,30 @@ def test_a_missing_stage_directory_is_named(tmp_path):
     model = settings("model=local", f"model.path={tmp_path}", "model.stages=[{name: base}]").model
     with pytest.raises(FileNotFoundError, match=r"stage 'base': .* is not a saved model"):
         available(model, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_real_lm_on_real_english_text_end_to_end(tmp_path, cache_dir, store):
+    """SmolLM2-135M (shipped by a PyPI package) on 512 sequences of 128 tokens of English, offline."""
+    pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
+    texts = english_texts()
+    assert len(texts) >= 512
+    path = tmp_path / "english.txt"
+    path.write_text("\n".join(texts))
+    args = [
+        "model=smollm2-135m",
+        "data=files",
+        f"data.path={path}",
+        "data.min_tokens=128",
+        "probe.n_sequences=512",
+        "probe.max_length=128",
+        "probe.batch_size=32",
+        "sampler.n=0",
+        "progress=false",
+    ]
+    run_app(args, tmp_path, cache_dir, store)
+    (run,) = runs_of(store, "job")
+    metrics = run.data.metrics
+    assert run.info.status == "FINISHED" and metrics["geometry/n_eigs"] == 512  # N < D = 576: the reference keeps N
+    assert 10 < metrics["geometry/rankme"] < 576 and 0.2 < metrics["geometry/alpha_req"] < 3
+    assert 0.8 < metrics["geometry/alpha_r2"] <= 1 and metrics["eval/probe_loss"] < 6  # it reads English
