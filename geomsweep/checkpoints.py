@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
+import pickle
 import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from huggingface_hub import constants, list_repo_refs, try_to_load_from_cache
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -44,23 +46,41 @@ class Checkpoint:
         kwargs = {"revision": self.hub_revision} if self.hub_revision else {}
         return AutoTokenizer.from_pretrained(self.location, **kwargs)
 
-    def load(self, device: str = "cpu", dtype: str = "float32", device_map=None):
-        """(model, tokenizer) with transformers' Auto classes; fails fast when a hub model is not cached.
-        ``device_map`` (e.g. ``auto``) lets accelerate spread a model too large for one GPU over all of them."""
+    def load(self, device: str = "cpu", dtype: str = "float32", device_map=None, trust_remote_code: bool = False):
+        """(model, tokenizer) with transformers' Auto classes. ``device_map`` (e.g. ``auto``) lets accelerate spread
+        a model too large for one GPU over all of them. Safetensors are used where a local copy has them, pickled
+        weights only through torch's safe loading; a damaged checkpoint is named with what to do about it."""
         hf_logging.disable_progress_bar()  # one bar per weight file per checkpoint is noise in a trace
-        kwargs = {"revision": self.hub_revision} if self.hub_revision else {}
+        local = Path(self.location).is_dir()
+        kwargs = {"trust_remote_code": trust_remote_code}
+        if self.hub_revision:
+            kwargs["revision"] = self.hub_revision
+        weights = {"use_safetensors": True} if local and any(Path(self.location).glob("*.safetensors")) else {}
+        placement = {"device_map": device_map} if device_map is not None else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
-            placement = {"device_map": device_map} if device_map is not None else {}
             model = AutoModelForCausalLM.from_pretrained(
-                self.location, dtype=getattr(torch, dtype), **placement, **kwargs
+                self.location, dtype=getattr(torch, dtype), **placement, **weights, **kwargs
             )
-        except OSError as err:
+        except pickle.UnpicklingError:
             raise RuntimeError(
-                f"cannot load model {self.location!r} revision {self.revision!r}: {err}. Without hub access, "
-                f"download it elsewhere and point model.source=local model.path=<dir> at the copy"
-            ) from err
+                f"refused to load {self.where}: its pickled weights hold objects other than tensors, which could "
+                f"run code when unpickled; geomsweep loads plain tensors only. Use a checkpoint in safetensors format"
+            ) from None
+        except (OSError, ValueError, SafetensorError) as err:
+            hint = (
+                "the files there are damaged or incomplete: copy the checkpoint again"
+                if local
+                else "without hub access, download it elsewhere and point model.source=local model.path=<dir> at "
+                "the copy; a damaged download is removed with: huggingface-cli delete-cache"
+            )
+            raise RuntimeError(f"cannot load {self.where}: {type(err).__name__}: {err}. {hint}") from err
         return (model if device_map is not None else model.to(device)), tokenizer
+
+    @property
+    def where(self) -> str:
+        """``model '<dir or hub id>' revision '<name>'``, for messages."""
+        return f"model {self.location!r} revision {self.revision!r}"
 
 
 def parse_revision(name: str) -> tuple[int, int | None]:
@@ -218,17 +238,26 @@ def stage_checkpoints(model_cfg) -> list[Checkpoint]:
     return found
 
 
-def loaded(checkpoints: list[Checkpoint], device: str, dtype: str, prefetch: bool = True, device_map=None):
+def loaded(
+    checkpoints: list[Checkpoint],
+    device: str,
+    dtype: str,
+    prefetch: bool = True,
+    device_map=None,
+    trust_remote_code: bool = False,
+):
     """Yield (checkpoint, model, tokenizer) in order. With ``prefetch`` the next checkpoint is loaded in a
     background thread while the caller measures the current one (two models in memory at a time)."""
     if not prefetch:
         for checkpoint in checkpoints:
-            yield (checkpoint, *checkpoint.load(device, dtype, device_map))
+            yield (checkpoint, *checkpoint.load(device, dtype, device_map, trust_remote_code))
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomsweep-prefetch") as pool:
 
         def load(i: int):
-            return pool.submit(checkpoints[i].load, device, dtype, device_map) if i < len(checkpoints) else None
+            if i >= len(checkpoints):
+                return None
+            return pool.submit(checkpoints[i].load, device, dtype, device_map, trust_remote_code)
 
         pending = load(0)
         for i, checkpoint in enumerate(checkpoints):
@@ -324,7 +353,7 @@ def convert_gguf(model_cfg, cache_dir: str) -> Path:
     source = gguf_path(model_cfg.package, model_cfg.gguf_file)
     target = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    with FileLock(str(target) + ".lock", timeout=1800):  # a conversion takes ~30 s; never wait forever
         if not (target / "config.json").exists():
             kwargs = {"gguf_file": source.name}
             loaded = AutoModelForCausalLM.from_pretrained(source.parent, **kwargs)

@@ -14,7 +14,9 @@ from itertools import islice
 from pathlib import Path
 
 from datasets import load_dataset
+from datasets.exceptions import DatasetGenerationError
 
+from geomsweep.files import check_file
 from geomsweep.toy.config import ToyConfig
 from geomsweep.toy.pretrain import probe_documents
 
@@ -85,5 +87,10 @@ def _load_files(path: str):
             f"data.path {path!r}: cannot read {suffix or 'an empty directory'!r}; "
             f"valid file types: {', '.join(FILE_FORMATS)}"
         )
+    for file in [files] if files.is_file() else sorted(files.glob(f"*{suffix}")):
+        check_file(file)
     data_files = str(files) if files.is_file() else str(files / f"*{suffix}")
-    return load_dataset(FILE_FORMATS[suffix], data_files=data_files, split="train")
+    try:
+        return load_dataset(FILE_FORMATS[suffix], data_files=data_files, split="train")
+    except DatasetGenerationError as err:  # its own message names neither the file nor the cause
+        raise ValueError(f"data.path {path!r} could not be read: {err.__cause__ or err}") from None

@@ -8,8 +8,12 @@ dotted path such as ``post_training.run.post_train``: geomsweep never imports po
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlflow
 from hydra.utils import get_method
@@ -32,7 +36,8 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
     so the sweep goes on and its end-of-sweep roll-up (and exit status) reports the failed cells; a single run
     re-raises."""
     experiment_id = tracking.setup_store(settings.tracking)
-    identity = tracking.config_hash(cfg)
+    data = tracking.data_files_digest(settings)
+    identity = tracking.config_hash(cfg, data=data)
     name, parent = tracking.job_context(experiment_id)
     done = tracking.earlier_run(experiment_id, identity, force=settings.tracking.force)
     if done is not None:
@@ -44,7 +49,7 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
         )
         print(tracking.results_message(done))
         return
-    with tracking.job_run(experiment_id, identity, name, parent, cfg, settings) as run:
+    with tracking.job_run(experiment_id, identity, name, parent, cfg, settings, data) as run, sigterm_ends_run():
         log = RunLogger(run.info.run_id)
         try:
             log.config(cfg)
@@ -61,6 +66,34 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
             print(f"geomsweep: {name} FAILED ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
             return
     print(tracking.results_message(run))
+
+
+class Terminated(SystemExit):
+    """SIGTERM (a timeout, SLURM preemption, a job-time limit): the run ends KILLED, the process exits 143."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return "terminated by SIGTERM (a timeout, preemption or job-time limit); re-running the cell runs it again"
+
+
+@contextmanager
+def sigterm_ends_run() -> Iterator[None]:
+    """Inside the block SIGTERM raises Terminated, so the run is closed as KILLED instead of left RUNNING
+    (MLflow's own end-of-run handling never sees a SIGTERM). Signals reach the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def prepare_model(settings: Config) -> None:
@@ -100,9 +133,12 @@ def trace_checkpoints(settings: Config, texts: list[str], log: RunLogger) -> Non
     if skipped and settings.model.source == "toy" and settings.eval.toy_n_docs:
         log.tags({tracking.TAG_ABLATION: skipped})
     sampling = sampling_probe(settings)
-    points = []
+    points, nonfinite = [], []
     for point in trace(settings, selected, texts, sampling, ablation_k):
         log.metrics(point.metrics, step=point.checkpoint.step)
+        if not point.geometry[settings.probe.layers[0]].finite:
+            nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
+            log.tags({tracking.TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
         for path, table in point.tables.items():
             log.json_table(table, path)
         points.append(point)

@@ -7,6 +7,7 @@ least-squares fit of log(lambda_k) against log(k) over a fixed rank window.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -189,6 +190,11 @@ class Geometry:
     fit: PowerLawFit
     n_samples: int
 
+    @property
+    def finite(self) -> bool:
+        """False when the representations held NaN or inf (every metric is then NaN)."""
+        return math.isfinite(self.rankme)
+
     def metrics(self) -> dict[str, float]:
         return {
             "geometry/rankme": self.rankme,
@@ -218,6 +224,11 @@ def spectral_geometry(
             f"or lower probe.fit_end"
         )
     kept = min(max_eigs, cov.count, cov.dim) if max_eigs is not None else cov.dim
-    eigs = eigenspectrum(cov.compute(), kept)
+    covariance = cov.compute()
+    if not torch.isfinite(covariance).all():  # NaN or inf representations (NaN weights, a diverged run)
+        warnings.warn("the representations hold NaN or inf values: every spectral metric is NaN", stacklevel=2)
+        nan = float("nan")
+        return Geometry(torch.full((kept,), nan, dtype=torch.float64), nan, PowerLawFit(nan, nan, nan, nan), cov.count)
+    eigs = eigenspectrum(covariance, kept)
     fit = alpha_req(eigs, fit_start, fit_end, n_samples=cov.count)
     return Geometry(eigs, rankme(eigs, rankme_variant), fit, cov.count)

@@ -153,7 +153,10 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_cells(config)
         self._start_server(config, config.hydra.sweep.dir)
-        experiment_id = tracking.setup_store(config.tracking)
+        try:
+            experiment_id = tracking.setup_store(config.tracking)
+        except tracking.StoreError as err:
+            raise SystemExit(f"geomsweep: {err}") from None
         launcher = config.hydra.runtime.choices.get("hydra/launcher")
         if launcher not in SEQUENTIAL_LAUNCHERS and mlflow.get_tracking_uri().startswith("sqlite"):
             logger.warning(

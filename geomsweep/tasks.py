@@ -22,6 +22,8 @@ import numpy as np
 from datasets import Dataset, load_dataset
 from omegaconf import OmegaConf
 
+from geomsweep.files import check_file
+
 SOURCES = ("arithmetic", "files", "hub")
 SCHEMAS = ("gsm8k", "hh", "ultrafeedback")
 COLUMNS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"), "rlvr": ("prompt", "answer")}
@@ -174,6 +176,7 @@ def load_split(spec, default_split: str = "train") -> Dataset:
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
         if kind is None:
             raise ValueError(f"task path {str(path)!r}: valid file types are .jsonl, .json, .parquet, .csv")
+        check_file(path, key="task.path")
         dataset = load_dataset(kind, data_files=str(path), split="train")
     elif spec.source == "hub":
         dataset = load_dataset(

@@ -83,7 +83,12 @@ def trace(
     sample_at = {c.step for c in selected} if settings.sampler.at == "all" else {selected[-1].step}
     layer = settings.probe.layers[0]
     stream = ckpts.loaded(
-        selected, device, dtype, prefetch=resolve_prefetch(settings.prefetch, device), device_map=settings.device_map
+        selected,
+        device,
+        dtype,
+        prefetch=resolve_prefetch(settings.prefetch, device),
+        device_map=settings.device_map,
+        trust_remote_code=settings.model.trust_remote_code,
     )
     for checkpoint, model, tokenizer in tqdm(
         stream, total=len(selected), desc="checkpoints", unit="ckpt", disable=not settings.progress

@@ -15,14 +15,14 @@ import socket
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.data
 import pandas as pd
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -45,6 +45,7 @@ TAG_TRACE_MEMBERS = "geomsweep.trace_members"  # on a trace run: the job runs it
 TAG_PHASES, TAG_PHASE_BOUNDARIES = "geomsweep.phases", "geomsweep.phase_boundaries"
 TAG_ABLATION = "geomsweep.ablation"  # why the spectral-tail ablation was skipped
 TAG_STAGE_PREFIX = "geomsweep.stage."  # a stage trace: geomsweep.stage.<step> = the stage measured at that step
+TAG_NONFINITE = "geomsweep.nonfinite"  # checkpoints whose representations held NaN or inf (their metrics: NaN)
 TAG_PROBE_DIGEST = "geomsweep.probe_digest"  # sha256 of the probe texts: the same digest, the same texts
 TAG_BASE_REVISION, TAG_BASE_STEP = "geomsweep.base_revision", "geomsweep.base_step"
 TAG_CELLS, TAG_FAILED_CELLS = "geomsweep.cells", "geomsweep.failed_cells"
@@ -69,6 +70,28 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix) :]) if uri.startswith(prefix) and uri != prefix + ":memory:" else None
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be reached or written: one line naming it, before any run opens."""
+
+
+STORE_LOCK_TIMEOUT_S = 120  # longer than any store creation; a lock held past it is a stuck process
+
+
+def writable_sqlite(path: Path) -> None:
+    """The sqlite file's directory exists (made if needed) and takes a file, or a StoreError naming the path:
+    a lock that cannot be created would otherwise be retried forever."""
+    lock = Path(str(path) + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a"):
+            pass
+    except OSError as err:
+        raise StoreError(
+            f"cannot write the MLflow store {path} ({err.strerror or type(err).__name__}: {err.filename or lock}); "
+            f"point tracking.uri or MLFLOW_TRACKING_URI at a writable place, e.g. sqlite:///$PWD/mlflow.db"
+        ) from None
+
+
 def setup_store(tracking_cfg) -> str:
     """Point MLflow at the store, create it and the experiment if needed; return the experiment id.
 
@@ -76,7 +99,7 @@ def setup_store(tracking_cfg) -> str:
     uri = tracking_uri(tracking_cfg)
     if uri.startswith(("http://", "https://")):
         if not healthy(uri, timeout=10):
-            raise ConnectionError(
+            raise StoreError(
                 f"no MLflow server answers at {uri}: start one (mlflow server --host 127.0.0.1 "
                 f"--port ...), or use tracking=server with tracking.server.start=true, or the "
                 f"single-machine default tracking=sqlite"
@@ -84,16 +107,29 @@ def setup_store(tracking_cfg) -> str:
     mlflow.set_tracking_uri(uri)
     path = sqlite_path(uri)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=120) if path is not None else nullcontext():
-        client = mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name(tracking_cfg.experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(tracking_cfg.experiment)
-        except mlflow.exceptions.MlflowException:  # created concurrently by another process (a server store)
-            return client.get_experiment_by_name(tracking_cfg.experiment).experiment_id
+        writable_sqlite(path)
+    if path is None:
+        return experiment_id(tracking_cfg.experiment)
+    try:
+        with FileLock(str(path) + ".lock", timeout=STORE_LOCK_TIMEOUT_S):
+            return experiment_id(tracking_cfg.experiment)
+    except Timeout:
+        raise StoreError(
+            f"the MLflow store {path} stayed locked for {STORE_LOCK_TIMEOUT_S} s ({path}.lock): another geomsweep "
+            f"process is creating it, or one died holding the lock; if none runs, delete {path}.lock"
+        ) from None
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's id, created if it does not exist yet."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process (a server store)
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def process_tags() -> dict[str, str]:
@@ -159,18 +195,36 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def config_hash(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:
+def config_hash(cfg: DictConfig, without: tuple[str, ...] = (), data: str = "") -> str:
     """Identity of a cell: a hash of the resolved config without logistics (output dirs, tracking store) and
-    without the top-level keys in ``without``."""
+    without the top-level keys in ``without``, and of ``data``, the digest of the local data files it reads (so
+    an edited probe or task file makes a new cell)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in (*LOGISTICS_KEYS, *without):
         container.pop(key, None)
-    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container)).encode()).hexdigest()[:16]
+    return hashlib.sha256((OmegaConf.to_yaml(OmegaConf.create(container)) + data).encode()).hexdigest()[:16]
 
 
-def trace_key(cfg: DictConfig) -> str:
+def trace_key(cfg: DictConfig, data: str = "") -> str:
     """Identity of a trace: jobs that differ only in which checkpoints they measured belong to one trace."""
-    return config_hash(cfg, without=("checkpoint",))
+    return config_hash(cfg, without=("checkpoint",), data=data)
+
+
+def data_files_digest(settings) -> str:
+    """A digest of the content of the local files a cell reads (data.path, task.path, task.ood.path; every file of
+    a directory); hub datasets and the toy world are identified by their config alone. A missing file adds
+    nothing here: the job reports it."""
+    paths = [
+        settings.data.path if settings.data.source == "files" else None,
+        settings.task.path if settings.task.source == "files" else None,
+        (settings.task.ood or {}).get("path") if (settings.task.ood or {}).get("source") == "files" else None,
+    ]
+    digest = hashlib.sha256()
+    for path in (Path(str(p)).expanduser() for p in paths if p):
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                digest.update(str(file).encode() + b"\x00" + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 class RunLogger:
@@ -292,12 +346,12 @@ def current_job() -> dict[str, str] | None:
 
 @contextmanager
 def job_run(
-    experiment_id: str, identity: str, name: str, parent: str | None, cfg: DictConfig, settings
+    experiment_id: str, identity: str, name: str, parent: str | None, cfg: DictConfig, settings, data: str = ""
 ) -> Iterator[mlflow.ActiveRun]:
     """This job's run, active for its duration (TRL's MLflow reporting joins it): nested under the sweep parent in
     a multirun, tagged with the cell's identity and, through the run-context provider, its provenance."""
     global _JOB
-    tags = {TAG_CONFIG_HASH: identity, TAG_TRACE_KEY: trace_key(cfg), TAG_ROLE: "job", **process_tags()}
+    tags = {TAG_CONFIG_HASH: identity, TAG_TRACE_KEY: trace_key(cfg, data), TAG_ROLE: "job", **process_tags()}
     _JOB = model_tags(settings)
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=name[:250], parent_run_id=parent, tags=tags) as run:

@@ -3,6 +3,7 @@ the end, and ID/OOD behavior at the start and the end, logging into the job's ML
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from transformers import TrainerCallback
@@ -31,6 +32,12 @@ class GeometryCallback(TrainerCallback):
     def _record(self, step: int, model, with_behavior: bool) -> None:
         with eval_mode(model):
             metrics = self.measure_geometry(model)
+            if not math.isfinite(metrics.get("geometry/rankme", 0.0)):
+                self.log.metrics(metrics, step=step)
+                raise FloatingPointError(
+                    f"non-finite representations at post-training step {step}: training diverged (NaN or inf "
+                    f"in the model's activations); lower method.args.learning_rate"
+                )
             if with_behavior:
                 metrics |= self.measure_behavior(model, step)
         self.history.setdefault(step, {}).update(metrics)
