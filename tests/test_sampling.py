@@ -122,9 +122,20 @@ def test_hf_sampler_is_seeded_and_returns_n_per_prompt(tiny_checkpoints):
     assert tokenizer.padding_side == "right"  # restored
 
 
-def test_vllm_parameters_map_one_request_per_prompt():
+def test_vllm_parameters_map_one_request_per_prompt_each_with_its_own_seed():
     settings = SampleSettings(n=64, temperature=0.7, top_p=0.95, max_tokens=32, seed=11)
-    assert vllm_sampling_kwargs(settings) == {"n": 64, "temperature": 0.7, "top_p": 0.95, "max_tokens": 32, "seed": 11}
+    first = vllm_sampling_kwargs(settings, 0)
+    assert {k: v for k, v in first.items() if k != "seed"} == {
+        "n": 64,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "max_tokens": 32,
+    }
+    seeds = [vllm_sampling_kwargs(settings, i)["seed"] for i in range(1000)]
+    assert len(set(seeds)) == 1000  # no two prompts share a random stream
+    assert seeds == [vllm_sampling_kwargs(settings, i)["seed"] for i in range(1000)]  # and a job repeats itself
+    other = SampleSettings(n=64, seed=12)
+    assert not set(seeds) & {vllm_sampling_kwargs(other, i)["seed"] for i in range(1000)}  # nor across job seeds
 
 
 def _has_vllm() -> bool:

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from transformers import set_seed
 
@@ -99,14 +100,17 @@ class HFSampler:
         return Samples(list(prompts), texts, token_ids)
 
 
-def vllm_sampling_kwargs(settings: SampleSettings) -> dict:
-    """``vllm.SamplingParams`` arguments: n samples per request, never n copies of a prompt."""
+def vllm_sampling_kwargs(settings: SampleSettings, prompt_index: int) -> dict:
+    """``vllm.SamplingParams`` arguments for one prompt: n samples per request, never n copies of a prompt.
+    Each request gets its own seed, derived from (sampler.seed, prompt index): one seed shared by every request
+    would make every prompt draw the same random stream, so samples of different prompts would be correlated."""
+    seed = int(np.random.SeedSequence([settings.seed, prompt_index]).generate_state(1)[0])
     return {
         "n": settings.n,
         "temperature": settings.temperature,
         "top_p": settings.top_p,
         "max_tokens": settings.max_tokens,
-        "seed": settings.seed,
+        "seed": seed,
     }
 
 
@@ -131,9 +135,8 @@ class VLLMSampler:
             tokenizer.save_pretrained(path)
             llm = LLM(model=path, seed=self.settings.seed, **self.engine_args)
             try:
-                outputs = llm.generate(
-                    list(prompts), SamplingParams(**vllm_sampling_kwargs(self.settings)), use_tqdm=False
-                )
+                params = [SamplingParams(**vllm_sampling_kwargs(self.settings, i)) for i in range(len(prompts))]
+                outputs = llm.generate(list(prompts), params, use_tqdm=False)
             finally:
                 del llm
                 torch.cuda.empty_cache()
