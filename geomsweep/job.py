@@ -104,9 +104,9 @@ def prepare_model(settings: Config) -> None:
 
 def measure_and_report(settings: Config, log: RunLogger) -> None:
     prepare_model(settings)
-    tokenizer = None
-    if settings.data.min_tokens:  # counted the way the measured model counts (its checkpoints share one tokenizer)
-        tokenizer = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)[0].load_tokenizer()
+    selected = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)
+    # data.min_tokens counts tokens the way the measured model does (its checkpoints share one tokenizer)
+    tokenizer = selected[0].load_tokenizer() if settings.data.min_tokens else None
     texts = probe_texts(settings.data, settings.model.toy, settings.probe.n_sequences, settings.seed, tokenizer)
     if len(texts) < settings.probe.n_sequences:
         raise ValueError(
@@ -122,15 +122,14 @@ def measure_and_report(settings: Config, log: RunLogger) -> None:
         if figure is not None:
             log.figure(figure, "plots/trajectory.png")
         return
-    trace_checkpoints(settings, texts, log)
+    trace_checkpoints(settings, selected, texts, log)
 
 
-def trace_checkpoints(settings: Config, texts: list[str], log: RunLogger) -> None:
+def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts: list[str], log: RunLogger) -> None:
     """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
     phases, spectra, figures and tables."""
-    selected = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)
     ablation_k, skipped = ablation_plan(settings)
-    if skipped and settings.model.source == "toy" and settings.eval.toy_n_docs:
+    if skipped:
         log.tags({tracking.TAG_ABLATION: skipped})
     sampling = sampling_probe(settings)
     points, nonfinite = [], []

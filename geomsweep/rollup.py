@@ -15,7 +15,6 @@ import argparse
 from collections import defaultdict
 
 import mlflow
-from mlflow.entities import Param
 
 from geomsweep import tracking
 from geomsweep.artifacts import summarize_trace
@@ -81,7 +80,7 @@ def roll_up_trace(
         if not k.startswith("cfg.checkpoint.") and all(m.data.params.get(k) == v for m in members)
     }
     log.history(history)
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in shared.items()])
+    log.params(shared)
     rankme = history.get("geometry/rankme", {})
     steps = sorted(rankme)
     if len(steps) > 2:

@@ -388,25 +388,10 @@ class Config:
             )
 
 
-GROUPS = {
-    "model": ModelConfig,
-    "checkpoint": CheckpointConfig,
-    "method": MethodConfig,
-    "task": TaskConfig,
-    "sampler": SamplerConfig,
-    "data": DataConfig,
-    "probe": ProbeConfig,
-    "eval": EvalConfig,
-    "tracking": TrackingConfig,
-}
-
-
 def register() -> None:
-    """The primary schema (``conf/config.yaml`` lists it first) and each group's, as ``<group>/schema``."""
-    store = ConfigStore.instance()
-    store.store(name="schema", node=Config)
-    for group, node in GROUPS.items():
-        store.store(group=group, name="schema", node=node)
+    """The schema of the whole config, as ``schema`` (``conf/config.yaml`` lists it first): every group's YAML
+    preset merges onto its typed field."""
+    ConfigStore.instance().store(name="schema", node=Config)
 
 
 def check(cfg: DictConfig) -> Config:
@@ -449,12 +434,10 @@ def check_fields(config_cls, values: dict[str, Any], prefix: str) -> None:
         expected = _simple_types(hints.get(key))
         if not expected or value is None:
             continue
-        if float in expected and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if bool not in expected and isinstance(value, bool):
-            ok = False
-        else:
-            ok = isinstance(value, tuple(expected))
+        if isinstance(value, bool):  # a bool is an int to Python, never to a config field
+            ok = bool in expected
+        else:  # an int fits a float field
+            ok = isinstance(value, expected) or (float in expected and isinstance(value, int))
         _require(
             ok,
             f"{prefix}.{key}={value!r} is not {' or '.join(t.__name__ for t in expected)} "

@@ -46,8 +46,10 @@ def toy_evaluation(settings) -> ToyEvaluation | None:
 
 
 def ablation_plan(settings) -> tuple[list[int], str | None]:
-    """The ablation's K list, or ([], the reason) when the probe does not measure the unembedding's input, e.g.
-    in a sweep over probe.norm, where the other cells still run their ablation."""
+    """The ablation's K list (empty without the toy tasks it scores), or ([], the reason) when the probe does not
+    measure the unembedding's input, e.g. in a sweep over probe.norm, where the other cells still run theirs."""
+    if settings.model.source != "toy" or not settings.eval.toy_n_docs:
+        return [], None
     ks = list(settings.eval.ablation_k)
     if ks and (-1 not in settings.probe.layers or settings.probe.norm != "post"):
         reason = (
@@ -78,8 +80,6 @@ def trace(
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
     toy = toy_evaluation(settings)
-    if toy is None:
-        ablation_k = []
     sample_at = {c.step for c in selected} if settings.sampler.at == "all" else {selected[-1].step}
     layer = settings.probe.layers[0]
     stream = ckpts.loaded(

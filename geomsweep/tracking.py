@@ -236,8 +236,11 @@ class RunLogger:
 
     def config(self, cfg: DictConfig) -> None:
         """Params (``cfg.<dotted.key>``, batched) and the resolved YAML as an artifact."""
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flatten(cfg).items()])
+        self.params(flatten(cfg))
         self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def params(self, values: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in values.items()])
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         self.history({key: {step: value} for key, value in values.items()})
