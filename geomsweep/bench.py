@@ -5,7 +5,8 @@
 (b) geomsweep vs bare batched forward passes over the same batches (the limit): time ratio, target <= 1.15x.
 (c) peak resident memory measuring 20k vs 1k sequences (each in a fresh subprocess): ratio, target <= 1.10x.
 (d) sampling for pass@k: the hf sampler (prompts batched, n sequences per prompt) vs one ``generate`` call per
-    sample, in generated tokens/s; and vLLM vs the hf sampler (target >= 10x) where vLLM and CUDA are present.
+    sample, in generated tokens/s; and vLLM vs the hf sampler where vLLM is installed (``make bench`` runs that
+    part in .venv-vllm), with the engine start and an in-place weight reload apart (target >= 10x on CUDA).
 (e) a K-checkpoint toy trace (load + measure each checkpoint) with the next checkpoint prefetched in the
     background vs loaded in turn: time ratio (below 1 is faster).
 (f) a real LM (SmolLM2-135M, offline) on real English text, 128 tokens: geomsweep vs bare batched forward passes
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import resource
@@ -29,7 +31,7 @@ from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
 from geomsweep.checkpoints import available, loaded, local_revisions
 from geomsweep.data import english_texts
 from geomsweep.extract import accumulate, encode_batches, eval_mode
-from geomsweep.schema import check
+from geomsweep.schema import VLLM_ENGINES, check
 from geomsweep.spectra import rankme, spectral_geometry
 from geomsweep.tasks import arithmetic_task
 from geomsweep.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
@@ -83,28 +85,49 @@ def timed(fn, *args, repeat: int = 3) -> float:
 
 
 def sampling_speeds(model, tokenizer, n: int = 16, max_tokens: int = 8) -> dict[str, float]:
-    """Generated tokens/s of each available way to draw n samples for each of the arithmetic task's prompts."""
+    """Generated tokens/s of the hf sampler and of one ``generate`` call per sample, n samples for each of the
+    arithmetic task's prompts."""
     prompts = list(arithmetic_task().id_eval["prompt"])
     settings = SampleSettings(n=n, max_tokens=max_tokens, batch_size=8)
-
-    def tokens_per_s(draw) -> float:
-        start = time.perf_counter()
-        samples = draw()
-        return sum(len(ids) for row in samples.token_ids for ids in row) / (time.perf_counter() - start)
-
     one_at_a_time = HFSampler(SampleSettings(n=1, max_tokens=max_tokens, batch_size=1))
-    speeds = {
+    return {
         "hf": tokens_per_s(lambda: HFSampler(settings).sample(model, tokenizer, prompts)),
         "hf, one sample per call": tokens_per_s(lambda: one_at_a_time.sample(model, tokenizer, prompts * n)),
     }
+
+
+def tokens_per_s(draw) -> float:
+    start = time.perf_counter()
+    samples = draw()
+    return sum(len(ids) for row in samples.token_ids for ids in row) / (time.perf_counter() - start)
+
+
+def vllm_ratios(model, tokenizer, n: int = 64, max_tokens: int = 16) -> str:
+    """(d) vLLM: tokens/s against the hf sampler on the same model, prompts, n and tokens (best of 3, interleaved);
+    the engine start once, and a new model's weights reloaded into the running engine, reported apart."""
     try:
-        vllm = VLLMSampler(settings, {"gpu_memory_utilization": 0.3})
+        vllm = VLLMSampler(SampleSettings(n=n, max_tokens=max_tokens), VLLM_ENGINES)
     except RuntimeError as err:
-        print(f"(d) vLLM not measured: {err}")
-    else:
-        vllm.sample(model, tokenizer, prompts)  # engine start and compilation are not sampling speed
-        speeds["vllm"] = tokens_per_s(lambda: vllm.sample(model, tokenizer, prompts))
-    return speeds
+        return f"(d) vLLM not measured: {err}"
+    prompts = list(arithmetic_task().id_eval["prompt"])
+    hf = HFSampler(SampleSettings(n=n, max_tokens=max_tokens, batch_size=8))
+    try:
+        vllm.sample(model, tokenizer, prompts)  # starts the engine
+        speeds = {"hf": 0.0, "vllm": 0.0}
+        for _ in range(3):
+            speeds["hf"] = max(speeds["hf"], tokens_per_s(lambda: hf.sample(model, tokenizer, prompts)))
+            speeds["vllm"] = max(speeds["vllm"], tokens_per_s(lambda: vllm.sample(model, tokenizer, prompts)))
+        vllm.sample(copy.deepcopy(model), tokenizer, prompts[:1])  # another model of the same shapes: a reload
+    finally:
+        vllm.close()
+    start, reload = vllm.start_seconds[0], min(vllm.reload_seconds)
+    return (
+        f"(d) vLLM ({vllm.platform}) vs hf sampler, {len(prompts)} prompts x n={n} x {max_tokens} tokens: "
+        f"{speeds['vllm'] / speeds['hf']:6.1f}x tokens/s ({speeds['vllm']:.0f} vs {speeds['hf']:.0f})"
+        f"   target >= 10x on CUDA\n"
+        f"    engine start {start:.1f} s, once per job; the next model's weights reloaded in place {reload:.2f} s "
+        f"({start / reload:.0f}x less than a new engine)"
+    )
 
 
 def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> str:
@@ -157,8 +180,12 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--n", type=int, default=2000, help="sequences for the speed comparisons")
     parser.add_argument("--peak-rss", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--vllm-only", action="store_true", help="(d)'s vLLM figures only (in .venv-vllm)")
     args = parser.parse_args()
     cache_dir = args.cache_dir or default_cache_dir()
+    if args.vllm_only:
+        print(vllm_ratios(*final_checkpoint(cache_dir)))
+        return
     if args.peak_rss is not None:
         print(json.dumps({"peak_rss_mb": peak_rss_mb(args.peak_rss, cache_dir)}))
         return
@@ -221,8 +248,7 @@ def main() -> None:
         f"{speeds['hf'] / speeds['hf, one sample per call']:6.1f}x tokens/s "
         f"({speeds['hf']:.0f} vs {speeds['hf, one sample per call']:.0f} tokens/s)"
     )
-    if "vllm" in speeds:
-        print(f"    vLLM vs hf sampler: {speeds['vllm'] / speeds['hf']:6.1f}x tokens/s   target >= 10x")
+    print(vllm_ratios(model, tokenizer))
     trace_texts = texts[:256]
     t_in_turn = t_prefetch = float("inf")
     for _ in range(2):  # interleaved, best of each

@@ -131,16 +131,16 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
     ablation_k, skipped = ablation_plan(settings)
     if skipped:
         log.tags({tracking.TAG_ABLATION: skipped})
-    sampling = sampling_probe(settings)
     points, nonfinite = [], []
-    for point in trace(settings, selected, texts, sampling, ablation_k):
-        log.metrics(point.metrics, step=point.checkpoint.step)
-        if not point.geometry[settings.probe.layers[0]].finite:
-            nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
-            log.tags({tracking.TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
-        for path, table in point.tables.items():
-            log.json_table(table, path)
-        points.append(point)
+    with sampling_probe(settings) as sampling:
+        for point in trace(settings, selected, texts, sampling, ablation_k):
+            log.metrics(point.metrics, step=point.checkpoint.step)
+            if not point.geometry[settings.probe.layers[0]].finite:
+                nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
+                log.tags({tracking.TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
+            for path, table in point.tables.items():
+                log.json_table(table, path)
+            points.append(point)
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
     layer, probe = settings.probe.layers[0], settings.probe

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from functools import partial
 
 import datasets
 from hydra.utils import get_class, get_method
@@ -70,12 +71,11 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     task = load_task(settings.task, seed=settings.seed)
     dataset = task.for_method(method.name)
     layer, probe = settings.probe.layers[0], settings.probe
-    sampling = sampling_probe(settings)
 
     def measure_geometry(m) -> dict[str, float]:
         return measure_model(m, tokenizer, texts, probe, progress=False).metrics(layer, probe.loss)
 
-    def measure_behavior(m, step: int) -> dict[str, float]:
+    def measure_behavior(sampling, m, step: int) -> dict[str, float]:
         splits = {"id": task.id_eval, "ood": task.ood_eval}
         metrics = {
             f"eval/{name}_{key}": value
@@ -92,9 +92,12 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
             metrics |= values
         return metrics
 
-    callback = GeometryCallback(measure_geometry, measure_behavior, log, method.geometry_every)
     reward = {"reward_funcs": get_method(method.reward)(settings.task.extractor)} if method.reward else {}
-    with tempfile.TemporaryDirectory(prefix=f"geomsweep-{method.name}-") as output_dir:
+    with (
+        sampling_probe(settings) as sampling,  # one sampler (one vLLM engine) before, during and after training
+        tempfile.TemporaryDirectory(prefix=f"geomsweep-{method.name}-") as output_dir,
+    ):
+        callback = GeometryCallback(measure_geometry, partial(measure_behavior, sampling), log, method.geometry_every)
         config = trainer_config(
             get_class(method.trainer_config), method.args, output_dir, device, settings.seed, settings.progress
         )

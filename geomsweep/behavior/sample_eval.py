@@ -10,6 +10,8 @@ for the ID split, and the same under ``behavior/<split>/`` for the others (``beh
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -70,11 +72,18 @@ def score(samples: Samples, references: list[str], extractor: str, ks: list[int]
     return metrics, curve, table
 
 
-def sampling_probe(settings) -> SamplingProbe | None:
-    """The job's sampling probe (``settings``: the typed Config), or None when ``sampler.n=0``."""
+@contextmanager
+def sampling_probe(settings) -> Iterator[SamplingProbe | None]:
+    """The job's sampling probe (``settings``: the typed Config), or None when ``sampler.n=0``; one per job, so
+    one vLLM engine serves every checkpoint, closed when the job's sampling ends."""
     if not settings.sampler.n:
-        return None
-    return SamplingProbe(settings.sampler, settings.task, settings.probe, seed=settings.seed)
+        yield None
+        return
+    probe = SamplingProbe(settings.sampler, settings.task, settings.probe, seed=settings.seed)
+    try:
+        yield probe
+    finally:
+        probe.sampler.close()
 
 
 class SamplingProbe:
@@ -84,8 +93,7 @@ class SamplingProbe:
         unknown = [s for s in sampler_cfg.splits if s not in SPLITS]
         if unknown:
             raise ValueError(f"sampler.splits has {unknown}; valid: {', '.join(SPLITS)}")
-        engine = sampler_cfg.engine
-        self.sampler = make_sampler(sampler_cfg.name, self.settings, dict(engine) if engine else None)
+        self.sampler = make_sampler(sampler_cfg.name, self.settings, sampler_cfg.engine)
         self.extractor, self.probe = task_cfg.extractor, probe
         task = load_task(task_cfg, seed=seed)
         self.splits = {}

