@@ -4,7 +4,8 @@ import hydra
 from omegaconf import DictConfig
 
 from geomsweep.behavior.sampling import vllm_platform
-from geomsweep.measure import resolve_device
+from geomsweep.measure import resolve_device, resolve_dtype
+from geomsweep.memory import plan_memory, refusal
 from geomsweep.schema import ConfigError, check
 
 
@@ -22,12 +23,28 @@ def check_vllm(settings) -> None:
         )
 
 
+def check_memory(settings) -> None:
+    """Post-training that cannot fit stops here, before loading, with the plan's figures; ``plan=true`` prints the
+    plan and stops in any case."""
+    if settings.method.name == "none":
+        if settings.plan:
+            raise SystemExit("geomsweep: plan=true: method=none trains nothing; the memory plan is post-training's")
+        return
+    device = resolve_device(settings.device)
+    plan = plan_memory(settings, device, resolve_dtype(settings.dtype, device, settings.model.dtype))
+    if settings.plan:
+        raise SystemExit(0 if plan is None else print(plan.describe()))
+    if plan is not None and not plan.fits:
+        raise ConfigError(f"method={settings.method.name} on model={settings.model.name} {refusal(plan, settings)}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         settings = check(cfg)
         resolve_device(settings.device)  # device=cuda on a machine without CUDA: here, not deep inside torch
         check_vllm(settings)
+        check_memory(settings)
     except (ConfigError, ValueError, RuntimeError) as err:  # one line, before any model loads or any MLflow run opens
         raise SystemExit(f"geomsweep: invalid config: {err}") from None
     # torch, transformers and mlflow load only once the config is known to be good: bad values fail in a second

@@ -8,6 +8,7 @@ directory that is a single model (its one revision is called ``final``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata as metadata
 import json
 import pickle
@@ -29,7 +30,7 @@ from geomsweep.toy.pretrain import checkpoint_dir, is_pretrained
 
 REVISION_RE = re.compile(r"^(?:(?P<stage>stage\d+)-)?step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$")
 SELECTIONS = ("all", "final", "steps", "log", "every")
-SOURCES = ("gguf", "toy", "local", "hub")
+SOURCES = ("gguf", "toy", "local", "hub", "mlflow")
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,13 @@ def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
         return local_revisions(Path(str(model_cfg.path)).expanduser(), tokens_per_step)
     if source == "gguf":
         return local_revisions(convert_gguf(model_cfg, cache_dir), tokens_per_step)
+    if source == "mlflow":
+        directory = mlflow_model_dir(model_cfg.uri, cache_dir)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"model.uri={model_cfg.uri} is not downloaded to {directory}: a geomsweep job downloads it first"
+            )
+        return local_revisions(directory, tokens_per_step)
     if source == "hub":
         names = hub_revisions(model_cfg, cache_dir)
         require_hub_or_cache(model_cfg, names[-1])
@@ -214,6 +222,11 @@ def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
             found.append(Checkpoint(name, step, tokens, model_cfg.hub_id, hub_revision=name))
         return sorted(found, key=lambda c: c.step)
     raise ValueError(f"unknown model.source {source!r}; valid: {', '.join(SOURCES)}")
+
+
+def mlflow_model_dir(uri: str, cache_dir: str) -> Path:
+    """Where a model saved in MLflow (``runs:/<id>/model``) is downloaded to, once."""
+    return Path(cache_dir) / "mlflow-models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 def stage_checkpoints(model_cfg) -> list[Checkpoint]:

@@ -97,9 +97,14 @@ def sigterm_ends_run() -> Iterator[None]:
 
 
 def prepare_model(settings: Config) -> None:
-    """Make the model's checkpoints available: the toy world is pretrained on first use (minutes, cached)."""
+    """Make the model's checkpoints available: the toy world is pretrained on first use (minutes, cached); a
+    model saved in MLflow is downloaded into the cache once."""
     if settings.model.source == "toy":
         ensure_pretrained(ToyConfig.from_cfg(settings.model.toy), settings.cache_dir, settings.progress)
+    if settings.model.source == "mlflow":
+        directory = ckpts.mlflow_model_dir(settings.model.uri, settings.cache_dir)
+        if not directory.is_dir():
+            tracking.download_model(settings.model.uri, directory)
 
 
 def measure_and_report(settings: Config, log: RunLogger) -> None:

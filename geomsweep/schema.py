@@ -43,6 +43,11 @@ class Source(StrEnum):
     local = "local"
     hub = "hub"
     gguf = "gguf"
+    mlflow = "mlflow"  # a model an earlier post-training run saved (method.save=true)
+
+
+class Adapter(StrEnum):
+    lora = "lora"
 
 
 class Selection(StrEnum):
@@ -122,6 +127,7 @@ class ModelConfig:
     path: str | None = None  # source=local: a save_pretrained directory, or one sub-directory per revision
     package: str | None = None  # source=gguf: the Python package shipping the file
     gguf_file: str | None = None
+    uri: str | None = None  # source=mlflow: runs:/<run id>/model
     toy: ToyConfig | None = None  # source=toy
     stages: list[StageConfig] | None = None  # a pipeline's stages, traced in order as the checkpoints of one trace
     width: int | None = None
@@ -131,7 +137,13 @@ class ModelConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        needs = {Source.hub: "hub_id", Source.local: "path", Source.gguf: "gguf_file", Source.toy: "toy"}
+        needs = {
+            Source.hub: "hub_id",
+            Source.local: "path",
+            Source.gguf: "gguf_file",
+            Source.toy: "toy",
+            Source.mlflow: "uri",
+        }
         key = "stages" if self.stages and self.source == Source.hub else needs[self.source]
         _require(getattr(self, key) is not None, f"model.source={self.source} needs model.{key}")
         if self.stages:
@@ -250,6 +262,21 @@ class EvalConfig:
 
 
 @dataclass
+class LoraSettings:
+    """peft's LoRA: low-rank adapters on the named linear layers, the rest of the model frozen."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # peft's every linear layer but the output head, or a list of names
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, f"method.lora.r={self.r} must be >= 1")
+        _require(self.alpha > 0, f"method.lora.alpha={self.alpha} must be > 0")
+        _require(0 <= self.dropout < 1, f"method.lora.dropout={self.dropout} must lie in [0, 1)")
+
+
+@dataclass
 class MethodConfig:
     name: str = "none"
     trainer: str | None = None  # the TRL trainer class, e.g. trl.SFTTrainer
@@ -258,6 +285,9 @@ class MethodConfig:
     runner: str | None = None  # the function that runs a post-training job (post_training.run.post_train)
     geometry_every: int = 10  # measure the probe set every N optimizer steps (and at step 0 and the end)
     args: dict[str, Any] = field(default_factory=dict)
+    peft: Adapter | None = None  # lora: train adapters (method.lora) instead of every weight
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    save: bool = False  # keep the post-trained model as the run's artifact "model" (model=mlflow reads it back)
 
     def __post_init__(self) -> None:
         _require(self.geometry_every >= 1, f"method.geometry_every={self.geometry_every} must be >= 1")
@@ -387,6 +417,7 @@ class Config:
     cache_dir: str = MISSING
     progress: bool = True
     prefetch: bool | str = "auto"  # auto: on a GPU only
+    plan: bool = False  # print post-training's memory plan and stop: nothing loads, no run is created
 
     def __post_init__(self) -> None:
         _require(bool(DEVICE_RE.match(self.device)), f"device={self.device!r}; valid: auto, cpu, cuda, cuda:<n>")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -27,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils import mlflow_tags
 from omegaconf import DictConfig, OmegaConf
 
@@ -267,6 +269,10 @@ class RunLogger:
         """A CSV artifact."""
         self.client.log_text(self.run_id, frame.to_csv(index=False), path)
 
+    def directory(self, local_dir: str | Path, path: str) -> None:
+        """A directory (a saved model) as the artifact folder ``path``."""
+        self.client.log_artifacts(self.run_id, str(local_dir), path)
+
     def json_table(self, columns: dict[str, list], path: str) -> None:
         """An MLflow table (readable in the UI's artifact view and through ``mlflow.load_table``)."""
         self.client.log_table(self.run_id, columns, path)
@@ -285,6 +291,24 @@ class RunLogger:
         """The reason as a tag, the traceback as ``error.txt``."""
         self.tags({TAG_ERROR: f"{type(err).__name__}: {err}"})
         self.client.log_text(self.run_id, traceback.format_exc(), "error.txt")
+
+
+def download_model(uri: str, directory: Path) -> None:
+    """A model an earlier run saved (``runs:/<id>/model``) into ``directory``; a clear error when there is none."""
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial))
+    except MlflowException as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise FileNotFoundError(
+            f"model.uri={uri}: no such model in {mlflow.get_tracking_uri()} ({str(err).splitlines()[0]}); "
+            f"valid: runs:/<run id>/model of a run with method.save=true"
+        ) from None
+    (saved,) = [p for p in partial.iterdir()]  # download_artifacts keeps the artifact's own directory name
+    saved.rename(directory)
+    shutil.rmtree(partial)
 
 
 def find_sweep_parent(experiment_id: str, sweep_dir: str) -> str | None:

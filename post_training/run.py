@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from functools import partial
+from pathlib import Path
 
 import datasets
 from hydra.utils import get_class, get_method
+from peft import LoraConfig, PeftModel
 
 from geomsweep import checkpoints as ckpts
 from geomsweep import plots
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.measure import measure_model, resolve_device, resolve_dtype
+from geomsweep.memory import GIB, peak_memory, plan_memory, reset_peak
 from geomsweep.tasks import load_task
 from geomsweep.tracking import TAG_BASE_REVISION, TAG_BASE_STEP
 from post_training.callbacks import GeometryCallback
@@ -58,6 +61,46 @@ def trainer_config(config_cls, args: dict, output_dir: str, device: str, seed: i
     return config_cls(**({k: v for k, v in settings.items() if k in fields} | dict(args)))
 
 
+def lora_config(lora) -> LoraConfig:
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def trained_parameters(trainer) -> dict[str, str]:
+    """How many parameters train, and what DPO-style trainers compare against: with LoRA the reference is the
+    policy with its adapter disabled, so no second copy of the model is loaded."""
+    model = trainer.model
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if getattr(trainer, "ref_model", None) is not None:
+        reference = "a frozen copy"
+    elif hasattr(trainer, "ref_model") and isinstance(model, PeftModel):
+        reference = "the policy with its adapter disabled"
+    else:
+        reference = "none"
+    return {
+        "post_training.parameters": str(total),
+        "post_training.trainable_parameters": str(trainable),
+        "post_training.trainable_fraction": f"{trainable / total:.4g}",
+        "post_training.reference_model": reference,
+    }
+
+
+def save_model(model, tokenizer, directory: Path, log) -> None:
+    """The post-trained model as the run's artifact ``model``, loadable by transformers (``model=mlflow``): a LoRA
+    model is saved with its adapters merged into the weights."""
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    log.directory(directory, "model")
+
+
 def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     """Train, measuring as configured; returns the callback's history (post-training step -> metrics)."""
     method = settings.method
@@ -66,6 +109,10 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     base = base_checkpoint(settings)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
+    plan = plan_memory(settings, device, dtype)
+    if plan is not None:
+        log.params(plan.params())
+    baseline = reset_peak(device)
     model, tokenizer = base.load(device, dtype, trust_remote_code=settings.model.trust_remote_code)
     log.tags({TAG_BASE_REVISION: base.revision, TAG_BASE_STEP: base.step})
     task = load_task(settings.task, seed=settings.seed)
@@ -92,7 +139,9 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
             metrics |= values
         return metrics
 
-    reward = {"reward_funcs": get_method(method.reward)(settings.task.extractor)} if method.reward else {}
+    extra = {"reward_funcs": get_method(method.reward)(settings.task.extractor)} if method.reward else {}
+    if method.peft == "lora":
+        extra["peft_config"] = lora_config(method.lora)
     with (
         sampling_probe(settings) as sampling,  # one sampler (one vLLM engine) before, during and after training
         tempfile.TemporaryDirectory(prefix=f"geomsweep-{method.name}-") as output_dir,
@@ -102,9 +151,14 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
             get_class(method.trainer_config), method.args, output_dir, device, settings.seed, settings.progress
         )
         trainer = get_class(method.trainer)(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback], **reward
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback], **extra
         )
+        log.params(trained_parameters(trainer))
         trainer.train()
+        # beside the plan's memory.total_gib: what the job added to the process at its peak
+        log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
+        if method.save:
+            save_model(trainer.model, tokenizer, Path(output_dir) / "saved", log)
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
     return callback.history

@@ -88,7 +88,11 @@ def train_tokenizer(docs: list[str], vocab_size: int):
 
 def build_model(cfg: ToyConfig, vocab_size: int):
     torch.manual_seed(cfg.seed)
-    config = GPTNeoXConfig(
+    return GPTNeoXForCausalLM(toy_model_config(cfg, vocab_size))
+
+
+def toy_model_config(cfg: ToyConfig, vocab_size: int) -> GPTNeoXConfig:
+    return GPTNeoXConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
@@ -101,7 +105,6 @@ def build_model(cfg: ToyConfig, vocab_size: int):
         eos_token_id=0,
         pad_token_id=1,
     )
-    return GPTNeoXForCausalLM(config)
 
 
 def packed_dataset(tokenizer, docs: list[str], seq_len: int):

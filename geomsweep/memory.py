@@ -1,0 +1,204 @@
+"""A memory plan for post-training, made before any weight loads: from the model's configuration (its
+``config.json``, or the preset's width and depth), the dtype, the method and LoRA, what the weights, gradients,
+optimizer states, a reference model and the activations will take, against what the device has.
+
+The terms, per process (one process today):
+- weights: parameters x bytes of the load dtype;
+- gradients and AdamW's two moment estimates: for every trainable parameter, in its own dtype (LoRA adapters are
+  kept in float32 by peft);
+- reference: DPO without LoRA holds a frozen copy of the policy; with LoRA the policy with its adapter disabled is
+  the reference, and GRPO with ``beta=0`` has none;
+- activations, rough: about 17 values per token, layer and hidden unit without gradient checkpointing and 2 with it
+  (after Korthikanti et al. 2022), plus the float32 logits and their gradient; DPO passes chosen and rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from geomsweep.checkpoints import gguf_path, mlflow_model_dir
+from geomsweep.toy.config import ToyConfig
+from geomsweep.toy.pretrain import toy_model_config
+
+GIB = 1024**3
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+HEADS = ("lm_head", "embed_out")  # output layers peft's "all-linear" leaves alone
+DEFAULT_MAX_LENGTH = 1024  # TRL's SFT/DPO default max_length
+DEFAULT_VOCAB = 50_304  # Pythia's and OLMo's, for a preset known only by width and depth
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    parameters: int
+    trainable: int
+    weights: int  # bytes, as are the terms below
+    gradients: int
+    optimizer: int
+    reference: int
+    activations: int
+    device: str
+    available: int | None  # what the device has (GPU memory, or available RAM on a CPU); None: unknown
+    source: str  # where the parameter count came from
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.reference + self.activations
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def params(self) -> dict[str, str]:
+        """The plan as MLflow params (GiB, 3 significant figures)."""
+        terms = ("weights", "gradients", "optimizer", "reference", "activations", "total")
+        values = {f"memory.{t}_gib": f"{getattr(self, t) / GIB:.3g}" for t in terms}
+        available = "unknown" if self.available is None else f"{self.available / GIB:.3g}"
+        return values | {"memory.available_gib": available, "memory.parameters": str(self.parameters)}
+
+    def describe(self) -> str:
+        share = f"{self.trainable:,} of {self.parameters:,} parameters trained ({self.trainable / self.parameters:.2%})"
+        terms = ", ".join(
+            f"{name} {getattr(self, name) / GIB:.1f}"
+            for name in ("weights", "gradients", "optimizer", "reference", "activations")
+        )
+        available = "unknown" if self.available is None else f"{self.available / GIB:.1f} GiB"
+        return (
+            f"memory plan ({self.source}): {share}; GiB: {terms}; total {self.total / GIB:.1f} GiB "
+            f"against {available} on {self.device}"
+        )
+
+
+def plan_memory(settings, device: str, dtype: str) -> MemoryPlan | None:
+    """The plan of post-training ``settings`` (the typed Config) on ``device`` with weights in ``dtype``; None when
+    nothing on this machine tells the model's size (no config.json yet, no width and depth in the preset)."""
+    method, args = settings.method, settings.method.args
+    config = model_config(settings.model, settings.cache_dir)
+    if config is not None:
+        parameters, lora_parameters = count_parameters(config, method.lora)
+        width, depth, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+        source = "the model's config"
+    elif settings.model.width and settings.model.depth:
+        width, depth, vocab = settings.model.width, settings.model.depth, DEFAULT_VOCAB
+        parameters = 12 * depth * width**2 + 2 * vocab * width  # a decoder's layers plus untied embeddings
+        lora_parameters = 19 * method.lora.r * depth * width  # q, k, v, o and three MLP matrices of 8/3 width
+        source = "estimated from model.width and model.depth"
+    else:
+        return None
+    size = BYTES[dtype]
+    lora = method.peft == "lora"
+    trainable, trained_size = (lora_parameters, 4) if lora else (parameters, size)
+    weights = parameters * size + (lora_parameters * 4 if lora else 0)
+    beta = args.get("beta", 0.0 if method.name == "rlvr" else 0.1)
+    needs_reference = method.name in ("dpo", "rlvr") and beta != 0
+    reference = parameters * size if needs_reference and not lora else 0
+    tokens = args.get("per_device_train_batch_size", 8) * (args.get("max_length") or DEFAULT_MAX_LENGTH)
+    tokens *= 2 if method.name == "dpo" else 1  # chosen and rejected
+    per_value = 2 if args.get("gradient_checkpointing") else 17
+    activations = tokens * depth * width * per_value * size + tokens * vocab * 4 * 2
+    return MemoryPlan(
+        parameters=parameters,
+        trainable=trainable,
+        weights=weights,
+        gradients=trainable * trained_size,
+        optimizer=2 * trainable * trained_size,
+        reference=reference,
+        activations=activations,
+        device=device,
+        available=device_memory(device),
+        source=source,
+    )
+
+
+def refusal(plan: MemoryPlan, settings) -> str:
+    """Why the job stops, with the figures and what would fit."""
+    options = []
+    if settings.method.peft is None:
+        options.append("method.peft=lora (trains adapters: no gradients or optimizer states for the base weights)")
+    if not settings.method.args.get("gradient_checkpointing"):
+        options.append("method.args.gradient_checkpointing=true (activations ~8x smaller)")
+    if settings.method.args.get("per_device_train_batch_size", 8) > 1:
+        options.append("a smaller method.args.per_device_train_batch_size")
+    options.append("a device with more memory, or weights sharded over GPUs (ZeRO-3/FSDP through accelerate)")
+    return f"does not fit: {plan.describe()}. Options: " + "; ".join(options)
+
+
+def model_config(model_cfg, cache_dir: str):
+    """The model's transformers config, read without loading weights, or None when none is on this machine."""
+    source = model_cfg.source
+    if source == "toy":
+        toy = ToyConfig.from_cfg(model_cfg.toy)
+        return toy_model_config(toy, toy.vocab_size)
+    if source == "gguf":
+        converted = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
+        if (converted / "config.json").exists():
+            return AutoConfig.from_pretrained(converted)
+        found = gguf_path(model_cfg.package, model_cfg.gguf_file)
+        return AutoConfig.from_pretrained(found.parent, gguf_file=found.name)
+    directory = None
+    if source == "local":
+        directory = Path(str(model_cfg.path)).expanduser()
+    elif source == "mlflow":
+        directory = mlflow_model_dir(model_cfg.uri, cache_dir)
+    elif source == "hub" and not model_cfg.stages:
+        cached = try_to_load_from_cache(model_cfg.hub_id, "config.json")
+        directory = Path(cached).parent if isinstance(cached, str) else None
+    if directory is None or not directory.is_dir():
+        return None
+    found = sorted(directory.glob("config.json")) or sorted(directory.glob("*/config.json"))
+    return AutoConfig.from_pretrained(found[-1].parent) if found else None
+
+
+def count_parameters(config, lora) -> tuple[int, int]:
+    """(parameters, LoRA parameters at ``lora``'s rank) of the model ``config`` builds, on the meta device: shapes
+    only, no memory."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    targets = lora.target_modules
+    adapted = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] in HEADS:
+            continue
+        if targets == "all-linear" or name.split(".")[-1] in targets:
+            adapted += lora.r * (module.in_features + module.out_features)
+    return parameters, adapted
+
+
+def reset_peak(device: str) -> int:
+    """Start counting a job's peak now; returns the bytes held now (the interpreter and its libraries on a CPU),
+    which ``peak_memory`` reports from."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+        return torch.cuda.memory_allocated(torch.device(device))
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident set (VmHWM) to the current
+    return _status_bytes("VmRSS:")
+
+
+def peak_memory(device: str) -> int:
+    """Bytes at the peak since ``reset_peak``: allocated GPU memory, or the resident set on a CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device))
+    return _status_bytes("VmHWM:")
+
+
+def _status_bytes(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) * 1024  # kB
+
+
+def device_memory(device: str) -> int | None:
+    """Bytes the device offers: a GPU's total memory, or the RAM available now on a CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,63 @@
+"""The post-training memory plan: exact parameter counts from a config on the meta device, the terms in closed
+form, and a refusal before anything loads when a job cannot fit."""
+
+import pytest
+from hydra import compose, initialize
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from geomsweep.memory import GIB, count_parameters, plan_memory
+from geomsweep.schema import LoraSettings, check
+from geomsweep.toy.config import ToyConfig
+from geomsweep.toy.pretrain import toy_model_config
+from tests.conftest import TINY_TOY, run_app
+
+
+def settings(*overrides):
+    with initialize(version_base="1.3", config_path="../conf"):
+        return check(compose("config", overrides=list(overrides)))
+
+
+def test_parameter_counts_from_the_meta_device_equal_the_built_model_and_peft():
+    config = toy_model_config(ToyConfig(**TINY_TOY), 512)
+    lora = LoraSettings(r=4)
+    parameters, adapted = count_parameters(config, lora)
+    model = AutoModelForCausalLM.from_config(config)
+    assert parameters == sum(p.numel() for p in model.parameters())
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    assert adapted == trainable
+
+
+def test_the_plan_in_closed_form():
+    cell = settings("method=dpo", "model.toy.hidden_size=32", "++method.args.max_length=64")
+    full = plan_memory(cell, "cpu", "float32")
+    p = full.parameters
+    assert (full.weights, full.gradients, full.optimizer, full.reference) == (4 * p, 4 * p, 8 * p, 4 * p)
+    batch = cell.method.args["per_device_train_batch_size"]
+    tokens = 2 * batch * 64  # chosen and rejected
+    config = toy_model_config(ToyConfig.from_cfg(cell.model.toy), cell.model.toy.vocab_size)
+    hidden = config.hidden_size * config.num_hidden_layers
+    assert full.activations == tokens * hidden * 17 * 4 + tokens * config.vocab_size * 8
+    lora = plan_memory(settings("method=dpo", "method.peft=lora", "++method.args.max_length=64"), "cpu", "bfloat16")
+    assert lora.reference == 0 and lora.gradients == 4 * lora.trainable and lora.optimizer == 8 * lora.trainable
+    assert lora.weights == 2 * lora.parameters + 4 * lora.trainable  # bf16 base, fp32 adapters
+    assert full.fits and full.available > GIB
+
+
+def test_a_job_that_cannot_fit_stops_before_loading_with_the_figures(tmp_path, cache_dir):
+    proc = run_app(["model=olmo-7b", "method=dpo"], tmp_path, cache_dir, check=False)  # no hub here: nothing loads
+    assert proc.returncode == 1
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("geomsweep: invalid config: method=dpo on model=olmo-7b does not fit: memory plan")
+    assert "total 149.8 GiB against" in message and "method.peft=lora" in message
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("peft", "trained", "total"), [([], "6,854,541,312", "149.8"), (["method.peft=lora"], "39,845,888", "48.3")]
+)
+def test_plan_true_prints_the_plan_of_a_7b_dpo_and_stops(tmp_path, cache_dir, peft, trained, total):
+    proc = run_app(["model=olmo-7b", "method=dpo", "plan=true", *peft], tmp_path, cache_dir)
+    assert f"{trained} of 6,854,541,312 parameters trained" in proc.stdout and f"total {total} GiB" in proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()
