@@ -109,20 +109,29 @@ def ablation_table(points, phases: Phases | None) -> pd.DataFrame | None:
     return ablation.table(rows) if rows else None
 
 
+STAGE_KEY = "post_training/stage"  # a pipeline's stage (0, 1, ...) at each measured step
+
+
 def post_training_history(history: dict[int, dict[str, float]]) -> pd.DataFrame:
     """Every measurement of a post-training job by post-training step."""
     return pd.DataFrame.from_dict(history, orient="index").rename_axis("step").reset_index()
 
 
-def post_training_figure(frame: pd.DataFrame, method: str):
-    """The trajectory over post-training steps, or None with fewer than two geometry measurements."""
+def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | None = None):
+    """The trajectory over post-training steps, a pipeline's ``stages`` shaded, or None with fewer than two
+    geometry measurements."""
     geometry = frame.dropna(subset=["geometry/rankme"])
     if len(geometry) < 2:
         return None
+    spans = None
+    if stages and STAGE_KEY in frame:  # a stage runs from where the last one ended to its own last step
+        ends = frame.groupby(STAGE_KEY)["step"].max()
+        spans = [(stages[int(i)], ends.get(i - 1, 0), end) for i, end in ends.items()]
     return plots.trajectory(
         list(geometry["step"]),
         list(geometry["geometry/rankme"]),
         list(geometry["geometry/alpha_req"]),
         loss=list(geometry["eval/probe_loss"]) if "eval/probe_loss" in geometry else None,
         xlabel=f"{method} step",
+        spans=spans,
     )

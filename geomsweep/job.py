@@ -123,7 +123,7 @@ def measure_and_report(settings: Config, log: RunLogger) -> None:
         history = get_method(settings.method.runner)(settings, texts, log)
         frame = artifacts.post_training_history(history)
         log.table(frame, "post_training/history.csv")
-        figure = artifacts.post_training_figure(frame, settings.method.name)
+        figure = artifacts.post_training_figure(frame, settings.method.name, settings.method.stages)
         if figure is not None:
             log.figure(figure, "plots/trajectory.png")
         return

@@ -60,9 +60,11 @@ def trajectory(
     phases: Sequence[int] | None = None,
     xlabel: str = "step",
     stages: Sequence[str] | None = None,
+    spans: Sequence[tuple[str, float, float]] | None = None,
 ):
     """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given.
-    With ``stages`` (a post-training pipeline) the x axis is the stages in order, labelled by name."""
+    With ``stages`` (released stages traced as checkpoints) the x axis is the stages in order, labelled by name;
+    ``spans`` (name, first step, last step) shade the stages of a post-training pipeline on the step axis."""
     panels = [("RankMe", rankme, "tab:blue"), ("α-ReQ", alpha, "tab:orange")]
     if loss is not None:
         panels.append(("loss", loss, "tab:gray"))
@@ -74,11 +76,15 @@ def trajectory(
         ax.grid(alpha=0.3)
         if phases is not None:
             shade_phases(ax, steps, phases)
-    if phases is not None:
+        for i, (name, first, last) in enumerate(spans or ()):
+            ax.axvspan(first, last, color=STAGE_COLORS[i % len(STAGE_COLORS)], alpha=0.5, lw=0, label=name)
+    if phases is not None or spans:
         axes[0].legend(loc="best", fontsize=7)
     if stages:
         axes[-1].set_xticks(list(steps), list(stages))
         axes[-1].set_xlabel("stage")
+    elif spans:  # post-training steps: evenly spaced
+        axes[-1].set_xlabel(xlabel)
     else:
         axes[-1].set_xscale("symlog", linthresh=1)
         axes[-1].set_xlabel(xlabel)
@@ -88,6 +94,9 @@ def trajectory(
 
 
 PHASE_COLORS = {0: "#dddddd", 1: "#cfe8ff", 2: "#ffe0c2"}
+
+
+STAGE_COLORS = ("#dde8f5", "#f5e6d3", "#e0f0dc", "#eee0f3")
 
 
 def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:

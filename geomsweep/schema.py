@@ -288,10 +288,18 @@ class MethodConfig:
     peft: Adapter | None = None  # lora: train adapters (method.lora) instead of every weight
     lora: LoraSettings = field(default_factory=LoraSettings)
     save: bool = False  # keep the post-trained model as the run's artifact "model" (model=mlflow reads it back)
+    stages: list[str] | None = None  # method=pipeline: the methods run in turn, each from the last one's model
 
     def __post_init__(self) -> None:
         _require(self.geometry_every >= 1, f"method.geometry_every={self.geometry_every} must be >= 1")
-        if self.name != "none":
+        if self.stages is not None:
+            bad = [s for s in self.stages if s in ("none", "pipeline")]
+            _require(
+                bool(self.stages) and not bad and self.runner is not None,
+                f"method.stages={list(self.stages)}: a pipeline runs one or more post-training methods "
+                f"(e.g. [sft, dpo, rlvr]), not none or pipeline",
+            )
+        elif self.name != "none":
             _require(
                 None not in (self.trainer, self.trainer_config, self.runner),
                 f"unknown method {self.name!r}; valid: none, sft, dpo, rlvr (another TRL trainer needs "
@@ -450,7 +458,7 @@ def check(cfg: DictConfig) -> Config:
         raise ConfigError(str(err).splitlines()[0] + _where(err)) from None
     if not isinstance(typed, Config):
         raise ConfigError("the config was not composed with geomsweep's schema (conf/config.yaml lists it first)")
-    if typed.method.name != "none":
+    if typed.method.trainer_config:  # a pipeline's stages are checked when they are composed
         check_fields(get_class(typed.method.trainer_config), typed.method.args, "method.args")
     return typed
 

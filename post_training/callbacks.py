@@ -18,7 +18,9 @@ class GeometryCallback(TrainerCallback):
     Each measurement is logged as soon as it is taken (a crash keeps what was measured) and kept in
     ``history`` (step -> metrics) for the job's artifacts."""
 
-    def __init__(self, measure_geometry: Callable, measure_behavior: Callable, log, every: int):
+    def __init__(self, measure_geometry: Callable, measure_behavior: Callable, log, every: int, offset: int = 0):
+        """``offset``: where this training starts on the job's step axis (a pipeline's later stages), so a stage
+        goes on from where the last one ended and its start, measured as the last one's end, is not measured again."""
         if every < 1:
             raise ValueError(f"method.geometry_every must be >= 1, got {every}")
         self.measure_geometry, self.measure_behavior, self.log, self.every = (
@@ -27,9 +29,11 @@ class GeometryCallback(TrainerCallback):
             log,
             every,
         )
+        self.offset = offset
         self.history: dict[int, dict[str, float]] = {}
 
     def _record(self, step: int, model, with_behavior: bool) -> None:
+        step += self.offset
         with eval_mode(model):
             metrics = self.measure_geometry(model)
             if not math.isfinite(metrics.get("geometry/rankme", 0.0)):
@@ -44,7 +48,8 @@ class GeometryCallback(TrainerCallback):
         self.log.metrics(metrics, step=step)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._record(state.global_step, model, with_behavior=True)
+        if not self.offset:
+            self._record(state.global_step, model, with_behavior=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 and state.global_step < state.max_steps:

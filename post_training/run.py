@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import datasets
@@ -42,13 +41,15 @@ def base_checkpoint(settings) -> ckpts.Checkpoint:
     return selected[0]
 
 
-def trainer_config(config_cls, args: dict, output_dir: str, device: str, seed: int, progress: bool):
+def trainer_config(
+    config_cls, args: dict, output_dir: str, device: str, seed: int, progress: bool, report: bool = True
+):
     """``config_cls(**args)`` with output, reporting and device settings filled in (the user's args win); the
     fields and their types were checked when the config was (geomsweep.schema.check_fields)."""
     on_cpu = not device.startswith("cuda")
     settings = {
         "output_dir": output_dir,
-        "report_to": ["mlflow"],
+        "report_to": ["mlflow"] if report else "none",
         "save_strategy": "no",
         "seed": seed,
         "data_seed": seed,
@@ -103,11 +104,22 @@ def save_model(model, tokenizer, directory: Path, log) -> None:
 
 def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     """Train, measuring as configured; returns the callback's history (post-training step -> metrics)."""
-    method = settings.method
     if not settings.progress:
         datasets.disable_progress_bars()
-    base = base_checkpoint(settings)
     device = resolve_device(settings.device)
+    model, tokenizer, baseline = load_base(settings, device, log)
+    with sampling_probe(settings) as sampling:  # one sampler (one vLLM engine) before, during and after training
+        measure = Measurer(settings, tokenizer, texts, log, sampling)
+        history, _ = train_stage(settings, model, tokenizer, measure, log, device)
+    # beside the plan's memory.total_gib: what the job added to the process at its peak
+    log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
+    log_pass_at_k(sampling, log)
+    return history
+
+
+def load_base(settings, device: str, log):
+    """(model, tokenizer, bytes held before loading) of the base checkpoint, the memory plan logged first."""
+    base = base_checkpoint(settings)
     dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
     plan = plan_memory(settings, device, dtype)
     if plan is not None:
@@ -115,50 +127,78 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     baseline = reset_peak(device)
     model, tokenizer = base.load(device, dtype, trust_remote_code=settings.model.trust_remote_code)
     log.tags({TAG_BASE_REVISION: base.revision, TAG_BASE_STEP: base.step})
-    task = load_task(settings.task, seed=settings.seed)
-    dataset = task.for_method(method.name)
-    layer, probe = settings.probe.layers[0], settings.probe
+    return model, tokenizer, baseline
 
-    def measure_geometry(m) -> dict[str, float]:
-        return measure_model(m, tokenizer, texts, probe, progress=False).metrics(layer, probe.loss)
 
-    def measure_behavior(sampling, m, step: int) -> dict[str, float]:
-        splits = {"id": task.id_eval, "ood": task.ood_eval}
+class Measurer:
+    """The probe geometry of a model, and its ID/OOD behavior on ``settings.task`` (greedy evaluation and, with a
+    sampling probe, pass@k and diversity; completions logged as tables)."""
+
+    def __init__(self, settings, tokenizer, texts: list[str], log, sampling):
+        self.settings, self.tokenizer, self.texts, self.log, self.sampling = settings, tokenizer, texts, log, sampling
+        self.task = load_task(settings.task, seed=settings.seed)
+
+    def geometry(self, model) -> dict[str, float]:
+        probe = self.settings.probe
+        return measure_model(model, self.tokenizer, self.texts, probe, progress=False).metrics(
+            probe.layers[0], probe.loss
+        )
+
+    def behavior(self, model, step: int) -> dict[str, float]:
+        task_cfg = self.settings.task
+        splits = {"id": self.task.id_eval, "ood": self.task.ood_eval}
         metrics = {
             f"eval/{name}_{key}": value
             for name, split in splits.items()
             if split is not None
             for key, value in evaluate_split(
-                m, tokenizer, split, settings.task.extractor, settings.task.max_new_tokens
+                model, self.tokenizer, split, task_cfg.extractor, task_cfg.max_new_tokens
             ).items()
         }
-        if sampling is not None:
-            values, tables = sampling.update(m, tokenizer, step)
+        if self.sampling is not None:
+            values, tables = self.sampling.update(model, self.tokenizer, step)
             for path, table in tables.items():
-                log.json_table(table, path)
+                self.log.json_table(table, path)
             metrics |= values
         return metrics
 
+
+def train_stage(settings, model, tokenizer, measure: Measurer, log, device: str, offset: int = 0, prefix: str = ""):
+    """Train ``model`` with ``settings.method``'s TRL trainer, measured by ``measure`` at steps ``offset + step``;
+    returns (history, the trained model). ``prefix`` keeps a pipeline stage's params apart from the others'."""
+    method = settings.method
+    task = load_task(settings.task, seed=settings.seed)
     extra = {"reward_funcs": get_method(method.reward)(settings.task.extractor)} if method.reward else {}
     if method.peft == "lora":
         extra["peft_config"] = lora_config(method.lora)
-    with (
-        sampling_probe(settings) as sampling,  # one sampler (one vLLM engine) before, during and after training
-        tempfile.TemporaryDirectory(prefix=f"geomsweep-{method.name}-") as output_dir,
-    ):
-        callback = GeometryCallback(measure_geometry, partial(measure_behavior, sampling), log, method.geometry_every)
+    callback = GeometryCallback(measure.geometry, measure.behavior, log, method.geometry_every, offset)
+    with tempfile.TemporaryDirectory(prefix=f"geomsweep-{method.name}-") as output_dir:
+        # after a pipeline's first stage the trainer's own MLflow reporting is off: it would log its params again,
+        # with other values, and MLflow params cannot change
         config = trainer_config(
-            get_class(method.trainer_config), method.args, output_dir, device, settings.seed, settings.progress
+            get_class(method.trainer_config),
+            method.args,
+            output_dir,
+            device,
+            settings.seed,
+            settings.progress,
+            report=not offset,
         )
         trainer = get_class(method.trainer)(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback], **extra
+            model=model,
+            args=config,
+            train_dataset=task.for_method(method.name),
+            processing_class=tokenizer,
+            callbacks=[callback],
+            **extra,
         )
-        log.params(trained_parameters(trainer))
+        log.params({prefix + key: value for key, value in trained_parameters(trainer).items()})
         trainer.train()
-        # beside the plan's memory.total_gib: what the job added to the process at its peak
-        log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
         if method.save:
             save_model(trainer.model, tokenizer, Path(output_dir) / "saved", log)
+    return callback.history, trainer.model
+
+
+def log_pass_at_k(sampling, log) -> None:
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
-    return callback.history

@@ -214,3 +214,29 @@ def test_lora_dpo_trains_adapters_against_the_disabled_adapter_and_its_saved_mod
     missing = "runs:/0123456789abcdef/model"
     proc = run_app(["model=mlflow", f"model.uri={missing}", *probe], tmp_path, cache_dir, store, check=False)
     assert proc.returncode != 0 and f"model.uri={missing}: no such model" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_pipeline_trains_each_stage_from_the_last_one_in_one_trace(tmp_path, cache_dir, tiny_checkpoints, store):
+    run_app(
+        ["method=pipeline", *TINY, "++method.args.max_steps=2", "++method.geometry_every=1"], tmp_path, cache_dir, store
+    )
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("geomsweep.stage.")} == {
+        "geomsweep.stage.0": "sft",
+        "geomsweep.stage.2": "dpo",
+        "geomsweep.stage.4": "rlvr",
+    }
+
+    def steps(key):
+        return [m.step for m in client.get_metric_history(run.info.run_id, key)]
+
+    assert steps("geometry/rankme") == [0, 1, 2, 3, 4, 5, 6]  # one axis across the stages, boundaries measured once
+    assert steps("behavior/pass_at_4") == [0, 2, 4, 6]  # sampled at every stage boundary
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "post_training/stage")] == [0, 1, 2]
+    params = run.data.params
+    assert params["dpo.post_training.reference_model"] == "a frozen copy"  # each stage its own trainer
+    assert params["sft.post_training.reference_model"] == "none"
+    assert "plots/trajectory.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

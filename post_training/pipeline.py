@@ -1,0 +1,53 @@
+"""``method=pipeline``: post-training stages in turn, each from the model the last one left (the paper's SFT, then
+DPO, then RLVR), in one run whose trace crosses the stages.
+
+A stage is what ``method=<stage>`` would run, with its recipe and task and this job's other overrides, composed
+and checked before any training starts. The step axis goes on across stages; ``geomsweep.stage.<step>`` tags and
+the ``post_training/stage`` metric mark where each starts, and pass@k and diversity are sampled on the pipeline's
+own task at every boundary.
+"""
+
+from __future__ import annotations
+
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from peft import PeftModel
+
+from geomsweep.artifacts import STAGE_KEY
+from geomsweep.behavior.sample_eval import sampling_probe
+from geomsweep.measure import resolve_device
+from geomsweep.memory import GIB, peak_memory
+from geomsweep.schema import check
+from geomsweep.tracking import TAG_STAGE_PREFIX
+from post_training.run import Measurer, load_base, log_pass_at_k, train_stage
+
+
+def stage_settings(stage: str):
+    """The typed config of ``method=<stage>`` with this job's other overrides."""
+    overrides = [
+        o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("method=", "method.stages"))
+    ]
+    return check(compose(config_name="config", overrides=[*overrides, f"method={stage}"]))
+
+
+def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
+    """Every stage trained and measured in turn; returns the history (step on the job's axis -> metrics)."""
+    stages = [(name, stage_settings(name)) for name in settings.method.stages]
+    device = resolve_device(settings.device)
+    model, tokenizer, baseline = load_base(settings, device, log)
+    history: dict[int, dict[str, float]] = {}
+    offset = 0
+    with sampling_probe(settings) as sampling:
+        measure = Measurer(settings, tokenizer, texts, log, sampling)
+        for index, (name, stage) in enumerate(stages):
+            log.tags({f"{TAG_STAGE_PREFIX}{offset}": name})
+            log.metrics({STAGE_KEY: index}, step=offset)
+            stage_history, model = train_stage(stage, model, tokenizer, measure, log, device, offset, f"{name}.")
+            if isinstance(model, PeftModel):  # the next stage trains the weights this one's adapters changed
+                model = model.merge_and_unload()
+            for step, metrics in stage_history.items():
+                history.setdefault(step, {}).update(metrics | {STAGE_KEY: index})
+            offset = max(stage_history)
+    log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
+    log_pass_at_k(sampling, log)
+    return history
