@@ -84,6 +84,7 @@ def summarize_trace(
     loss: Sequence[float] | None,
     rule: PhaseRule,
     stages: Sequence[str] | None = None,
+    errors: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> TraceSummary:
     """Phases (from 3 checkpoints on) and the trajectory figure (from 2 on) of one trace. A trace over the
     stages of a post-training pipeline has no pretraining phases: its figure is labelled by stage instead."""
@@ -93,7 +94,13 @@ def summarize_trace(
     figure = None
     if len(steps) > 1:
         figure = plots.trajectory(
-            list(steps), list(rankme), list(alpha), loss=loss, phases=phases.labels if phases else None, stages=stages
+            list(steps),
+            list(rankme),
+            list(alpha),
+            loss=loss,
+            phases=phases.labels if phases else None,
+            stages=stages,
+            errors=errors,
         )
     return TraceSummary(list(steps), phases, figure)
 
@@ -109,6 +116,7 @@ def ablation_table(points, phases: Phases | None) -> pd.DataFrame | None:
     return ablation.table(rows) if rows else None
 
 
+RANKME_SE, ALPHA_SE = "geometry/rankme_se", "geometry/alpha_req_se"  # probe.jackknife's error bars
 STAGE_KEY = "post_training/stage"  # a pipeline's stage (0, 1, ...) at each measured step
 
 
@@ -134,4 +142,5 @@ def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | N
         loss=list(geometry["eval/probe_loss"]) if "eval/probe_loss" in geometry else None,
         xlabel=f"{method} step",
         spans=spans,
+        errors=(list(geometry[RANKME_SE]), list(geometry[ALPHA_SE])) if RANKME_SE in geometry else None,
     )

@@ -11,6 +11,8 @@
     background vs loaded in turn: time ratio (below 1 is faster).
 (f) a real LM (SmolLM2-135M, offline) on real English text, 128 tokens: geomsweep vs bare batched forward passes
     over the same tokens (time ratio) and vs the authors' procedure (sequences/s ratio).
+(g) jackknife error bars (probe.jackknife=10 groups, 10 leave-one-out spectra) vs none, on the toy and on SmolLM2:
+    time ratio, target <= 1.3x.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from geomsweep.checkpoints import available, loaded, local_revisions
 from geomsweep.data import english_texts
 from geomsweep.extract import accumulate, encode_batches, eval_mode
 from geomsweep.schema import VLLM_ENGINES, check
-from geomsweep.spectra import rankme, spectral_geometry
+from geomsweep.spectra import jackknife_errors, rankme, spectral_geometry
 from geomsweep.tasks import arithmetic_task
 from geomsweep.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
 
@@ -150,11 +152,33 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
             t_bare = min(t_bare, timed(bare_forward, model, batches, repeat=1))
             t_ours = min(t_ours, timed(ours_real, repeat=1))
         t_paper = timed(paper_procedure, model, tokenizer, texts, max_length, repeat=1)
+        jackknife = jackknife_ratio(model, batches)
     return (
         f"(f) SmolLM2-135M (d={model.config.hidden_size}), {n} English texts x {max_length} tokens: "
         f"vs bare batched forward {t_ours / t_bare:6.3f}x time ({t_ours:.1f}s vs {t_bare:.1f}s); "
-        f"vs the authors' procedure {t_paper / t_ours:5.1f}x sequences/s ({t_paper:.1f}s)"
+        f"vs the authors' procedure {t_paper / t_ours:5.1f}x sequences/s ({t_paper:.1f}s)\n"
+        f"(g) SmolLM2-135M with jackknife error bars (probe.jackknife=10) vs without: {jackknife:6.3f}x time"
+        f"   target <= 1.3x"
     )
+
+
+def jackknife_ratio(model, batches, groups: int = 10) -> float:
+    """Time of a measurement with K-group jackknife error bars over the time without (same batches, best of 2
+    interleaved): the K leave-one-out spectra against the forward passes."""
+
+    def plain():
+        spectral_geometry(accumulate(model, batches, progress=False, with_loss=False).covariances[-1])
+
+    def with_errors():
+        reps = accumulate(model, batches, progress=False, with_loss=False, groups=groups)
+        spectral_geometry(reps.covariances[-1])
+        jackknife_errors(reps.groups[-1])
+
+    t_plain = t_errors = float("inf")
+    for _ in range(2):
+        t_plain = min(t_plain, timed(plain, repeat=1))
+        t_errors = min(t_errors, timed(with_errors, repeat=1))
+    return t_errors / t_plain
 
 
 def trace_seconds(cache_dir: str, texts, prefetch: bool) -> float:
@@ -238,6 +262,10 @@ def main() -> None:
         "   target <= 1.15x"
     )
     print(f"    geometry only (probe.loss=false): {t_geometry_only / t_bare:6.3f}x")
+    print(
+        f"(g) jackknife error bars (probe.jackknife=10) vs without, toy d={model.config.hidden_size}: "
+        f"{jackknife_ratio(model, batches):6.3f}x time   target <= 1.3x"
+    )
     print(
         f"(c) peak RSS 20k vs 1k sequences: {rss_20k / rss_1k:6.3f}x ({rss_20k:.0f} MB vs {rss_1k:.0f} MB)"
         f"   target <= 1.10x"

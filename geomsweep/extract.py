@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -91,6 +91,7 @@ class Representations:
 
     covariances: dict[int, StreamingCovariance]
     loss: float  # mean cross-entropy over non-padding next-token predictions (NaN when not asked for)
+    groups: dict[int, list[StreamingCovariance]] = field(default_factory=dict)  # disjoint shards, when asked for
 
 
 @torch.inference_mode()
@@ -102,15 +103,18 @@ def accumulate(
     progress: bool = True,
     total: int | None = None,
     with_loss: bool = True,
+    groups: int = 1,
 ) -> Representations:
-    """Stream last-token representations of the given layers into one covariance accumulator per layer."""
+    """Stream last-token representations of the given layers into one covariance accumulator per layer; with
+    ``groups=K`` > 1, sequence i goes to group i mod K's accumulator and the layer's is their merge."""
     if norm not in NORM_CHOICES:
         raise ValueError(f"probe.norm must be one of {', '.join(NORM_CHOICES)}, got {norm!r}")
     n_states = model.config.num_hidden_layers + 1
     bad = [layer for layer in layers if not -n_states <= layer < n_states]
     if bad:
         raise ValueError(f"layers {bad} out of range: this model has hidden_states indices {-n_states}..{n_states - 1}")
-    covs = {layer: StreamingCovariance() for layer in layers}
+    shards = {layer: [StreamingCovariance() for _ in range(groups)] for layer in layers}
+    seen = 0
     pre_norm: list[torch.Tensor] = []
     hook = None
     if norm == "pre":
@@ -136,7 +140,11 @@ def accumulate(
                     final = layer in (-1, n_states - 1)
                     states = pre_norm[-1] if (norm == "pre" and final) else out.hidden_states[layer]
                     # With a device_map, layers (and so their states) may sit on different GPUs.
-                    covs[layer].update(states[rows.to(states.device), last.to(states.device)].float())
+                    last_states = states[rows.to(states.device), last.to(states.device)].float()
+                    group = (torch.arange(len(last_states), device=last_states.device) + seen) % groups
+                    for g, shard in enumerate(shards[layer]):
+                        shard.update(last_states if groups == 1 else last_states[group == g])
+                seen += len(rows)
                 pre_norm.clear()
                 if with_loss:
                     # Shift the targets, not the logits: flattening a sliced logits tensor would copy it.
@@ -152,7 +160,11 @@ def accumulate(
     finally:
         if hook is not None:
             hook.remove()
-    return Representations(covs, loss_sum / loss_count if loss_count else float("nan"))
+    covs = {layer: StreamingCovariance() for layer in layers}
+    for layer, parts in shards.items():
+        for part in parts:
+            covs[layer].merge(part)
+    return Representations(covs, loss_sum / loss_count if loss_count else float("nan"), shards if groups > 1 else {})
 
 
 def next_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

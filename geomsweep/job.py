@@ -130,6 +130,15 @@ def measure_and_report(settings: Config, log: RunLogger) -> None:
     trace_checkpoints(settings, selected, texts, log)
 
 
+def errors(points, layer: int) -> tuple[list[float], list[float]]:
+    """Each point's jackknife standard errors of RankMe and alpha (NaN where its representations were not finite)."""
+    nan = float("nan")
+    return (
+        [p.geometry[layer].errors.get(artifacts.RANKME_SE, nan) for p in points],
+        [p.geometry[layer].errors.get(artifacts.ALPHA_SE, nan) for p in points],
+    )
+
+
 def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts: list[str], log: RunLogger) -> None:
     """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
     phases, spectra, figures and tables."""
@@ -160,6 +169,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
         [p.loss for p in points] if probe.loss else None,
         settings.phases,
         stages,
+        errors(points, layer) if probe.jackknife else None,
     )
     if summary.phases:
         log.history(summary.phase_history())

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from geomsweep.extract import accumulate, encode_batches, eval_mode
-from geomsweep.spectra import Geometry, StreamingCovariance, spectral_geometry
+from geomsweep.spectra import Geometry, StreamingCovariance, jackknife_errors, spectral_geometry
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -58,11 +59,12 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
             progress=progress,
             total=-(-len(texts) // probe.batch_size),
             with_loss=probe.loss,
+            groups=max(probe.jackknife, 1),
         )
-    geometry = {
-        layer: spectral_geometry(
-            cov, rankme_variant=probe.rankme, fit_start=probe.fit_start, fit_end=probe.fit_end, max_eigs=probe.max_eigs
-        )
-        for layer, cov in reps.covariances.items()
-    }
+    args = {"rankme_variant": probe.rankme, "fit_start": probe.fit_start, "fit_end": probe.fit_end}
+    args["max_eigs"] = probe.max_eigs
+    geometry = {layer: spectral_geometry(cov, **args) for layer, cov in reps.covariances.items()}
+    for layer, groups in reps.groups.items():  # probe.jackknife=K: error bars from K disjoint groups
+        if geometry[layer].finite:
+            geometry[layer] = dataclasses.replace(geometry[layer], errors=jackknife_errors(groups, **args))
     return Measurement(geometry, reps.loss, reps.covariances)

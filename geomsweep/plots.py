@@ -61,17 +61,23 @@ def trajectory(
     xlabel: str = "step",
     stages: Sequence[str] | None = None,
     spans: Sequence[tuple[str, float, float]] | None = None,
+    errors: tuple[Sequence[float], Sequence[float]] | None = None,
 ):
     """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given.
     With ``stages`` (released stages traced as checkpoints) the x axis is the stages in order, labelled by name;
-    ``spans`` (name, first step, last step) shade the stages of a post-training pipeline on the step axis."""
-    panels = [("RankMe", rankme, "tab:blue"), ("α-ReQ", alpha, "tab:orange")]
+    ``spans`` (name, first step, last step) shade the stages of a post-training pipeline on the step axis;
+    ``errors`` (RankMe's and alpha's standard errors) draw +-1 SE bands."""
+    bands = errors or (None, None)
+    panels = [("RankMe", rankme, "tab:blue", bands[0]), ("α-ReQ", alpha, "tab:orange", bands[1])]
     if loss is not None:
-        panels.append(("loss", loss, "tab:gray"))
+        panels.append(("loss", loss, "tab:gray", None))
     fig = Figure(figsize=(7, 2.2 * len(panels)))
     axes = fig.subplots(len(panels), 1, sharex=True)
-    for ax, (name, values, color) in zip(axes, panels):
+    for ax, (name, values, color, se) in zip(axes, panels):
         ax.plot(steps, values, "o-", color=color, ms=3)
+        if se is not None:
+            low = [v - e for v, e in zip(values, se)]
+            ax.fill_between(steps, low, [v + e for v, e in zip(values, se)], color=color, alpha=0.25, lw=0)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if phases is not None:

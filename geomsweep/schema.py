@@ -228,11 +228,24 @@ class ProbeConfig:
     fit_end: int = REFERENCE_FIT[1]
     max_eigs: int | None = REFERENCE_MAX_EIGS  # keep the largest min(max_eigs, N, D), as the reference; None: all
     loss: bool = True  # also log eval/probe_loss from the same forward passes
+    jackknife: int = 10  # K disjoint groups -> geometry/rankme_se, geometry/alpha_req_se (0: no error bars)
 
     def __post_init__(self) -> None:
         for name in ("n_sequences", "max_length", "batch_size"):
             _require(getattr(self, name) >= 1, f"probe.{name}={getattr(self, name)} must be >= 1")
         _require(bool(self.layers), "probe.layers=[] must name at least one layer (-1: the final one)")
+        _require(
+            self.jackknife == 0 or 2 <= self.jackknife <= self.n_sequences,
+            f"probe.jackknife={self.jackknife}; valid: 0 (no error bars) or 2..probe.n_sequences groups",
+        )
+        if self.jackknife:
+            rest = self.n_sequences - -(-self.n_sequences // self.jackknife)  # the fewest left with a group out
+            _require(
+                rest > self.fit_end,
+                f"probe.jackknife={self.jackknife}: leaving a group out keeps {rest} of probe.n_sequences="
+                f"{self.n_sequences}, too few for the alpha-ReQ fit range ..{self.fit_end}; use fewer groups or more "
+                f"sequences",
+            )
         _require(
             1 <= self.fit_start < self.fit_end,
             f"probe.fit_start={self.fit_start}, probe.fit_end={self.fit_end}: the alpha-ReQ fit range must "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -189,6 +189,7 @@ class Geometry:
     rankme: float
     fit: PowerLawFit
     n_samples: int
+    errors: dict[str, float] = field(default_factory=dict)  # jackknife standard errors: geometry/<metric>_se
 
     @property
     def finite(self) -> bool:
@@ -202,7 +203,7 @@ class Geometry:
             "geometry/alpha_r2": self.fit.r2,
             "geometry/alpha_r2_wide": self.fit.r2_wide,
             "geometry/n_eigs": float(len(self.eigs)),
-        }
+        } | self.errors
 
 
 def spectral_geometry(
@@ -232,3 +233,21 @@ def spectral_geometry(
     eigs = eigenspectrum(covariance, kept)
     fit = alpha_req(eigs, fit_start, fit_end, n_samples=cov.count)
     return Geometry(eigs, rankme(eigs, rankme_variant), fit, cov.count)
+
+
+def jackknife_errors(groups: list[StreamingCovariance], **geometry_args) -> dict[str, float]:
+    """Delete-one-group jackknife standard errors of RankMe and alpha-ReQ over K disjoint groups of the probe set:
+    with theta_i the metric of every group but i, SE = sqrt((K - 1) / K * sum_i (theta_i - mean theta)^2).
+    Each theta_i comes from merged covariance states, so the probe set is passed over only once."""
+    estimates = []
+    for left_out in range(len(groups)):
+        rest = StreamingCovariance()
+        for i, group in enumerate(groups):
+            if i != left_out:
+                rest.merge(group)
+        geometry = spectral_geometry(rest, **geometry_args)
+        estimates.append((geometry.rankme, geometry.fit.alpha))
+    values = torch.tensor(estimates, dtype=torch.float64)
+    k = len(groups)
+    se = ((k - 1) / k * ((values - values.mean(dim=0)) ** 2).sum(dim=0)).sqrt()
+    return {"geometry/rankme_se": float(se[0]), "geometry/alpha_req_se": float(se[1])}

@@ -96,3 +96,18 @@ def test_cuda_extraction_matches_cpu(tiny_checkpoints, dtype, tolerance):
     (cpu_rankme, cpu_loss), (gpu_rankme, gpu_loss) = rankme("cpu", "float32"), rankme("cuda", dtype)
     assert gpu_rankme == pytest.approx(cpu_rankme, rel=tolerance)
     assert gpu_loss == pytest.approx(cpu_loss, rel=tolerance)
+
+
+def test_jackknife_groups_are_disjoint_residues_whose_merge_is_the_whole(lm):
+    model, tokenizer, texts = lm
+    batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48))
+    whole = accumulate(model, batches, progress=False).covariances[-1]
+    reps = accumulate(model, batches, progress=False, groups=4)
+    groups = reps.groups[-1]
+    reference, _ = one_at_a_time(model, tokenizer, texts, -1)
+    for g, group in enumerate(groups):  # sequence i belongs to group i mod 4, across batch boundaries
+        expected = StreamingCovariance()
+        expected.update(reference[g::4])
+        assert group.count == len(texts[g::4])
+        torch.testing.assert_close(group.compute(), expected.compute(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reps.covariances[-1].compute(), whole.compute(), rtol=1e-10, atol=1e-12)
