@@ -235,18 +235,6 @@ class ProbeConfig:
             _require(getattr(self, name) >= 1, f"probe.{name}={getattr(self, name)} must be >= 1")
         _require(bool(self.layers), "probe.layers=[] must name at least one layer (-1: the final one)")
         _require(
-            self.jackknife == 0 or 2 <= self.jackknife <= self.n_sequences,
-            f"probe.jackknife={self.jackknife}; valid: 0 (no error bars) or 2..probe.n_sequences groups",
-        )
-        if self.jackknife:
-            rest = self.n_sequences - -(-self.n_sequences // self.jackknife)  # the fewest left with a group out
-            _require(
-                rest > self.fit_end,
-                f"probe.jackknife={self.jackknife}: leaving a group out keeps {rest} of probe.n_sequences="
-                f"{self.n_sequences}, too few for the alpha-ReQ fit range ..{self.fit_end}; use fewer groups or more "
-                f"sequences",
-            )
-        _require(
             1 <= self.fit_start < self.fit_end,
             f"probe.fit_start={self.fit_start}, probe.fit_end={self.fit_end}: the alpha-ReQ fit range must "
             f"satisfy 1 <= fit_start < fit_end",
@@ -260,6 +248,18 @@ class ProbeConfig:
             f"probe.n_sequences={self.n_sequences} is too few for the alpha-ReQ fit range "
             f"{self.fit_start}..{self.fit_end}: it needs at least {self.fit_end + 1} sequences",
         )
+        _require(
+            self.jackknife == 0 or 2 <= self.jackknife <= self.n_sequences,
+            f"probe.jackknife={self.jackknife}; valid: 0 (no error bars) or 2..probe.n_sequences groups",
+        )
+        if self.jackknife:
+            rest = self.n_sequences - -(-self.n_sequences // self.jackknife)  # the fewest left with a group out
+            _require(
+                rest > self.fit_end,
+                f"probe.jackknife={self.jackknife}: leaving a group out keeps {rest} of probe.n_sequences="
+                f"{self.n_sequences}, too few for the alpha-ReQ fit range ..{self.fit_end}; use fewer groups or more "
+                f"sequences",
+            )
 
 
 @dataclass
