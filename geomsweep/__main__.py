@@ -1,11 +1,13 @@
 """``python -m geomsweep [-m] key=value ...``: the Hydra app. Thin on purpose: check the config, then run the job."""
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from geomsweep.behavior.sampling import vllm_platform
 from geomsweep.measure import resolve_device, resolve_dtype
 from geomsweep.memory import plan_memory, refusal
+from geomsweep.plan import cell_name, report
 from geomsweep.schema import ConfigError, check
 
 
@@ -24,16 +26,11 @@ def check_vllm(settings) -> None:
 
 
 def check_memory(settings) -> None:
-    """Post-training that cannot fit stops here, before loading, with the plan's figures; ``plan=true`` prints the
-    plan and stops in any case."""
+    """Post-training that cannot fit stops here, before loading, with the plan's figures."""
     if settings.method.name == "none":
-        if settings.plan:
-            raise SystemExit("geomsweep: plan=true: method=none trains nothing; the memory plan is post-training's")
         return
     device = resolve_device(settings.device)
     plan = plan_memory(settings, device, resolve_dtype(settings.dtype, device, settings.model.dtype))
-    if settings.plan:
-        raise SystemExit(0 if plan is None else print(plan.describe()))
     if plan is not None and not plan.fits:
         raise ConfigError(f"method={settings.method.name} on model={settings.model.name} {refusal(plan, settings)}")
 
@@ -44,6 +41,9 @@ def main(cfg: DictConfig) -> None:
         settings = check(cfg)
         resolve_device(settings.device)  # device=cuda on a machine without CUDA: here, not deep inside torch
         check_vllm(settings)
+        if settings.plan:  # the cost of this run, printed instead of running it
+            print(report([(cell_name(HydraConfig.get().overrides.task), cfg, settings)])[0])
+            raise SystemExit(0)
         check_memory(settings)
     except (ConfigError, ValueError, RuntimeError) as err:  # one line, before any model loads or any MLflow run opens
         raise SystemExit(f"geomsweep: invalid config: {err}") from None

@@ -85,6 +85,7 @@ def summarize_trace(
     rule: PhaseRule,
     stages: Sequence[str] | None = None,
     errors: tuple[Sequence[float], Sequence[float]] | None = None,
+    title: str = "",
 ) -> TraceSummary:
     """Phases (from 3 checkpoints on) and the trajectory figure (from 2 on) of one trace. A trace over the
     stages of a post-training pipeline has no pretraining phases: its figure is labelled by stage instead."""
@@ -101,6 +102,7 @@ def summarize_trace(
             phases=phases.labels if phases else None,
             stages=stages,
             errors=errors,
+            title=title,
         )
     return TraceSummary(list(steps), phases, figure)
 
@@ -125,7 +127,7 @@ def post_training_history(history: dict[int, dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(history, orient="index").rename_axis("step").reset_index()
 
 
-def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | None = None):
+def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | None = None, title: str = ""):
     """The trajectory over post-training steps, a pipeline's ``stages`` shaded, or None with fewer than two
     geometry measurements."""
     geometry = frame.dropna(subset=["geometry/rankme"])
@@ -143,4 +145,5 @@ def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | N
         xlabel=f"{method} step",
         spans=spans,
         errors=(list(geometry[RANKME_SE]), list(geometry[ALPHA_SE])) if RANKME_SE in geometry else None,
+        title=title,
     )

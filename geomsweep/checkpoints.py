@@ -14,6 +14,7 @@ import json
 import pickle
 import re
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from geomsweep.toy.config import ToyConfig
-from geomsweep.toy.pretrain import checkpoint_dir, is_pretrained
 
 REVISION_RE = re.compile(r"^(?:(?P<stage>stage\d+)-)?step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$")
 SELECTIONS = ("all", "final", "steps", "log", "every")
@@ -166,11 +166,11 @@ def shard(selected: list[Checkpoint], index: int, count: int) -> list[Checkpoint
     return selected[index::count]
 
 
-def resolve(model_cfg, checkpoint_cfg, cache_dir: str) -> list[Checkpoint]:
-    """The checkpoints one job measures: what the model offers, ``checkpoint.select``-ed, then sharded. The one
-    resolution traces and post-training share."""
+def resolve(model_cfg, checkpoint_cfg, cache_dir: str, offered: list[Checkpoint] | None = None) -> list[Checkpoint]:
+    """The checkpoints one job measures: what the model offers (``offered``, else ``available``),
+    ``checkpoint.select``-ed, then sharded. The one resolution traces, post-training and plans share."""
     selected = select(
-        available(model_cfg, cache_dir),
+        available(model_cfg, cache_dir) if offered is None else offered,
         checkpoint_cfg.select,
         checkpoint_cfg.steps,
         checkpoint_cfg.num,
@@ -185,21 +185,22 @@ def resolve(model_cfg, checkpoint_cfg, cache_dir: str) -> list[Checkpoint]:
     return sharded
 
 
-def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
+def available(model_cfg, cache_dir: str, reachable: bool = True) -> list[Checkpoint]:
     """Every checkpoint the model config can offer. Never trains: the toy world must be pretrained first
-    (``toy.pretrain.ensure_pretrained``, which a job runs as a step of its own)."""
+    (``toy.pretrain.ensure_pretrained``, which a job runs as a step of its own). ``reachable=False`` lists a hub
+    model's revisions without checking that the hub or the cache can serve them (a plan)."""
     source = model_cfg.source
     tokens_per_step = model_cfg.tokens_per_step
     if model_cfg.stages:
         return stage_checkpoints(model_cfg)
     if source == "toy":
         toy = ToyConfig.from_cfg(model_cfg.toy)
-        if not is_pretrained(toy, cache_dir):
+        if not toy.is_pretrained(cache_dir):
             raise FileNotFoundError(
                 f"the toy model {toy.key()} is not pretrained in {cache_dir}: a geomsweep job "
                 f"pretrains it first (toy.pretrain.ensure_pretrained)"
             )
-        return local_revisions(checkpoint_dir(toy, cache_dir), toy.tokens_per_step)
+        return local_revisions(toy.directory(cache_dir), toy.tokens_per_step)
     if source == "local":
         return local_revisions(Path(str(model_cfg.path)).expanduser(), tokens_per_step)
     if source == "gguf":
@@ -213,7 +214,8 @@ def available(model_cfg, cache_dir: str) -> list[Checkpoint]:
         return local_revisions(directory, tokens_per_step)
     if source == "hub":
         names = hub_revisions(model_cfg, cache_dir)
-        require_hub_or_cache(model_cfg, names[-1])
+        if reachable:
+            require_hub_or_cache(model_cfg, names[-1])
         found = []
         for name in names:
             step, tokens = parse_revision(name) if name != "main" else (0, None)
@@ -258,19 +260,27 @@ def loaded(
     prefetch: bool = True,
     device_map=None,
     trust_remote_code: bool = False,
+    before: Callable[[Checkpoint], None] | None = None,
 ):
     """Yield (checkpoint, model, tokenizer) in order. With ``prefetch`` the next checkpoint is loaded in a
-    background thread while the caller measures the current one (two models in memory at a time)."""
+    background thread while the caller measures the current one (two models in memory at a time). ``before`` runs
+    ahead of each load (a disk check before a download)."""
+
+    def fetch(checkpoint: Checkpoint):
+        if before is not None:
+            before(checkpoint)
+        return checkpoint.load(device, dtype, device_map, trust_remote_code)
+
     if not prefetch:
         for checkpoint in checkpoints:
-            yield (checkpoint, *checkpoint.load(device, dtype, device_map, trust_remote_code))
+            yield (checkpoint, *fetch(checkpoint))
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomsweep-prefetch") as pool:
 
         def load(i: int):
             if i >= len(checkpoints):
                 return None
-            return pool.submit(checkpoints[i].load, device, dtype, device_map, trust_remote_code)
+            return pool.submit(fetch, checkpoints[i])
 
         pending = load(0)
         for i, checkpoint in enumerate(checkpoints):

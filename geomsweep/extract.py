@@ -92,6 +92,21 @@ class Representations:
     covariances: dict[int, StreamingCovariance]
     loss: float  # mean cross-entropy over non-padding next-token predictions (NaN when not asked for)
     groups: dict[int, list[StreamingCovariance]] = field(default_factory=dict)  # disjoint shards, when asked for
+    loss_tokens: int = 0  # how many predictions the loss averages
+
+    def merge(self, other: Representations) -> Representations:
+        """Fold in the representations of other sequences (another process's share); returns self. Like
+        ``StreamingCovariance.merge``: the union's state, whichever way the sequences were split."""
+        for layer, covariance in self.covariances.items():
+            covariance.merge(other.covariances[layer])
+        for layer, parts in self.groups.items():
+            for part, theirs in zip(parts, other.groups[layer]):
+                part.merge(theirs)
+        tokens = self.loss_tokens + other.loss_tokens
+        if tokens:
+            self.loss = sum(r.loss * r.loss_tokens for r in (self, other) if r.loss_tokens) / tokens
+        self.loss_tokens = tokens
+        return self
 
 
 @torch.inference_mode()
@@ -104,9 +119,11 @@ def accumulate(
     total: int | None = None,
     with_loss: bool = True,
     groups: int = 1,
+    start: int = 0,
 ) -> Representations:
     """Stream last-token representations of the given layers into one covariance accumulator per layer; with
-    ``groups=K`` > 1, sequence i goes to group i mod K's accumulator and the layer's is their merge."""
+    ``groups=K`` > 1, sequence i goes to group i mod K's accumulator and the layer's is their merge. ``start``: the
+    index of the first sequence in the whole probe set, when ``batches`` are one process's share of it."""
     if norm not in NORM_CHOICES:
         raise ValueError(f"probe.norm must be one of {', '.join(NORM_CHOICES)}, got {norm!r}")
     n_states = model.config.num_hidden_layers + 1
@@ -114,7 +131,7 @@ def accumulate(
     if bad:
         raise ValueError(f"layers {bad} out of range: this model has hidden_states indices {-n_states}..{n_states - 1}")
     shards = {layer: [StreamingCovariance() for _ in range(groups)] for layer in layers}
-    seen = 0
+    seen = start
     pre_norm: list[torch.Tensor] = []
     hook = None
     if norm == "pre":
@@ -164,7 +181,8 @@ def accumulate(
     for layer, parts in shards.items():
         for part in parts:
             covs[layer].merge(part)
-    return Representations(covs, loss_sum / loss_count if loss_count else float("nan"), shards if groups > 1 else {})
+    loss = loss_sum / loss_count if loss_count else float("nan")
+    return Representations(covs, loss, shards if groups > 1 else {}, loss_count)
 
 
 def next_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
             traceback.print_exc()
             print(f"geomsweep: {name} FAILED ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
             return
-    print(tracking.results_message(run))
+    print(tracking.results_message(mlflow.MlflowClient().get_run(run.info.run_id)))
 
 
 class Terminated(SystemExit):
@@ -123,7 +123,7 @@ def measure_and_report(settings: Config, log: RunLogger) -> None:
         history = get_method(settings.method.runner)(settings, texts, log)
         frame = artifacts.post_training_history(history)
         log.table(frame, "post_training/history.csv")
-        figure = artifacts.post_training_figure(frame, settings.method.name, settings.method.stages)
+        figure = artifacts.post_training_figure(frame, settings.method.name, settings.method.stages, log.name)
         if figure is not None:
             log.figure(figure, "plots/trajectory.png")
         return
@@ -156,7 +156,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
                 log.json_table(table, path)
             points.append(point)
     if sampling is not None and sampling.curves:
-        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
+        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
     layer, probe = settings.probe.layers[0], settings.probe
     steps = [p.checkpoint.step for p in points]
     stages = [p.checkpoint.stage for p in points] if settings.model.stages else None
@@ -170,6 +170,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
         settings.phases,
         stages,
         errors(points, layer) if probe.jackknife else None,
+        title=log.name,
     )
     if summary.phases:
         log.history(summary.phase_history())
@@ -182,6 +183,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
             {p.checkpoint.step: p.geometry[layer].fit for p in points},
             probe.fit_start,
             probe.fit_end,
+            log.name,
         ),
         "plots/eigenspectrum.png",
     )

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from geomsweep import processes
 from geomsweep.extract import accumulate, encode_batches, eval_mode
-from geomsweep.spectra import Geometry, StreamingCovariance, jackknife_errors, spectral_geometry
+from geomsweep.spectra import Geometry, StreamingCovariance, spectral_geometry, with_errors
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -48,23 +48,29 @@ class Measurement:
 
 
 def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = True) -> Measurement:
-    """Every probe layer's spectral geometry of ``texts`` under ``model`` (``probe``: a ProbeConfig)."""
+    """Every probe layer's spectral geometry of ``texts`` under ``model`` (``probe``: a ProbeConfig). Under
+    torch.distributed each process measures its share and every process gets the whole set's figures."""
+    start, stop = processes.share(len(texts), probe.batch_size)
     with eval_mode(model, tokenizer):
-        batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
+        mine = texts[start:stop]  # none when there are more processes than batches
+        size = probe.batch_size
+        batches = encode_batches(tokenizer, mine, size, probe.max_length, probe.padding_side) if mine else []
         reps = accumulate(
             model,
             batches,
             list(probe.layers),
             probe.norm,
             progress=progress,
-            total=-(-len(texts) // probe.batch_size),
+            total=-(-len(mine) // size),
             with_loss=probe.loss,
             groups=max(probe.jackknife, 1),
+            start=start,
         )
+    reps = processes.merged(reps)
     args = {"rankme_variant": probe.rankme, "fit_start": probe.fit_start, "fit_end": probe.fit_end}
     args["max_eigs"] = probe.max_eigs
     geometry = {layer: spectral_geometry(cov, **args) for layer, cov in reps.covariances.items()}
     for layer, groups in reps.groups.items():  # probe.jackknife=K: error bars from K disjoint groups
         if geometry[layer].finite:
-            geometry[layer] = dataclasses.replace(geometry[layer], errors=jackknife_errors(groups, **args))
+            geometry[layer] = with_errors(geometry[layer], groups, **args)
     return Measurement(geometry, reps.loss, reps.covariances)

@@ -2,7 +2,8 @@
 ``config.json``, or the preset's width and depth), the dtype, the method and LoRA, what the weights, gradients,
 optimizer states, a reference model and the activations will take, against what the device has.
 
-The terms, per process (one process today):
+The terms, per process (``method.processes``: each holds a whole copy under DDP, a 1/N share of weights,
+gradients, optimizer states and reference under FSDP or ZeRO-3; on a CPU the N processes share one RAM):
 - weights: parameters x bytes of the load dtype;
 - gradients and AdamW's two moment estimates: for every trainable parameter, in its own dtype (LoRA adapters are
   kept in float32 by peft);
@@ -14,7 +15,7 @@ The terms, per process (one process today):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,8 +23,8 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from geomsweep.checkpoints import gguf_path, mlflow_model_dir
+from geomsweep.schema import stage_configs
 from geomsweep.toy.config import ToyConfig
-from geomsweep.toy.pretrain import toy_model_config
 
 GIB = 1024**3
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -44,21 +45,33 @@ class MemoryPlan:
     device: str
     available: int | None  # what the device has (GPU memory, or available RAM on a CPU); None: unknown
     source: str  # where the parameter count came from
+    processes: int = 1
+    sharded: bool = False  # FSDP or ZeRO-3: model states split over the processes
 
     @property
     def total(self) -> int:
+        """Bytes one process needs."""
         return self.weights + self.gradients + self.optimizer + self.reference + self.activations
 
     @property
+    def required(self) -> int:
+        """What must fit in ``available``: one process's bytes on its GPU, all processes' in a CPU's RAM."""
+        return self.total * (1 if self.device.startswith("cuda") else self.processes)
+
+    @property
     def fits(self) -> bool:
-        return self.available is None or self.total <= self.available
+        return self.available is None or self.required <= self.available
 
     def params(self) -> dict[str, str]:
         """The plan as MLflow params (GiB, 3 significant figures)."""
         terms = ("weights", "gradients", "optimizer", "reference", "activations", "total")
         values = {f"memory.{t}_gib": f"{getattr(self, t) / GIB:.3g}" for t in terms}
         available = "unknown" if self.available is None else f"{self.available / GIB:.3g}"
-        return values | {"memory.available_gib": available, "memory.parameters": str(self.parameters)}
+        return values | {
+            "memory.available_gib": available,
+            "memory.parameters": str(self.parameters),
+            "memory.processes": f"{self.processes}{' sharded' if self.sharded else ''}",
+        }
 
     def describe(self) -> str:
         share = f"{self.trainable:,} of {self.parameters:,} parameters trained ({self.trainable / self.parameters:.2%})"
@@ -67,28 +80,29 @@ class MemoryPlan:
             for name in ("weights", "gradients", "optimizer", "reference", "activations")
         )
         available = "unknown" if self.available is None else f"{self.available / GIB:.1f} GiB"
+        each = ""
+        if self.processes > 1:
+            layout = "model states sharded" if self.sharded else "a whole copy each"
+            each = f" per process ({self.processes} processes, {layout}; {self.required / GIB:.1f} GiB on the device)"
         return (
-            f"memory plan ({self.source}): {share}; GiB: {terms}; total {self.total / GIB:.1f} GiB "
+            f"memory plan ({self.source}): {share}; GiB: {terms}; total {self.total / GIB:.1f} GiB{each} "
             f"against {available} on {self.device}"
         )
 
 
 def plan_memory(settings, device: str, dtype: str) -> MemoryPlan | None:
     """The plan of post-training ``settings`` (the typed Config) on ``device`` with weights in ``dtype``; None when
-    nothing on this machine tells the model's size (no config.json yet, no width and depth in the preset)."""
+    nothing on this machine tells the model's size (no config.json yet, no width and depth in the preset). A
+    pipeline's is its largest stage's."""
+    if settings.method.stages:
+        plans = [(name, plan_memory(stage, device, dtype)) for name, stage in stage_configs(settings)]
+        known = [replace(plan, source=f"stage {name}, the largest; {plan.source}") for name, plan in plans if plan]
+        return max(known, key=lambda plan: plan.required, default=None)
     method, args = settings.method, settings.method.args
-    config = model_config(settings.model, settings.cache_dir)
-    if config is not None:
-        parameters, lora_parameters = count_parameters(config, method.lora)
-        width, depth, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-        source = "the model's config"
-    elif settings.model.width and settings.model.depth:
-        width, depth, vocab = settings.model.width, settings.model.depth, DEFAULT_VOCAB
-        parameters = 12 * depth * width**2 + 2 * vocab * width  # a decoder's layers plus untied embeddings
-        lora_parameters = 19 * method.lora.r * depth * width  # q, k, v, o and three MLP matrices of 8/3 width
-        source = "estimated from model.width and model.depth"
-    else:
+    shape = model_shape(settings.model, settings.cache_dir, method.lora)
+    if shape is None:
         return None
+    parameters, lora_parameters, width, depth, vocab, source = shape
     size = BYTES[dtype]
     lora = method.peft == "lora"
     trainable, trained_size = (lora_parameters, 4) if lora else (parameters, size)
@@ -96,22 +110,53 @@ def plan_memory(settings, device: str, dtype: str) -> MemoryPlan | None:
     beta = args.get("beta", 0.0 if method.name == "rlvr" else 0.1)
     needs_reference = method.name in ("dpo", "rlvr") and beta != 0
     reference = parameters * size if needs_reference and not lora else 0
-    tokens = args.get("per_device_train_batch_size", 8) * (args.get("max_length") or DEFAULT_MAX_LENGTH)
+    if method.name == "rlvr":  # GRPO: a prompt (not cut unless max_prompt_length says so) and a completion
+        length = (args.get("max_prompt_length") or DEFAULT_MAX_LENGTH // 2) + args.get("max_completion_length", 512)
+    else:
+        length = args.get("max_length") or DEFAULT_MAX_LENGTH
+    tokens = args.get("per_device_train_batch_size", 8) * length
     tokens *= 2 if method.name == "dpo" else 1  # chosen and rejected
     per_value = 2 if args.get("gradient_checkpointing") else 17
     activations = tokens * depth * width * per_value * size + tokens * vocab * 4 * 2
+    sharded = bool(args.get("fsdp") or args.get("deepspeed"))
+    share = method.processes if sharded else 1
     return MemoryPlan(
         parameters=parameters,
         trainable=trainable,
-        weights=weights,
-        gradients=trainable * trained_size,
-        optimizer=2 * trainable * trained_size,
-        reference=reference,
+        weights=weights // share,
+        gradients=trainable * trained_size // share,
+        optimizer=2 * trainable * trained_size // share,
+        reference=reference // share,
         activations=activations,
         device=device,
         available=device_memory(device),
         source=source,
+        processes=method.processes,
+        sharded=sharded,
     )
+
+
+def model_shape(model_cfg, cache_dir: str, lora) -> tuple[int, int, int, int, int, str] | None:
+    """(parameters, LoRA parameters at ``lora``'s rank, width, depth, vocabulary, where the figures came from) of
+    a model, without loading weights: exact from its config where one is on this machine, else estimated from the
+    preset's width and depth; None when neither is known."""
+    config = model_config(model_cfg, cache_dir)
+    if config is not None:
+        parameters, lora_parameters = count_parameters(config, lora)
+        return (
+            parameters,
+            lora_parameters,
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.vocab_size,
+            ("the model's config"),
+        )
+    if model_cfg.width and model_cfg.depth:
+        width, depth, vocab = model_cfg.width, model_cfg.depth, DEFAULT_VOCAB
+        parameters = 12 * depth * width**2 + 2 * vocab * width  # a decoder's layers plus untied embeddings
+        lora_parameters = 19 * lora.r * depth * width  # q, k, v, o and three MLP matrices of 8/3 width
+        return parameters, lora_parameters, width, depth, vocab, "estimated from model.width and model.depth"
+    return None
 
 
 def refusal(plan: MemoryPlan, settings) -> str:
@@ -123,7 +168,9 @@ def refusal(plan: MemoryPlan, settings) -> str:
         options.append("method.args.gradient_checkpointing=true (activations ~8x smaller)")
     if settings.method.args.get("per_device_train_batch_size", 8) > 1:
         options.append("a smaller method.args.per_device_train_batch_size")
-    options.append("a device with more memory, or weights sharded over GPUs (ZeRO-3/FSDP through accelerate)")
+    if not plan.sharded:
+        options.append("weights sharded over GPUs: parallel=fsdp or parallel=zero3 with method.processes=<GPUs>")
+    options.append("a device with more memory")
     return f"does not fit: {plan.describe()}. Options: " + "; ".join(options)
 
 
@@ -132,7 +179,7 @@ def model_config(model_cfg, cache_dir: str):
     source = model_cfg.source
     if source == "toy":
         toy = ToyConfig.from_cfg(model_cfg.toy)
-        return toy_model_config(toy, toy.vocab_size)
+        return toy.model_config(toy.vocab_size)
     if source == "gguf":
         converted = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
         if (converted / "config.json").exists():

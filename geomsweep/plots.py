@@ -6,27 +6,33 @@ from collections.abc import Sequence
 
 import matplotlib
 import torch
-from matplotlib.colors import Normalize
+from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 
 from geomsweep.phases import NAMES
 
+ZERO_EIGENVALUE = 1e-10  # relative to the largest: below it an eigenvalue is round-off, not variance
 # Figures are built as plain matplotlib Figures, never through pyplot: no GUI backend, no global figure registry,
 # nothing to close, safe in worker processes and notebooks alike.
 
 
-def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, fit_end: int):
-    """Log-log eigenspectra (explained-variance ratio), one line per step coloured by step, with the fit of the
-    last step drawn over its fit range."""
+def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, fit_end: int, title: str = ""):
+    """Log-log eigenspectra (explained-variance ratio), one line per step coloured by log step (where warmup and
+    entropy-seeking happen, early checkpoints get colours of their own), with the fit of the last step drawn over
+    its fit range. Eigenvalues below 1e-10 x the largest (numerically zero) are left out, and counted."""
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.subplots()
     steps = sorted(spectra)
     cmap = matplotlib.colormaps["viridis"]
-    for i, step in enumerate(steps):
+    norm = SymLogNorm(linthresh=1, vmin=steps[0], vmax=max(steps[-1], steps[0] + 1))
+    dropped = 0
+    for step in steps:
         eigs = spectra[step]
-        ratio = (eigs / eigs.sum()).numpy()
-        ranks = range(1, len(ratio) + 1)
-        ax.loglog(ranks, ratio, color=cmap(i / max(len(steps) - 1, 1)), lw=1, label=f"step {step}")
+        ratio = eigs / eigs.sum()
+        kept = eigs > ZERO_EIGENVALUE * eigs.max()
+        dropped = max(dropped, int((~kept).sum()))
+        ranks = torch.arange(1, len(ratio) + 1)
+        ax.loglog(ranks[kept], ratio[kept], color=cmap(norm(step)), lw=1, label=f"step {step}")
     last = steps[-1]
     fit = fits[last]
     if fit.alpha == fit.alpha:  # not NaN
@@ -39,17 +45,21 @@ def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, f
             lw=2,
             label=f"fit step {last}: α={fit.alpha:.2f}, R²={fit.r2:.3f}",
         )
-    ax.set_xlabel("rank k")
+    ax.set_xlabel("rank k" + (f" ({dropped} eigenvalues < 1e-10 λ₁ not drawn)" if dropped else ""))
     ax.set_ylabel("λ_k / Σλ")
-    ax.set_title("Eigenspectrum of last-token representations")
+    ax.set_title(_titled(title, "Eigenspectrum of last-token representations"))
     if len(steps) <= 8:
         ax.legend(fontsize=7)
     else:
-        sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=Normalize(steps[0], steps[-1]))
-        fig.colorbar(sm, ax=ax, label="step")
+        fig.colorbar(matplotlib.cm.ScalarMappable(cmap=cmap, norm=norm), ax=ax, label="step (log)")
         ax.legend(handles=ax.lines[-1:], fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _titled(title: str, what: str) -> str:
+    """A figure's title: the run or sweep it shows, then what it shows."""
+    return f"{title}\n{what}" if title else what
 
 
 def trajectory(
@@ -62,6 +72,7 @@ def trajectory(
     stages: Sequence[str] | None = None,
     spans: Sequence[tuple[str, float, float]] | None = None,
     errors: tuple[Sequence[float], Sequence[float]] | None = None,
+    title: str = "",
 ):
     """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given.
     With ``stages`` (released stages traced as checkpoints) the x axis is the stages in order, labelled by name;
@@ -94,7 +105,7 @@ def trajectory(
     else:
         axes[-1].set_xscale("symlog", linthresh=1)
         axes[-1].set_xlabel(xlabel)
-    axes[0].set_title("Representation geometry over training")
+    axes[0].set_title(_titled(title, "Representation geometry over training"))
     fig.tight_layout()
     return fig
 
@@ -126,8 +137,9 @@ def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:
         start = i
 
 
-def pass_at_k(curves: dict[str, dict[int, float]], n: int):
-    """pass@k against k (log2 axis), one line per labelled curve (e.g. a split before and after post-training)."""
+def pass_at_k(curves: dict[str, dict[int, float]], n: int, title: str = ""):
+    """pass@k against k (log2 axis), one line per labelled curve (e.g. a split before and after post-training);
+    ``title`` names the run or sweep."""
     fig = Figure(figsize=(6, 3.8))
     ax = fig.subplots()
     for label, curve in curves.items():
@@ -137,7 +149,7 @@ def pass_at_k(curves: dict[str, dict[int, float]], n: int):
     ax.set_xlabel("k (samples per problem)")
     ax.set_ylabel("pass@k")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"pass@k (unbiased estimate from n={n} samples)")
+    ax.set_title(_titled(title, f"pass@k (unbiased estimate from n={n} samples)"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -17,10 +17,41 @@ import re
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from matplotlib.figure import Figure
 
 from geomsweep import plots, tracking
-from geomsweep.sweep import summary
+from geomsweep.compare import cell_row, over_seeds, rounded
+
+HEADLINE_METRICS = (
+    "geometry/rankme",
+    "geometry/alpha_req",
+    "eval/probe_loss",
+    "eval/long_range_acc",
+    "behavior/ngram_alignment",
+    "behavior/pass_at_1",
+    "eval/id_acc",
+    "eval/ood_acc",
+)
+
+
+def summary(runs, parent_id: str) -> pd.DataFrame:
+    """One row per cell: name, status, where it ran, the error if any, and the latest headline metrics."""
+    rows = []
+    for run in runs:
+        metrics = run.data.metrics
+        rows.append(
+            {
+                "cell": run.info.run_name,
+                "status": run.info.status,
+                "run_id": run.info.run_id,
+                "source": "this sweep" if run.data.tags.get(tracking.TAG_PARENT) == parent_id else "earlier run",
+                "config_hash": run.data.tags.get(tracking.TAG_CONFIG_HASH, ""),
+                **{key: metrics.get(key) for key in HEADLINE_METRICS if key in metrics},
+                "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def compared_runs(client, experiment_id: str, sweep: str | None) -> list:
@@ -37,24 +68,56 @@ def label(run) -> str:
     return f"{method}: {name[:60]}"
 
 
-def geometry_figure(client, runs) -> Figure:
+def geometry_figure(client, runs, title: str = "Representation geometry of each run") -> Figure:
+    """RankMe and alpha against step (symlog: log-spaced checkpoints spread out), one line per run, with +-1
+    jackknife SE bands where the run logged them."""
     fig = Figure(figsize=(8, 6))
     axes = fig.subplots(2, 1, sharex=True)
     for run in runs:
         for ax, key in zip(axes, ("geometry/rankme", "geometry/alpha_req")):
             history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            if history:
-                ax.plot(*zip(*history), "o-", ms=2, label=label(run) if key == "geometry/rankme" else None)
+            if not history:
+                continue
+            steps, values = zip(*history)
+            (line,) = ax.plot(steps, values, "o-", ms=2, label=label(run) if key == "geometry/rankme" else None)
+            errors = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"{key}_se")}
+            if errors:
+                se = [errors.get(step, 0.0) for step in steps]
+                low, high = [v - e for v, e in zip(values, se)], [v + e for v, e in zip(values, se)]
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
     axes[0].set_ylabel("RankMe")
     axes[1].set_ylabel("α-ReQ")
     axes[1].set_xscale("symlog", linthresh=1)
     axes[1].set_xlabel("step (pretraining for traces, post-training for methods)")
+    axes[0].set_title(title)
     for ax in axes:
         ax.grid(alpha=0.3)
     if axes[0].lines:
         axes[0].legend(fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def log_comparison(client, parent_id: str, runs) -> pd.DataFrame | None:
+    """The sweep parent as the comparison page: overlay plots of its finished cells, each cell's first/last/change
+    table (``cells.csv``) and the same folded over seeds (``comparison.csv`` and the MLflow table
+    ``comparison.json``); returns the folded table."""
+    if not runs:
+        return None
+    parent = client.get_run(parent_id)
+    swept = [key for key in parent.data.tags.get(tracking.TAG_SWEPT, "").split(",") if key]
+    title = parent.info.run_name or parent_id
+    client.log_figure(parent_id, geometry_figure(client, runs, title), "plots/geometry.png")
+    curves = pass_at_k_curves(runs)
+    if curves:
+        fig = plots.pass_at_k(curves, max(max(c) for c in curves.values()), title)
+        client.log_figure(parent_id, fig, "plots/pass_at_k.png")
+    cells = pd.DataFrame([{"cell": run.info.run_name} | cell_row(client, run, swept) for run in runs])
+    client.log_text(parent_id, rounded(cells).to_csv(index=False), "cells.csv")
+    folded = rounded(over_seeds(cells.drop(columns="cell"), swept))
+    client.log_text(parent_id, folded.to_csv(index=False), "comparison.csv")
+    client.log_table(parent_id, folded, "comparison.json")
+    return folded
 
 
 def pass_at_k_curves(runs) -> dict[str, dict[int, float]]:

@@ -91,6 +91,7 @@ def roll_up_trace(
             [alpha.get(s, float("nan")) for s in steps],
             [loss.get(s, float("nan")) for s in steps] if loss else None,
             rule or PhaseRule(),
+            title=run.info.run_name or "",
         )
         log.history(summary.phase_history())
         log.tags(summary.phase_tags())

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Union
 
+from hydra import compose
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -302,9 +304,16 @@ class MethodConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     save: bool = False  # keep the post-trained model as the run's artifact "model" (model=mlflow reads it back)
     stages: list[str] | None = None  # method=pipeline: the methods run in turn, each from the last one's model
+    processes: int = 1  # train in N processes (torchrun: DDP, or FSDP / ZeRO-3 through args; parallel=<preset>)
 
     def __post_init__(self) -> None:
         _require(self.geometry_every >= 1, f"method.geometry_every={self.geometry_every} must be >= 1")
+        _require(self.processes >= 1, f"method.processes={self.processes} must be >= 1")
+        _require(
+            self.processes == 1 or self.stages is None,
+            f"method.processes={self.processes} with method=pipeline: a pipeline trains in one process; "
+            f"use method.processes=1, or run the stages as separate jobs through model=mlflow",
+        )
         if self.stages is not None:
             bad = [s for s in self.stages if s in ("none", "pipeline")]
             _require(
@@ -409,6 +418,18 @@ class ServerConfig:
 
 
 @dataclass
+class CacheConfig:
+    """The Hugging Face cache during a hub trace (HF_HOME / HF_HUB_CACHE say where it is)."""
+
+    evict: Any = "auto"  # delete a revision once measured, unless cached before the job; auto: on for hub traces
+    reserve_gib: float = 2.0  # a download must leave this much disk free, else the job stops before it
+
+    def __post_init__(self) -> None:
+        _require(self.evict in (True, False, "auto"), f"cache.evict={self.evict!r}; valid: auto, true, false")
+        _require(self.reserve_gib >= 0, f"cache.reserve_gib={self.reserve_gib} must be >= 0")
+
+
+@dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "geomsweep"
@@ -438,7 +459,9 @@ class Config:
     cache_dir: str = MISSING
     progress: bool = True
     prefetch: bool | str = "auto"  # auto: on a GPU only
-    plan: bool = False  # print post-training's memory plan and stop: nothing loads, no run is created
+    plan: bool = False  # print the plan (a trace's cost; post-training's memory) and stop: nothing loads, no run
+    tflops: float | None = None  # plan=true: the device's sustained TFLOP/s (None: measured once, cached)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         _require(bool(DEVICE_RE.match(self.device)), f"device={self.device!r}; valid: auto, cpu, cuda, cuda:<n>")
@@ -474,6 +497,20 @@ def check(cfg: DictConfig) -> Config:
     if typed.method.trainer_config:  # a pipeline's stages are checked when they are composed
         check_fields(get_class(typed.method.trainer_config), typed.method.args, "method.args")
     return typed
+
+
+def stage_configs(settings: Config) -> list[tuple[str, Config]]:
+    """``method=pipeline``: each stage's typed config, what ``method=<stage>`` with this job's other overrides
+    composes (inside a Hydra app); [] for a single method."""
+    if not settings.method.stages:
+        return []
+    overrides = [
+        o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("method=", "method.stages"))
+    ]
+    return [
+        (stage, check(compose(config_name="config", overrides=[*overrides, f"method={stage}"])))
+        for stage in settings.method.stages
+    ]
 
 
 def _where(err: Exception) -> str:

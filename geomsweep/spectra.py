@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -190,6 +190,7 @@ class Geometry:
     fit: PowerLawFit
     n_samples: int
     errors: dict[str, float] = field(default_factory=dict)  # jackknife standard errors: geometry/<metric>_se
+    replicates: torch.Tensor | None = None  # (K, 2): RankMe and alpha of the probe set less each group in turn
 
     @property
     def finite(self) -> bool:
@@ -235,10 +236,9 @@ def spectral_geometry(
     return Geometry(eigs, rankme(eigs, rankme_variant), fit, cov.count)
 
 
-def jackknife_errors(groups: list[StreamingCovariance], **geometry_args) -> dict[str, float]:
-    """Delete-one-group jackknife standard errors of RankMe and alpha-ReQ over K disjoint groups of the probe set:
-    with theta_i the metric of every group but i, SE = sqrt((K - 1) / K * sum_i (theta_i - mean theta)^2).
-    Each theta_i comes from merged covariance states, so the probe set is passed over only once."""
+def leave_one_out(groups: list[StreamingCovariance], **geometry_args) -> torch.Tensor:
+    """(K, 2): RankMe and alpha-ReQ of every group but i, for each of the K disjoint groups of the probe set. Each
+    comes from merged covariance states, so the probe set is passed over only once."""
     estimates = []
     for left_out in range(len(groups)):
         rest = StreamingCovariance()
@@ -247,7 +247,39 @@ def jackknife_errors(groups: list[StreamingCovariance], **geometry_args) -> dict
                 rest.merge(group)
         geometry = spectral_geometry(rest, **geometry_args)
         estimates.append((geometry.rankme, geometry.fit.alpha))
-    values = torch.tensor(estimates, dtype=torch.float64)
-    k = len(groups)
-    se = ((k - 1) / k * ((values - values.mean(dim=0)) ** 2).sum(dim=0)).sqrt()
-    return {"geometry/rankme_se": float(se[0]), "geometry/alpha_req_se": float(se[1])}
+    return torch.tensor(estimates, dtype=torch.float64)
+
+
+def jackknife_se(replicates: torch.Tensor) -> torch.Tensor:
+    """Delete-one-group jackknife standard errors, per column: sqrt((K - 1) / K * sum_i (theta_i - mean)^2)."""
+    k = replicates.shape[0]
+    return ((k - 1) / k * ((replicates - replicates.mean(dim=0)) ** 2).sum(dim=0)).sqrt()
+
+
+def _errors(se: torch.Tensor, what: str = "se") -> dict[str, float]:
+    return {f"geometry/rankme_{what}": float(se[0]), f"geometry/alpha_req_{what}": float(se[1])}
+
+
+def jackknife_errors(groups: list[StreamingCovariance], **geometry_args) -> dict[str, float]:
+    """Jackknife standard errors of RankMe and alpha-ReQ over K disjoint groups of the probe set."""
+    return _errors(jackknife_se(leave_one_out(groups, **geometry_args)))
+
+
+def with_errors(geometry: Geometry, groups: list[StreamingCovariance], **geometry_args) -> Geometry:
+    """``geometry`` (of the groups' union) with its jackknife standard errors and the replicates behind them."""
+    replicates = leave_one_out(groups, **geometry_args)
+    return replace(geometry, errors=_errors(jackknife_se(replicates)), replicates=replicates)
+
+
+def change_metrics(before: Geometry, after: Geometry) -> dict[str, float]:
+    """RankMe's and alpha's change from ``before`` to ``after``, two measurements of the same probe texts in the
+    same groups (a base model and the model it was trained into), with jackknife standard errors of the paired
+    differences of their replicates: what the two share, the probe set's own sampling noise, cancels (adding
+    their SEs in quadrature would count it twice)."""
+    change = {
+        "geometry/rankme_change": after.rankme - before.rankme,
+        "geometry/alpha_req_change": after.fit.alpha - before.fit.alpha,
+    }
+    if before.replicates is None or after.replicates is None:
+        return change
+    return change | _errors(jackknife_se(after.replicates - before.replicates), "change_se")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +23,18 @@ from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from mlflow.entities import Param
 from omegaconf import DictConfig
 
-from geomsweep import server, tracking
+from geomsweep import plan, server, tracking
+from geomsweep.compare import headline, rounded
 from geomsweep.phases import PhaseRule
+from geomsweep.report import log_comparison, summary
 from geomsweep.rollup import roll_up_traces
-from geomsweep.schema import check
+from geomsweep.schema import Config, check
 
 logger = logging.getLogger(__name__)
 SEQUENTIAL_LAUNCHERS = (None, "basic")
-HEADLINE_METRICS = (
-    "geometry/rankme",
-    "geometry/alpha_req",
-    "eval/probe_loss",
-    "eval/long_range_acc",
-    "behavior/ngram_alignment",
-    "behavior/pass_at_1",
-    "eval/id_acc",
-    "eval/ood_acc",
-)
 
 
 def close_stale_sweeps(client, experiment_id: str) -> None:
@@ -62,55 +56,49 @@ def cells(client, experiment_id: str, parent_id: str) -> list:
     return sorted(children + reused, key=lambda r: r.info.run_name or "")
 
 
-def summary(runs, parent_id: str) -> pd.DataFrame:
-    """One row per cell: name, status, where it ran, the error if any, and the latest headline metrics."""
-    rows = []
-    for run in runs:
-        metrics = run.data.metrics
-        rows.append(
-            {
-                "cell": run.info.run_name,
-                "status": run.info.status,
-                "run_id": run.info.run_id,
-                "source": "this sweep" if run.data.tags.get(tracking.TAG_PARENT) == parent_id else "earlier run",
-                "config_hash": run.data.tags.get(tracking.TAG_CONFIG_HASH, ""),
-                **{key: metrics.get(key) for key in HEADLINE_METRICS if key in metrics},
-                "error": run.data.tags.get(tracking.TAG_ERROR, ""),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def close_sweep(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
     """Log the summary on the parent and end it FINISHED, or FAILED when a cell failed; returns the summary."""
-    table = summary(cells(client, experiment_id, parent_id), parent_id)
+    runs = cells(client, experiment_id, parent_id)
+    table = summary(runs, parent_id)
     failed = table[table["status"] != "FINISHED"] if len(table) else table
     client.log_text(parent_id, table.to_csv(index=False), "summary.csv")
     if len(table):
-        client.log_table(parent_id, table.astype(str), "summary.json")
+        client.log_table(parent_id, rounded(table), "summary.json")
+        try:
+            folded = log_comparison(client, parent_id, [r for r in runs if r.info.status == "FINISHED"])
+        except Exception as err:  # the comparison is extra: the parent still closes with the cells' status
+            logger.warning("geomsweep: the sweep's comparison page failed: %s: %s", type(err).__name__, err)
+            folded = None
+        if folded is not None:
+            swept = client.get_run(parent_id).data.tags.get(tracking.TAG_SWEPT, "").split(",")
+            print("\n".join(f"geomsweep: {line}" for line in headline(folded, swept)))
     client.set_tag(parent_id, tracking.TAG_CELLS, str(len(table)))
     client.set_tag(parent_id, tracking.TAG_FAILED_CELLS, ", ".join(failed["cell"]) if len(failed) else "none")
+    started = client.get_run(parent_id).info.start_time
+    client.log_metric(parent_id, "sweep/seconds", time.time() - started / 1000)
     client.set_terminated(parent_id, "FAILED" if len(failed) else "FINISHED")
     return table
 
 
-def check_cells(config: DictConfig) -> int:
+def check_cells(config: DictConfig) -> list[tuple[str, DictConfig, Config]]:
     """Compose and check every cell of the sweep (the basic sweeper's cross product of the command line) before
     anything starts: one bad value stops the whole sweep at once, naming its cell, instead of failing that cell
-    after the others have run. Returns the number of cells (0 for other sweepers, whose cells are checked as they
-    start)."""
+    after the others have run. Returns the cells as (name, composed config, typed config); [] for other
+    sweepers, whose cells are checked as they start."""
     if config.hydra.runtime.choices.get("hydra/sweeper") != "basic":
-        return 0
+        return []
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     (cells,) = BasicSweeper.split_arguments(parsed, None)
+    checked = []
     for cell in cells:
         try:
-            check(compose(config.hydra.job.config_name, overrides=cell))
+            composed = compose(config.hydra.job.config_name, overrides=cell)
+            checked.append((plan.cell_name(cell), composed, check(composed)))
         except Exception as err:
             raise SystemExit(
                 f"geomsweep: invalid config in cell {' '.join(cell)}: {str(err).splitlines()[0]}"
             ) from None
-    return len(cells)
+    return checked
 
 
 _SERVER = []  # the local server process, if this process started one (kept off the callback: launchers pickle it)
@@ -151,7 +139,17 @@ class SweepCallback(Callback):
 
     # the sweep parent ---------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_cells(config)
+        cells = check_cells(config)
+        if config.plan:  # the sweep's cost, printed instead of running it: no parent, no job
+            if not cells:
+                raise SystemExit(
+                    "geomsweep: plan=true covers the basic sweeper's cells; plan other sweeps cell by cell"
+                )
+            try:
+                print(plan.report(cells)[0])
+            except Exception as err:  # Hydra would turn it into a warning and launch the jobs
+                raise SystemExit(f"geomsweep: plan=true: {err}") from None
+            raise SystemExit(0)
         self._start_server(config, config.hydra.sweep.dir)
         try:
             experiment_id = tracking.setup_store(config.tracking)
@@ -169,17 +167,30 @@ class SweepCallback(Callback):
         close_stale_sweeps(client, experiment_id)
         directory = tracking.sweep_dir(config.hydra)
         if tracking.find_sweep_parent(experiment_id, directory) is None:
+            overrides = list(config.hydra.overrides.task)
+            swept = tracking.swept_keys(overrides)
+            varied = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
             run = client.create_run(
                 experiment_id,
-                run_name=f"sweep {Path(directory).parent.name}/{Path(directory).name}",
+                # named by what it compares (method=sft,dpo,rlvr seed=0,1,2), else by when it started
+                run_name=" ".join(varied) or f"sweep {Path(directory).parent.name}/{Path(directory).name}",
                 tags={
                     tracking.TAG_SWEEP_DIR: directory,
                     tracking.TAG_ROLE: "sweep",
                     **tracking.process_tags(),
-                    tracking.TAG_SWEPT: ",".join(tracking.swept_keys(list(config.hydra.overrides.task))),
+                    tracking.TAG_SWEPT: ",".join(swept),
                 },
             )
-            client.log_text(run.info.run_id, " ".join(config.hydra.overrides.task), "overrides.txt")
+            pairs = (o.lstrip("+~").split("=", 1) for o in varied)
+            client.log_batch(run.info.run_id, params=[Param(f"swept.{key}", values) for key, values in pairs])
+            client.log_text(run.info.run_id, " ".join(overrides), "overrides.txt")
+            try:
+                _, planned = plan.report(cells) if cells else ("", None)
+            except Exception as err:  # a plan that cannot be made (revisions unknown offline) stops nothing
+                logger.warning("geomsweep: no plan logged for this sweep: %s", err)
+                planned = None
+            if planned is not None:  # beside sweep/seconds at the end: what it was expected to take
+                client.log_text(run.info.run_id, planned.to_csv(index=False), "plan.csv")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:

@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 from geomsweep import checkpoints as ckpts
 from geomsweep.ablation import tail_ablation
 from geomsweep.behavior.sample_eval import SamplingProbe
+from geomsweep.hub_cache import RevisionCache
 from geomsweep.measure import measure_model, resolve_device, resolve_dtype
+from geomsweep.memory import BYTES, model_shape
 from geomsweep.spectra import Geometry
 from geomsweep.toy.config import ToyConfig
 from geomsweep.toy.probes import ToyEvaluation
@@ -82,6 +84,7 @@ def trace(
     toy = toy_evaluation(settings)
     sample_at = {c.step for c in selected} if settings.sampler.at == "all" else {selected[-1].step}
     layer = settings.probe.layers[0]
+    cache = revision_cache(settings)
     stream = ckpts.loaded(
         selected,
         device,
@@ -89,6 +92,7 @@ def trace(
         prefetch=resolve_prefetch(settings.prefetch, device),
         device_map=settings.device_map,
         trust_remote_code=settings.model.trust_remote_code,
+        before=(lambda checkpoint: cache.check_room(checkpoint.hub_revision)) if cache else None,
     )
     for checkpoint, model, tokenizer in tqdm(
         stream, total=len(selected), desc="checkpoints", unit="ckpt", disable=not settings.progress
@@ -110,3 +114,15 @@ def trace(
             values, point.tables = sampling.update(model, tokenizer, checkpoint.step)
             point.metrics.update(values)
         yield point
+        if cache is not None:  # measured and logged: its files may go
+            cache.measured(checkpoint.hub_revision)
+
+
+def revision_cache(settings) -> RevisionCache | None:
+    """A hub trace's use of the Hugging Face cache (``cache.evict``: auto is on), made before anything downloads."""
+    model = settings.model
+    if model.source != "hub" or model.stages:
+        return None
+    shape = model_shape(model, settings.cache_dir, settings.method.lora)
+    size = shape[0] * BYTES[str(model.dtype or "float32")] if shape else None
+    return RevisionCache(model.hub_id, settings.cache.evict in (True, "auto"), size, settings.cache.reserve_gib)

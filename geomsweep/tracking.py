@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils import mlflow_tags
 from omegaconf import DictConfig, OmegaConf
 
+from geomsweep import compare
 from geomsweep.server import healthy
 
 # Every tag key geomsweep writes.
@@ -58,7 +59,7 @@ TAG_SLURM_JOB, TAG_SLURM_TASK = "geomsweep.slurm_job_id", "geomsweep.slurm_array
 TAG_PARENT = "mlflow.parentRunId"
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store, and tracking=sqlite's
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
-LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch")
+LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch", "plan", "tflops", "cache")  # results never differ
 MAX_PARAM_CHARS = 6000
 
 
@@ -197,6 +198,28 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def finished_cell(cfg: DictConfig, settings) -> str | None:
+    """The id of this cell's FINISHED run, looked up without creating a store or an experiment (``plan=true``);
+    None when there is none or the store cannot be read."""
+    uri = tracking_uri(settings.tracking)
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        return None
+    try:
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(settings.tracking.experiment)
+        if experiment is None:
+            return None
+        identity = config_hash(cfg, data=data_files_digest(settings))
+        query = (
+            f"tags.`{TAG_CONFIG_HASH}` = '{identity}' and tags.`{TAG_ROLE}` = 'job' and attributes.status = 'FINISHED'"
+        )
+        runs = client.search_runs([experiment.experiment_id], filter_string=query, max_results=1)
+    except Exception:  # an unreachable server: the plan shows every cell as one to run
+        return None
+    return runs[0].info.run_id if runs else None
+
+
 def config_hash(cfg: DictConfig, without: tuple[str, ...] = (), data: str = "") -> str:
     """Identity of a cell: a hash of the resolved config without logistics (output dirs, tracking store) and
     without the top-level keys in ``without``, and of ``data``, the digest of the local data files it reads (so
@@ -235,6 +258,11 @@ class RunLogger:
     def __init__(self, run_id: str, client: mlflow.MlflowClient | None = None):
         self.run_id = run_id
         self.client = client or mlflow.MlflowClient()
+
+    @property
+    def name(self) -> str:
+        """The run's name (figures are titled with it)."""
+        return self.client.get_run(self.run_id).info.run_name or self.run_id
 
     def config(self, cfg: DictConfig) -> None:
         """Params (``cfg.<dotted.key>``, batched) and the resolved YAML as an artifact."""
@@ -388,14 +416,29 @@ def job_run(
 
 
 def results_message(run) -> str:
+    """What a job or sweep ends with: a few lines of results and where to see the rest, the link opening the
+    experiment's runs table (MLflow 3 otherwise lands on its GenAI overview)."""
     uri = mlflow_uri_for_ui()
-    where = (
-        f"geomsweep: results in MLflow experiment {run.info.experiment_id}, run {run.info.run_id} "
-        f"({run.info.run_name}) at {uri}\n"
-    )
+    client = mlflow.MlflowClient()
+    lines = []
+    if run.data.tags.get(TAG_ROLE) in ("job", "trace") and run.info.status == "FINISHED":
+        row = compare.cell_row(client, run, [])
+        lines = compare.describe(row, run.data.tags.get(TAG_PHASES))
+    where = [
+        f"results in MLflow experiment {run.info.experiment_id}, run {run.info.run_id} ({run.info.run_name}) at {uri}"
+    ]
+    page = runs_table_page(run.info.experiment_id)
     if uri.startswith(("http://", "https://")):
-        return where + f"geomsweep: browse them at {uri}/#/experiments/{run.info.experiment_id}"
-    return where + f"geomsweep: open the UI with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        where.append(f"browse them at {uri}/{page}")
+    else:
+        where.append(f"open the UI with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        where.append(f"then the runs table: http://127.0.0.1:5000/{page}")
+    return "\n".join(f"geomsweep: {line}" for line in [*lines, *where])
+
+
+def runs_table_page(experiment_id: str) -> str:
+    """The UI's runs table of an experiment, in MLflow 3's model-training view (checked by ``make ui-check``)."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def mlflow_uri_for_ui() -> str:

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from geomsweep import server
-from geomsweep.tracking import TAG_ROLE
+from geomsweep.tracking import TAG_ROLE, runs_table_page
 
 # A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
 # shrunk to its width; the test suite runs on the same one (tests/conftest.py).
@@ -99,12 +99,14 @@ def check_browser(uri: str, experiment_id: str, sweep: dict, job: dict, out: Pat
         raise SystemExit(
             "no chromium on PATH: install Debian's chromium package (apt-get install chromium), or run with --rest-only"
         )
-    shots = [out / "mlflow-ui-experiment.png", out / "mlflow-ui-rankme.png"]
+    shots = [out / "mlflow-ui-experiment.png", out / "mlflow-ui-rankme.png", out / "mlflow-ui-sweep-geometry.png"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(f"{uri}/#/experiments/{experiment_id}/runs")
+        # the link geomsweep prints lands on the runs table (not MLflow 3's GenAI overview), the sweep parent in it
+        page.goto(f"{uri}/{runs_table_page(experiment_id)}")
         page.get_by_text(sweep["info"]["run_name"]).first.wait_for(timeout=60_000)
+        assert "/runs" in page.url, f"the runs-table link was redirected to {page.url}"
         page.screenshot(path=str(shots[0]), full_page=True)
         page.goto(f"{uri}/#/experiments/{experiment_id}/runs/{job['info']['run_id']}/model-metrics")
         page.get_by_placeholder("Search metric charts").fill("geometry/rankme")
@@ -112,6 +114,13 @@ def check_browser(uri: str, experiment_id: str, sweep: dict, job: dict, out: Pat
         page.get_by_text("(geometry/rankme)").first.wait_for(timeout=60_000)  # its legend
         page.wait_for_timeout(2000)  # let the chart draw
         page.screenshot(path=str(shots[1]), full_page=True)
+        # the sweep parent's overlay plot, drawn as an image in its artifact view
+        parent = sweep["info"]["run_id"]
+        page.goto(f"{uri}/#/experiments/{experiment_id}/runs/{parent}/artifacts/plots/geometry.png")
+        image = page.locator("img[src^='blob:']").first  # the UI draws the fetched PNG from a blob URL
+        image.wait_for(timeout=60_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+        page.screenshot(path=str(shots[2]), full_page=True)
         browser.close()
     return shots
 
@@ -144,7 +153,8 @@ def main(argv=None) -> None:
         if not args.rest_only:
             shots = check_browser(uri, experiment_id, sweep, jobs[0], out)
             print(
-                f"ui-check: browser ok: runs and the geometry/rankme chart shown; screenshots: "
+                f"ui-check: browser ok: the runs table, a job's geometry/rankme chart and the sweep's overlay plot "
+                f"shown; screenshots: "
                 f"{', '.join(map(str, shots))}"
             )
     finally:

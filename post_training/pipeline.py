@@ -9,30 +9,19 @@ own task at every boundary.
 
 from __future__ import annotations
 
-from hydra import compose
-from hydra.core.hydra_config import HydraConfig
 from peft import PeftModel
 
 from geomsweep.artifacts import STAGE_KEY
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.measure import resolve_device
-from geomsweep.memory import GIB, peak_memory
-from geomsweep.schema import check
+from geomsweep.schema import stage_configs
 from geomsweep.tracking import TAG_STAGE_PREFIX
-from post_training.run import Measurer, load_base, log_pass_at_k, train_stage
-
-
-def stage_settings(stage: str):
-    """The typed config of ``method=<stage>`` with this job's other overrides."""
-    overrides = [
-        o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("method=", "method.stages"))
-    ]
-    return check(compose(config_name="config", overrides=[*overrides, f"method={stage}"]))
+from post_training.run import Measurer, load_base, log_pass_at_k, log_peak, train_stage
 
 
 def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     """Every stage trained and measured in turn; returns the history (step on the job's axis -> metrics)."""
-    stages = [(name, stage_settings(name)) for name in settings.method.stages]
+    stages = stage_configs(settings)
     device = resolve_device(settings.device)
     model, tokenizer, baseline = load_base(settings, device, log)
     history: dict[int, dict[str, float]] = {}
@@ -48,6 +37,6 @@ def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]
             for step, metrics in stage_history.items():
                 history.setdefault(step, {}).update(metrics | {STAGE_KEY: index})
             offset = max(stage_history)
-    log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
+    log_peak(log, device, baseline)
     log_pass_at_k(sampling, log)
     return history

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
@@ -17,14 +18,16 @@ from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
 
 from geomsweep import checkpoints as ckpts
-from geomsweep import plots
+from geomsweep import plots, processes
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.memory import GIB, peak_memory, plan_memory, reset_peak
+from geomsweep.spectra import change_metrics
 from geomsweep.tasks import load_task
 from geomsweep.tracking import TAG_BASE_REVISION, TAG_BASE_STEP
 from post_training.callbacks import GeometryCallback
 from post_training.evaluate import evaluate_split
+from post_training.launch import in_worker, launch
 
 
 def base_checkpoint(settings) -> ckpts.Checkpoint:
@@ -76,8 +79,10 @@ def trained_parameters(trainer) -> dict[str, str]:
     """How many parameters train, and what DPO-style trainers compare against: with LoRA the reference is the
     policy with its adapter disabled, so no second copy of the model is loaded."""
     model = trainer.model
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if isinstance(model, PeftModel):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
     if getattr(trainer, "ref_model", None) is not None:
         reference = "a frozen copy"
     elif hasattr(trainer, "ref_model") and isinstance(model, PeftModel):
@@ -103,18 +108,26 @@ def save_model(model, tokenizer, directory: Path, log) -> None:
 
 
 def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
-    """Train, measuring as configured; returns the callback's history (post-training step -> metrics)."""
+    """Train, measuring as configured; returns the callback's history (post-training step -> metrics). With
+    ``method.processes`` > 1, in that many processes (post_training.launch), each of which runs this again."""
+    if settings.method.processes > 1 and not in_worker():
+        return launch(settings, texts, log)
     if not settings.progress:
         datasets.disable_progress_bars()
     device = resolve_device(settings.device)
     model, tokenizer, baseline = load_base(settings, device, log)
-    with sampling_probe(settings) as sampling:  # one sampler (one vLLM engine) before, during and after training
+    # one sampler (one vLLM engine) before, during and after training, in the process that logs
+    with sampling_probe(settings) if processes.is_main() else nullcontext() as sampling:
         measure = Measurer(settings, tokenizer, texts, log, sampling)
         history, _ = train_stage(settings, model, tokenizer, measure, log, device)
-    # beside the plan's memory.total_gib: what the job added to the process at its peak
-    log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
+    log_peak(log, device, baseline)
     log_pass_at_k(sampling, log)
     return history
+
+
+def log_peak(log, device: str, baseline: int) -> None:
+    """Beside the plan's ``memory.total_gib``: what the job added to the process at its peak."""
+    log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
 
 
 def load_base(settings, device: str, log):
@@ -137,14 +150,20 @@ class Measurer:
     def __init__(self, settings, tokenizer, texts: list[str], log, sampling):
         self.settings, self.tokenizer, self.texts, self.log, self.sampling = settings, tokenizer, texts, log, sampling
         self.task = load_task(settings.task, seed=settings.seed)
+        self.base = None  # the first measurement's geometry: changes are measured from it
 
     def geometry(self, model) -> dict[str, float]:
+        """The probe geometry, and its change since the first measurement (the base model) with paired SEs."""
         probe = self.settings.probe
-        return measure_model(model, self.tokenizer, self.texts, probe, progress=False).metrics(
-            probe.layers[0], probe.loss
-        )
+        measured = measure_model(model, self.tokenizer, self.texts, probe, progress=False)
+        now = measured.geometry[probe.layers[0]]
+        self.base = self.base or now
+        return measured.metrics(probe.layers[0], probe.loss) | change_metrics(self.base, now)
 
     def behavior(self, model, step: int) -> dict[str, float]:
+        """Evaluation and sampling, by the process that logs (the only one, or rank 0 of several)."""
+        if not processes.is_main():
+            return {}
         task_cfg = self.settings.task
         splits = {"id": self.task.id_eval, "ood": self.task.ood_eval}
         metrics = {
@@ -200,5 +219,7 @@ def train_stage(settings, model, tokenizer, measure: Measurer, log, device: str,
 
 
 def log_pass_at_k(sampling, log) -> None:
+    """The pass@k curves before and after, and the paired change with its interval at the last step."""
     if sampling is not None and sampling.curves:
-        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n), "plots/pass_at_k.png")
+        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
+        log.metrics(sampling.change(), step=max(step for _, step in sampling.per_problem))

@@ -111,3 +111,20 @@ def test_jackknife_groups_are_disjoint_residues_whose_merge_is_the_whole(lm):
         assert group.count == len(texts[g::4])
         torch.testing.assert_close(group.compute(), expected.compute(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(reps.covariances[-1].compute(), whole.compute(), rtol=1e-10, atol=1e-12)
+
+
+def test_shares_of_whole_batches_merge_into_the_one_pass_state(lm):
+    """What each of several processes measures (geomsweep.processes: whole batches, group indices of the whole set)
+    merges into exactly the one-process state: covariances, jackknife groups and the loss."""
+    model, tokenizer, texts = lm
+    batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48))
+    whole = accumulate(model, batches, progress=False, groups=4)
+    first = accumulate(model, batches[:2], progress=False, groups=4)
+    second = accumulate(model, batches[2:], progress=False, groups=4, start=10)
+    merged = first.merge(second)
+    assert merged.loss_tokens == whole.loss_tokens
+    assert merged.loss == pytest.approx(whole.loss, rel=1e-12)
+    torch.testing.assert_close(merged.covariances[-1].compute(), whole.covariances[-1].compute(), rtol=1e-12, atol=0)
+    for mine, theirs in zip(merged.groups[-1], whole.groups[-1]):
+        assert mine.count == theirs.count
+        torch.testing.assert_close(mine.compute(), theirs.compute(), rtol=1e-12, atol=1e-15)

@@ -14,7 +14,7 @@ def test_geomsweep_never_imports_post_training(graph):
     assert not graph.find_shortest_chains(importer="geomsweep", imported="post_training", as_packages=True)
 
 
-CORE = ["geomsweep.spectra", "geomsweep.extract", "geomsweep.measure", "geomsweep.phases"]
+CORE = ["geomsweep.spectra", "geomsweep.extract", "geomsweep.measure", "geomsweep.processes", "geomsweep.phases"]
 
 
 @pytest.mark.parametrize("module", CORE)

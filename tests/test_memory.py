@@ -9,7 +9,6 @@ from transformers import AutoModelForCausalLM
 from geomsweep.memory import GIB, count_parameters, plan_memory
 from geomsweep.schema import LoraSettings, check
 from geomsweep.toy.config import ToyConfig
-from geomsweep.toy.pretrain import toy_model_config
 from tests.conftest import TINY_TOY, run_app
 
 
@@ -19,7 +18,7 @@ def settings(*overrides):
 
 
 def test_parameter_counts_from_the_meta_device_equal_the_built_model_and_peft():
-    config = toy_model_config(ToyConfig(**TINY_TOY), 512)
+    config = ToyConfig(**TINY_TOY).model_config(512)
     lora = LoraSettings(r=4)
     parameters, adapted = count_parameters(config, lora)
     model = AutoModelForCausalLM.from_config(config)
@@ -36,7 +35,7 @@ def test_the_plan_in_closed_form():
     assert (full.weights, full.gradients, full.optimizer, full.reference) == (4 * p, 4 * p, 8 * p, 4 * p)
     batch = cell.method.args["per_device_train_batch_size"]
     tokens = 2 * batch * 64  # chosen and rejected
-    config = toy_model_config(ToyConfig.from_cfg(cell.model.toy), cell.model.toy.vocab_size)
+    config = ToyConfig.from_cfg(cell.model.toy).model_config(cell.model.toy.vocab_size)
     hidden = config.hidden_size * config.num_hidden_layers
     assert full.activations == tokens * hidden * 17 * 4 + tokens * config.vocab_size * 8
     lora = plan_memory(settings("method=dpo", "method.peft=lora", "++method.args.max_length=64"), "cpu", "bfloat16")
@@ -61,3 +60,16 @@ def test_plan_true_prints_the_plan_of_a_7b_dpo_and_stops(tmp_path, cache_dir, pe
     proc = run_app(["model=olmo-7b", "method=dpo", "plan=true", *peft], tmp_path, cache_dir)
     assert f"{trained} of 6,854,541,312 parameters trained" in proc.stdout and f"total {total} GiB" in proc.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_processes_hold_a_copy_each_unless_sharded_and_share_a_cpus_ram():
+    one = plan_memory(settings("method=dpo", "++method.args.max_length=64"), "cpu", "float32")
+    ddp = plan_memory(settings("method=dpo", "++method.args.max_length=64", "parallel=ddp"), "cpu", "float32")
+    assert ddp.processes == 8 and not ddp.sharded
+    assert ddp.total == one.total and ddp.required == 8 * one.total  # 8 whole copies in one RAM
+    fsdp = plan_memory(settings("method=dpo", "++method.args.max_length=64", "parallel=fsdp"), "cpu", "float32")
+    assert fsdp.sharded and fsdp.weights == one.weights // 8 and fsdp.optimizer == one.optimizer // 8
+    assert fsdp.activations == one.activations  # each process still runs its own micro-batch
+    zero3 = settings("method=dpo", "parallel=zero3", "method.processes=4")
+    assert zero3.method.processes == 4 and zero3.method.args["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert plan_memory(zero3, "cpu", "float32").sharded

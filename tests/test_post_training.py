@@ -117,6 +117,17 @@ def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache
         assert run.info.status == "FINISHED", method
         rankme = client.get_metric_history(run.info.run_id, "geometry/rankme")
         assert sorted(m.step for m in rankme) == [0, 1, 2], method
+        # the change since the base, with the paired jackknife SE: none at the base itself
+        change = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "geometry/rankme_change")}
+        change_se = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "geometry/rankme_change_se")}
+        by_step = {m.step: m.value for m in rankme}
+        assert change[0] == change_se[0] == 0 and change[2] == pytest.approx(by_step[2] - by_step[0]), method
+        assert change_se[2] > 0 or change[2] == 0, method  # GRPO with equal rewards may not move at all
+        pass_change = client.get_metric_history(run.info.run_id, "behavior/pass_at_4_change")
+        assert [m.step for m in pass_change] == [2], method  # paired over the same problems, after - before
+        metrics = run.data.metrics
+        assert metrics["behavior/pass_at_4_change_lo"] <= metrics["behavior/pass_at_4_change"]
+        assert metrics["behavior/pass_at_4_change"] <= metrics["behavior/pass_at_4_change_hi"]
         for key in ("eval/id_loss", "eval/id_acc", "eval/ood_loss", "eval/ood_acc"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 2], (method, key)
         pass_at_4 = client.get_metric_history(run.info.run_id, "behavior/pass_at_4")
@@ -152,23 +163,24 @@ def test_post_training_needs_one_base_checkpoint(tmp_path, cache_dir, tiny_check
 
 
 @pytest.mark.slow
-def test_a_real_pretrained_model_post_trains_offline_with_lora(tmp_path, cache_dir, store):
+def test_a_real_pretrained_model_goes_through_sft_dpo_and_rlvr_with_lora_offline(tmp_path, cache_dir, store):
     pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
     run_app(
         [
             "model=smollm2-135m",
-            "method=sft",
+            "method=pipeline",  # SFT, then DPO, then RLVR (GRPO), a step each, adapters merged between stages
             "method.peft=lora",  # low-rank adapters on every linear layer of a real Llama
             "progress=false",
             *FAST,
             "++method.args.max_steps=1",
-            "++method.args.per_device_train_batch_size=2",
+            "++method.args.per_device_train_batch_size=8",  # GRPO: a multiple of its 8 generations per prompt
             "probe.n_sequences=48",
             "probe.max_length=24",
             "probe.batch_size=16",
             "probe.fit_start=2",
             "probe.fit_end=20",
             "task.id_fraction=0.05",
+            "sampler.n=4",
         ],
         tmp_path,
         cache_dir,
@@ -177,11 +189,30 @@ def test_a_real_pretrained_model_post_trains_offline_with_lora(tmp_path, cache_d
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "geometry/rankme")) == [0, 1]
-    assert run.data.params["model_type"] == "llama"  # the trainer logged the real model's config
-    # r=16 on q, k, v, o, gate, up and down of 30 layers: 4.9M of 134.5M + 4.9M parameters
-    assert 0.03 < float(run.data.params["post_training.trainable_fraction"]) < 0.04
-    # the memory plan against what the job added to the process at its peak (0.76 vs 0.60 GiB here)
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "geometry/rankme")) == [0, 1, 2, 3]
+    assert run.data.params["model_type"] == "llama"  # the first trainer logged the real model's config
+    params = run.data.params
+    for stage in ("sft", "dpo", "rlvr"):
+        # r=16 on q, k, v, o, gate, up and down of 30 layers: 4.9M of 134.5M + 4.9M parameters
+        assert 0.03 < float(params[f"{stage}.post_training.trainable_fraction"]) < 0.04, stage
+    assert params["dpo.post_training.reference_model"] == "the policy with its adapter disabled"
+    stages = client.get_metric_history(run.info.run_id, "post_training/stage")
+    assert sorted((m.step, m.value) for m in stages if m.step in (0, 1, 2)) == [(0, 0), (1, 1), (2, 2)]
+    # the largest stage's plan (RLVR's, its prompts counted at 512 tokens) bounds what the job added at its peak
+    assert float(params["memory.peak_gib"]) < float(params["memory.total_gib"])
+
+
+@pytest.mark.slow
+def test_the_memory_plan_of_a_real_lora_sft_matches_the_measured_peak(tmp_path, cache_dir, store):
+    pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
+    args = ["model=smollm2-135m", "method=sft", "method.peft=lora", "progress=false", *FAST, "sampler.n=0"]
+    args += ["++method.args.max_steps=1", "++method.args.per_device_train_batch_size=2", "task.id_fraction=0.05"]
+    args += ["probe.n_sequences=48", "probe.max_length=24", "probe.batch_size=16", "probe.fit_start=2"]
+    run_app([*args, "probe.fit_end=20", "eval.toy_n_docs=0"], tmp_path, cache_dir, store)
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
+    # the plan (weights, adapters' gradients and AdamW states, activations of 2 x 64 tokens) against what the job
+    # added to the process at its peak: 0.76 vs 0.60 GiB here
     planned, peak = float(run.data.params["memory.total_gib"]), float(run.data.params["memory.peak_gib"])
     assert planned / 1.5 < peak < planned * 1.5, (planned, peak)
 

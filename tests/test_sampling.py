@@ -4,11 +4,12 @@ import importlib.util
 import math
 from itertools import combinations
 
+import numpy as np
 import pytest
 import torch
 
 from geomsweep.behavior.diversity import answer_spread, distinct_m, prompt_diversity, self_jaccard
-from geomsweep.behavior.passk import default_ks, mean_pass_at_k, pass_at_k
+from geomsweep.behavior.passk import bootstrap_interval, default_ks, pass_at_k, per_problem_pass_at_k
 from geomsweep.behavior.sample_eval import checked_ks, score
 from geomsweep.behavior.sampling import (
     HFSampler,
@@ -43,7 +44,7 @@ def test_pass_at_k_edge_cases_and_large_n():
         pass_at_k(4, 1, 5)
     with pytest.raises(ValueError, match="c=5"):
         pass_at_k(4, 5, 1)
-    assert mean_pass_at_k(4, [0, 4], [1, 4]) == {1: 0.5, 4: 0.5}
+    assert {k: v.tolist() for k, v in per_problem_pass_at_k(4, [0, 4], [1, 4]).items()} == {1: [0, 1], 4: [0, 1]}
 
 
 def test_k_lists():
@@ -81,8 +82,10 @@ def test_scoring_counts_correct_samples_and_builds_the_table():
     samples = Samples(
         ["sum 1 plus 1 is", "sum 2 plus 2 is"], [[" 2 .", " 3 ."], [" 5 .", " x"]], [[[10], [11]], [[12], [13]]]
     )
-    metrics, curve, table = score(samples, ["2", "4"], "first_number", [1, 2])
+    metrics, curve, table, per_problem = score(samples, ["2", "4"], "first_number", [1, 2])
     assert curve == {1: 0.25, 2: 0.5}  # one problem with 1 of 2 right, one with 0
+    assert per_problem[1].tolist() == [0.5, 0.0]
+    assert metrics["pass_at_1_lo"] == 0.0 and metrics["pass_at_1_hi"] == 0.5  # resampling 2 problems
     assert metrics["pass_at_1"] == 0.25 and metrics["unique_answers"] == 1.0
     assert table["correct"] == [True, False, False, False]
     assert table["answer"] == ["2", "3", "5", ""] and table["sample"] == [0, 1, 0, 1]
@@ -153,3 +156,14 @@ def test_hf_sampler_on_cuda_is_seeded(tiny_checkpoints):
     settings = SampleSettings(n=8, max_tokens=6, seed=5)
     first = HFSampler(settings).sample(model, tokenizer, ["sum 1 plus 2 is", "so"])
     assert first.token_ids == HFSampler(settings).sample(model, tokenizer, ["sum 1 plus 2 is", "so"]).token_ids
+
+
+def test_bootstrap_interval_of_pass_at_k_over_problems():
+    assert bootstrap_interval([0.25] * 10) == (0.25, 0.25)  # no spread across problems, no interval
+    # 400 problems solved with probability 1/2: the interval of the mean is +-1.96 sqrt(p(1-p)/P) = +-0.049
+    values = np.random.default_rng(1).integers(0, 2, size=400).astype(float)
+    lo, hi = bootstrap_interval(values)
+    assert lo < values.mean() < hi
+    assert (hi - lo) / 2 == pytest.approx(1.96 * np.sqrt(values.mean() * (1 - values.mean()) / 400), rel=0.1)
+    with pytest.raises(ValueError, match="at least one problem"):
+        bootstrap_interval([])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geomsweep.toy.corpus import RECALL_MARKER, generate_documents, make_language
-from geomsweep.toy.pretrain import ToyConfig, checkpoint_steps, probe_documents
+from geomsweep.toy.pretrain import ToyConfig, probe_documents
 from geomsweep.toy.probes import NextWordItems, dependency_items, next_word_accuracy
 
 
@@ -36,7 +36,7 @@ def test_probe_documents_end_at_varied_words():
 
 
 def test_checkpoint_steps_are_log_spaced_and_include_both_ends():
-    steps = checkpoint_steps(ToyConfig(max_steps=1000, n_checkpoints=10, extra_steps=[500]))
+    steps = ToyConfig(max_steps=1000, n_checkpoints=10, extra_steps=[500]).checkpoint_steps()
     assert steps[0] == 0 and steps[-1] == 1000 and 500 in steps and steps == sorted(set(steps))
     gaps = [b / a for a, b in zip(steps[1:], steps[2:]) if a >= 10]
     assert max(gaps) < 3

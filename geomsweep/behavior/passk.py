@@ -30,8 +30,21 @@ def default_ks(n: int) -> list[int]:
     return sorted({*(2**i for i in range(n.bit_length()) if 2**i <= n), n}) if n > 0 else []
 
 
-def mean_pass_at_k(n: int, correct: Sequence[int], ks: Sequence[int]) -> dict[int, float]:
-    """pass@k averaged over problems, for each k."""
-    if not correct:
-        raise ValueError("pass@k needs at least one problem")
-    return {k: float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in ks}
+def per_problem_pass_at_k(n: int, correct: Sequence[int], ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """Each problem's pass@k, for each k (what the bootstrap resamples)."""
+    return {k: np.array([pass_at_k(n, c, k) for c in correct]) for k in ks}
+
+
+def bootstrap_interval(
+    values: np.ndarray, draws: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of the mean of ``values`` over problems: the problems are resampled with
+    replacement ``draws`` times. Given per-problem differences of paired runs (the same problems before and after
+    training), it is the interval of the mean change."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("a bootstrap interval needs at least one problem")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(draws, values.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

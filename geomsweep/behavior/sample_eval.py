@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from geomsweep.behavior.diversity import prompt_diversity
-from geomsweep.behavior.passk import default_ks, mean_pass_at_k
+from geomsweep.behavior.passk import bootstrap_interval, default_ks, per_problem_pass_at_k
 from geomsweep.behavior.sampling import Samples, SampleSettings, make_sampler
 from geomsweep.extract import accumulate, encode_batches, eval_mode
 from geomsweep.spectra import eigenspectrum, rankme
@@ -60,16 +60,19 @@ def score(samples: Samples, references: list[str], extractor: str, ks: list[int]
     answers = [[answer_of(t, extractor) for t in texts] for texts in samples.texts]
     correct = [[a == str(ref) for a in row] for row, ref in zip(answers, references)]
     n = len(samples.texts[0])
-    curve = mean_pass_at_k(n, [sum(row) for row in correct], ks)
+    per_problem = per_problem_pass_at_k(n, [sum(row) for row in correct], ks)
+    curve = {k: float(values.mean()) for k, values in per_problem.items()}
     per_prompt = [prompt_diversity(ids, row) for ids, row in zip(samples.token_ids, answers)]
     metrics = {f"pass_at_{k}": v for k, v in curve.items()}
+    for k, values in per_problem.items():  # 95% bootstrap interval over the problems
+        metrics[f"pass_at_{k}_lo"], metrics[f"pass_at_{k}_hi"] = bootstrap_interval(values)
     metrics |= {key: float(np.nanmean([d[key] for d in per_prompt])) for key in per_prompt[0]}
     table = {"prompt": [], "sample": [], "completion": [], "answer": [], "reference": [], "correct": []}
     for prompt, texts, row, ref, ok in zip(samples.prompts, samples.texts, answers, references, correct):
         for j, (text, answer, right) in enumerate(zip(texts, row, ok)):
             for column, value in zip(table, (prompt, j, text, answer or "", str(ref), right)):
                 table[column].append(value)
-    return metrics, curve, table
+    return metrics, curve, table, per_problem
 
 
 @contextmanager
@@ -107,6 +110,7 @@ class SamplingProbe:
                 continue
             self.splits[name] = split
         self.curves: dict[str, dict[int, float]] = {}  # "<split> step <N>" -> {k: pass@k}
+        self.per_problem: dict[tuple[str, int], dict[int, np.ndarray]] = {}  # (split, step) -> {k: each problem's}
 
     @staticmethod
     def prefix(split: str) -> str:
@@ -117,9 +121,26 @@ class SamplingProbe:
         metrics, tables = {}, {}
         for name, split in self.splits.items():
             samples = self.sampler.sample(model, tokenizer, list(split["prompt"]))
-            values, curve, table = score(samples, list(split["answer"]), self.extractor, self.ks)
+            values, curve, table, per_problem = score(samples, list(split["answer"]), self.extractor, self.ks)
+            self.per_problem[(name, step)] = per_problem
             values["sample_rankme"] = sample_rankme(model, tokenizer, samples, self.probe)
             metrics |= {self.prefix(name) + key: value for key, value in values.items()}
             self.curves[f"{name} step {step}"] = curve
             tables[f"sampling/{name}_step{step}.json"] = table
         return metrics, tables
+
+    def change(self) -> dict[str, float]:
+        """pass@k at the last sampled step minus the first, on the same problems, with a paired 95% bootstrap
+        interval over problems (``behavior/pass_at_<k>_change``, ``_change_lo``, ``_change_hi``)."""
+        metrics = {}
+        for name in self.splits:
+            steps = sorted(step for split, step in self.per_problem if split == name)
+            if len(steps) < 2:
+                continue
+            before, after = steps[0], steps[-1]
+            for k, first in self.per_problem[(name, before)].items():
+                difference = self.per_problem[(name, after)][k] - first
+                key = f"{self.prefix(name)}pass_at_{k}_change"
+                metrics[key] = float(difference.mean())
+                metrics[f"{key}_lo"], metrics[f"{key}_hi"] = bootstrap_interval(difference)
+        return metrics

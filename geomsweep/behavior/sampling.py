@@ -19,7 +19,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from transformers import set_seed
 
 from geomsweep.extract import eval_mode
 
@@ -80,7 +79,7 @@ class HFSampler:
     @torch.inference_mode()
     def sample(self, model, tokenizer, prompts: list[str]) -> Samples:
         s = self.settings
-        set_seed(s.seed)
+        torch.manual_seed(s.seed)  # generate() draws from torch's generator (every device's)
         device = next(model.parameters()).device
         stop = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

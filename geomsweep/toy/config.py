@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
+from transformers import GPTNeoXConfig
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+
+
+COMPLETE_MARKER = "COMPLETE"  # written last into a toy world's directory, once every checkpoint is saved
 
 
 @dataclass
@@ -84,3 +91,32 @@ class ToyConfig:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+    def checkpoint_steps(self) -> list[int]:
+        """Step 0 plus ``n_checkpoints`` log-spaced steps up to ``max_steps`` (Pythia-style dense early sampling)."""
+        logspaced = np.geomspace(1, self.max_steps, num=max(self.n_checkpoints, 2))
+        steps = {0, self.max_steps, *(int(round(s)) for s in logspaced), *self.extra_steps}
+        return sorted(s for s in steps if 0 <= s <= self.max_steps)
+
+    def directory(self, cache_dir: str | os.PathLike) -> Path:
+        """Where the checkpoints of this toy world live in the cache (whether or not they exist yet)."""
+        return Path(cache_dir).expanduser() / f"toy-{self.key()}"
+
+    def is_pretrained(self, cache_dir: str | os.PathLike) -> bool:
+        return (self.directory(cache_dir) / COMPLETE_MARKER).exists()
+
+    def model_config(self, vocab_size: int) -> GPTNeoXConfig:
+        """The GPT-NeoX configuration of this toy world's model (its tokenizer sets ``vocab_size``)."""
+        return GPTNeoXConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=4 * self.hidden_size,
+            max_position_embeddings=self.seq_len,
+            tie_word_embeddings=False,
+            use_cache=False,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=1,
+        )

@@ -22,7 +22,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import (
     DataCollatorForLanguageModeling,
-    GPTNeoXConfig,
     GPTNeoXForCausalLM,
     PreTrainedTokenizerFast,
     Trainer,
@@ -31,18 +30,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from geomsweep.toy.config import ToyConfig
+from geomsweep.toy.config import COMPLETE_MARKER, ToyConfig
 from geomsweep.toy.corpus import generate_documents, make_language
 
-COMPLETE_MARKER = "COMPLETE"
 TRAIN_SEED_OFFSET, PROBE_SEED_OFFSET = 1_000, 2_000
-
-
-def checkpoint_steps(cfg: ToyConfig) -> list[int]:
-    """Step 0 plus ``n_checkpoints`` log-spaced steps up to ``max_steps`` (Pythia-style dense early sampling)."""
-    logspaced = np.geomspace(1, cfg.max_steps, num=max(cfg.n_checkpoints, 2))
-    steps = {0, cfg.max_steps, *(int(round(s)) for s in logspaced), *cfg.extra_steps}
-    return sorted(s for s in steps if 0 <= s <= cfg.max_steps)
 
 
 def language(cfg: ToyConfig):
@@ -88,23 +79,7 @@ def train_tokenizer(docs: list[str], vocab_size: int):
 
 def build_model(cfg: ToyConfig, vocab_size: int):
     torch.manual_seed(cfg.seed)
-    return GPTNeoXForCausalLM(toy_model_config(cfg, vocab_size))
-
-
-def toy_model_config(cfg: ToyConfig, vocab_size: int) -> GPTNeoXConfig:
-    return GPTNeoXConfig(
-        vocab_size=vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=4 * cfg.hidden_size,
-        max_position_embeddings=cfg.seq_len,
-        tie_word_embeddings=False,
-        use_cache=False,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
+    return GPTNeoXForCausalLM(cfg.model_config(vocab_size))
 
 
 def packed_dataset(tokenizer, docs: list[str], seq_len: int):
@@ -123,19 +98,10 @@ def default_cache_dir() -> str:
     return os.environ.get("GEOMSWEEP_CACHE") or str(Path.home() / ".cache" / "geomsweep")
 
 
-def checkpoint_dir(cfg: ToyConfig, cache_dir: str | os.PathLike) -> Path:
-    """Where the checkpoints of this toy world live in the cache (whether or not they exist yet)."""
-    return Path(cache_dir).expanduser() / f"toy-{cfg.key()}"
-
-
-def is_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike) -> bool:
-    return (checkpoint_dir(cfg, cache_dir) / COMPLETE_MARKER).exists()
-
-
 def ensure_pretrained(cfg: ToyConfig, cache_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Directory holding ``step{N}`` checkpoints of the toy model; pretrains it first if not cached (the one place
     geomsweep trains the toy: a named step with its own progress bar, never a side effect of listing)."""
-    root = checkpoint_dir(cfg, cache_dir)
+    root = cfg.directory(cache_dir)
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock", timeout=3 * 3600):
         if not (root / COMPLETE_MARKER).exists():
@@ -158,7 +124,7 @@ def _pretrain(cfg: ToyConfig, out: Path, progress: bool) -> None:
     docs = train_documents(cfg)
     tokenizer = train_tokenizer(docs, cfg.vocab_size)
     model = build_model(cfg, len(tokenizer))
-    save_at = set(checkpoint_steps(cfg))
+    save_at = set(cfg.checkpoint_steps())
 
     def save(step: int, model) -> None:
         model.save_pretrained(out / f"step{step}")

@@ -1,0 +1,138 @@
+"""Comparing the cells of a sweep: each cell's geometry at its first and last step with jackknife errors, its
+change between them, and pass@k with bootstrap intervals; cells that differ only in ``seed`` folded into mean and
+sd over seeds, each change marked as outside noise or within it.
+
+The noise rule: a change's uncertainty is the standard error of its mean over seeds (sd / sqrt(seeds)) when there
+are two seeds or more, else its jackknife standard error: the paired one post-training logs
+(``geometry/rankme_change_se``, spectra.change_metrics), or for a trace the first and last SEs in quadrature, an
+upper bound; a change is ``up`` or ``down`` when its mean exceeds twice that uncertainty, else ``within noise``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+SEED = "seed"
+GEOMETRY = {"rankme": "geometry/rankme", "alpha_req": "geometry/alpha_req"}
+PASS_AT = re.compile(r"behavior/pass_at_(\d+)(_lo|_hi|_change|_change_lo|_change_hi)?")
+
+
+def cell_row(client, run, swept: list[str]) -> dict:
+    """One cell's values: its swept keys, geometry first/last/change with SEs, and its latest pass@k figures."""
+    row = {key: swept_value(run, key) for key in swept}
+    for name, key in GEOMETRY.items():
+        values = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        errors = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"{key}_se")}
+        if not values:
+            continue
+        (first_step, first), (last_step, last) = values[0], values[-1]
+        row[f"{name}_first"], row[f"{name}_last"], row[f"{name}_change"] = first, last, last - first
+        se_first, se_last = errors.get(first_step, math.nan), errors.get(last_step, math.nan)
+        # post-training logs the paired SE of its change; otherwise the two SEs in quadrature (an upper bound)
+        paired = client.get_metric_history(run.info.run_id, f"geometry/{name}_change_se")
+        change_se = max(paired, key=lambda m: m.step).value if paired else math.hypot(se_first, se_last)
+        row[f"{name}_last_se"], row[f"{name}_change_se"] = se_last, change_se
+    for key, value in run.data.metrics.items():
+        if match := PASS_AT.fullmatch(key):
+            row[f"pass_at_{match.group(1)}{match.group(2) or ''}"] = value
+    return row
+
+
+def swept_value(run, key: str) -> str | None:
+    """The cell's value of a swept key: its config param (``cfg.probe.norm``), a config group's choice
+    (``method`` -> ``cfg.method.name``), else as its run name (``method=dpo,seed=1``) gives it."""
+    params = run.data.params
+    for param in (f"cfg.{key}", f"cfg.{key}.name"):
+        if param in params:
+            return params[param]
+    named = dict(part.split("=", 1) for part in (run.info.run_name or "").split(",") if "=" in part)
+    return named.get(key)
+
+
+def verdict(mean: float, uncertainty: float) -> str:
+    if not math.isfinite(mean) or not math.isfinite(uncertainty):
+        return "unknown"
+    if abs(mean) <= 2 * uncertainty:
+        return "within noise"
+    return "up" if mean > 0 else "down"
+
+
+def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """One row per group of cells that differ only in ``seed``: every numeric column's mean and sd over the
+    seeds, and for each geometric change its uncertainty and verdict (the module's noise rule)."""
+    keys = [key for key in swept if key != SEED and key in cells]
+    numeric = [c for c in cells.columns if c not in swept and pd.api.types.is_numeric_dtype(cells[c])]
+    groups = cells.groupby(keys, sort=False, dropna=False) if keys else [((), cells)]
+    rows = []
+    for values, group in groups:
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        row["seeds"] = len(group)
+        for column in numeric:
+            row[column] = group[column].mean()
+            if not column.endswith(("_se", "_lo", "_hi")):  # an interval's ends and SEs are averaged only
+                row[f"{column}_sd"] = group[column].std(ddof=1) if len(group) > 1 else math.nan
+        for name in GEOMETRY:
+            change = f"{name}_change"
+            if change not in group:
+                continue
+            n = len(group)
+            uncertainty = row[f"{change}_sd"] / math.sqrt(n) if n > 1 else row[f"{change}_se"]
+            row[f"{change}_uncertainty"] = uncertainty
+            row[f"{change}_verdict"] = verdict(row[change], uncertainty)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rounded(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Numbers to ``digits`` significant figures, for reading."""
+
+    def round_column(column: pd.Series) -> pd.Series:
+        if not pd.api.types.is_float_dtype(column):
+            return column
+        return column.map(lambda v: float(f"{v:.{digits}g}") if math.isfinite(v) else v)
+
+    return frame.apply(round_column)
+
+
+def describe(row: dict, phases: str | None = None) -> list[str]:
+    """A few lines of a cell's results (``cell_row``) for the end-of-job message."""
+    lines = [f"phases: {phases}"] if phases else []
+    for name, label in (("rankme", "RankMe"), ("alpha_req", "α-ReQ")):
+        if f"{name}_first" not in row:
+            continue
+        first, last = row[f"{name}_first"], row[f"{name}_last"]
+        change, se = row[f"{name}_change"], row[f"{name}_change_se"]
+        lines.append(
+            f"{label} {first:.4g} -> {last:.4g} ± {row[f'{name}_last_se']:.2g} (SE): change {change:+.3g} ± {se:.2g}, "
+            f"{verdict(change, se)}"
+        )
+    ks = sorted({int(m.group(1)) for key in row if (m := re.fullmatch(r"pass_at_(\d+)", key))})
+    for k in ks[:1] + ks[-1:] if len(ks) > 1 else ks:
+        line = f"pass@{k} {row[f'pass_at_{k}']:.3f} [{row.get(f'pass_at_{k}_lo', math.nan):.3f}, "
+        line += f"{row.get(f'pass_at_{k}_hi', math.nan):.3f}]"
+        if f"pass_at_{k}_change" in row:
+            line += (
+                f", change {row[f'pass_at_{k}_change']:+.3f} [{row[f'pass_at_{k}_change_lo']:+.3f}, "
+                f"{row[f'pass_at_{k}_change_hi']:+.3f}]"
+            )
+        lines.append(line)
+    return lines
+
+
+def headline(folded: pd.DataFrame, swept: list[str]) -> list[str]:
+    """One line per group of a sweep's comparison: its geometric changes with their uncertainty and verdict."""
+    keys = [key for key in swept if key != SEED and key in folded]
+    lines = []
+    for _, row in folded.iterrows():
+        cell = " ".join(f"{key}={row[key]}" for key in keys) or "all cells"
+        parts = [
+            f"{label} change {row[f'{name}_change']:+.3g} ± {row[f'{name}_change_uncertainty']:.2g} "
+            f"({row[f'{name}_change_verdict']})"
+            for name, label in (("rankme", "RankMe"), ("alpha_req", "α-ReQ"))
+            if f"{name}_change_verdict" in row
+        ]
+        lines.append(f"{cell} ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}): " + "; ".join(parts))
+    return lines

@@ -1,0 +1,102 @@
+"""Comparisons one can trust: cells folded over seeds into mean and sd, each change judged against its noise; the
+sweep parent as the comparison page; figures that read."""
+
+import math
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from geomsweep import plots
+from geomsweep.compare import describe, headline, over_seeds, rounded, verdict
+from geomsweep.spectra import PowerLawFit
+from tests.conftest import GEOMETRY_ONLY, run_app, runs_of
+
+
+def test_cells_that_differ_only_in_seed_fold_into_mean_and_sd_with_a_verdict():
+    cells = pd.DataFrame(
+        {
+            "method": ["sft", "sft", "sft", "dpo"],
+            "seed": ["0", "1", "2", "0"],
+            "rankme_change": [0.10, 0.12, 0.14, -0.01],
+            "rankme_change_se": [0.03, 0.03, 0.03, 0.02],
+            "pass_at_1": [0.5, 0.6, 0.7, 0.4],
+        }
+    )
+    folded = over_seeds(cells, ["method", "seed"]).set_index("method")
+    sft, dpo = folded.loc["sft"], folded.loc["dpo"]
+    assert sft["seeds"] == 3 and sft["rankme_change"] == pytest.approx(0.12)
+    assert sft["rankme_change_sd"] == pytest.approx(0.02)
+    assert sft["rankme_change_uncertainty"] == pytest.approx(0.02 / math.sqrt(3))  # sd over seeds / sqrt(seeds)
+    assert sft["rankme_change_verdict"] == "up" and sft["pass_at_1"] == pytest.approx(0.6)
+    # one seed: its own jackknife SE is the uncertainty; -0.01 is within 2 x 0.02
+    assert dpo["seeds"] == 1 and dpo["rankme_change_uncertainty"] == 0.02
+    assert dpo["rankme_change_verdict"] == "within noise" and math.isnan(dpo["rankme_change_sd"])
+    assert verdict(-0.5, 0.1) == "down" and verdict(0.5, math.nan) == "unknown"
+    (line_sft, line_dpo) = headline(folded.reset_index(), ["method", "seed"])
+    assert line_sft.startswith("method=sft (3 seeds): RankMe change +0.12 ± 0.012 (up)")
+    assert line_dpo.startswith("method=dpo (1 seed): RankMe change -0.01 ± 0.02 (within noise)")
+    assert rounded(pd.DataFrame({"x": [1.234567891, math.nan]}))["x"].tolist()[0] == 1.235
+
+
+def test_the_end_of_job_lines_give_the_geometry_change_and_pass_at_k_with_intervals():
+    row = {
+        "rankme_first": 9.92,
+        "rankme_last": 10.02,
+        "rankme_last_se": 0.03,
+        "rankme_change": 0.10,
+        "rankme_change_se": 0.04,
+        "pass_at_1": 0.4,
+        "pass_at_1_lo": 0.3,
+        "pass_at_1_hi": 0.5,
+        "pass_at_8": 0.8,
+        "pass_at_8_lo": 0.7,
+        "pass_at_8_hi": 0.9,
+        "pass_at_8_change": -0.05,
+        "pass_at_8_change_lo": -0.1,
+        "pass_at_8_change_hi": 0.0,
+    }
+    lines = describe(row, "warmup until 27, entropy-seeking until 544, compression-seeking")
+    assert lines[0] == "phases: warmup until 27, entropy-seeking until 544, compression-seeking"
+    assert lines[1] == "RankMe 9.92 -> 10.02 ± 0.03 (SE): change +0.1 ± 0.04, up"
+    assert lines[2] == "pass@1 0.400 [0.300, 0.500]"
+    assert lines[3] == "pass@8 0.800 [0.700, 0.900], change -0.050 [-0.100, +0.000]"
+
+
+def test_the_eigenspectrum_leaves_out_numerically_zero_eigenvalues_and_names_the_run():
+    eigs = torch.tensor([4.0, 2.0, 1.0, 1e-17])
+    fit = PowerLawFit(alpha=1.0, intercept=math.log(4.0), r2=1.0, r2_wide=1.0)
+    fig = plots.eigenspectra({0: eigs, 1000: eigs * 2}, {0: fit, 1000: fit}, 1, 3, title="probe.norm=post")
+    (ax,) = fig.axes
+    assert [len(line.get_xdata()) for line in ax.lines[:2]] == [3, 3]
+    assert "1 eigenvalues < 1e-10 λ₁ not drawn" in ax.get_xlabel()
+    assert ax.get_title().startswith("probe.norm=post\n")
+    # colours follow log step: step 10 of 0..1000 lies a third of the way, not 1% of it
+    many = {step: eigs for step in (0, 10, 100, 1000, 2, 3, 4, 5, 6)}
+    fig = plots.eigenspectra(many, dict.fromkeys(many, fit), 1, 3)
+    colors = {int(line.get_label().split()[1]): line.get_color() for line in fig.axes[0].lines[:-1]}
+    assert colors[10] != colors[0] and colors[10] != colors[100]
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_parent_is_named_by_its_overrides_and_compares_cells(tmp_path, cache_dir, tiny_checkpoints, store):
+    proc = run_app(["-m", *GEOMETRY_ONLY, "seed=0,1", "probe.norm=post,pre"], tmp_path, cache_dir, store)
+    (parent,) = runs_of(store, "sweep")
+    assert parent.info.run_name == "seed=0,1 probe.norm=post,pre"
+    assert parent.data.params["swept.seed"] == "0,1" and parent.data.params["swept.probe.norm"] == "post,pre"
+    client = mlflow.MlflowClient(store)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"cells.csv", "comparison.csv", "comparison.json", "summary.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {"plots/geometry.png"}
+    cells = pd.read_csv(client.download_artifacts(parent.info.run_id, "cells.csv", str(tmp_path)))
+    folded = pd.read_csv(client.download_artifacts(parent.info.run_id, "comparison.csv", str(tmp_path)))
+    assert sorted(folded["probe.norm"]) == ["post", "pre"] and set(folded["seeds"]) == {2}
+    for norm, group in cells.groupby("probe.norm"):
+        row = folded[folded["probe.norm"] == norm].iloc[0]
+        assert row["rankme_change"] == pytest.approx(group["rankme_change"].mean(), rel=1e-3)
+        assert row["rankme_change_sd"] == pytest.approx(group["rankme_change"].std(), rel=1e-3)
+        assert row["rankme_last_se"] > 0  # the jackknife SE of each cell's last checkpoint, averaged
+    # the first view: a line per group, and the link that opens the runs table
+    assert "geomsweep: probe.norm=post (2 seeds): RankMe change" in proc.stdout
+    assert f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in proc.stdout
