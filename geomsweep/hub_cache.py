@@ -29,6 +29,12 @@ def cached_revisions(hub_id: str, cache_dir: str) -> list:
     ]
 
 
+def evicts(settings) -> bool:
+    """``cache.evict``: true, false, or auto (on for hub traces, whose revisions are downloaded)."""
+    hub_trace = settings.model.source == "hub" and not settings.model.stages
+    return settings.cache.evict is True or (settings.cache.evict == "auto" and hub_trace)
+
+
 class RevisionCache:
     """One hub trace's use of the cache; made when the job starts, before anything downloads."""
 

@@ -143,14 +143,8 @@ def model_shape(model_cfg, cache_dir: str, lora) -> tuple[int, int, int, int, in
     config = model_config(model_cfg, cache_dir)
     if config is not None:
         parameters, lora_parameters = count_parameters(config, lora)
-        return (
-            parameters,
-            lora_parameters,
-            config.hidden_size,
-            config.num_hidden_layers,
-            config.vocab_size,
-            ("the model's config"),
-        )
+        dims = config.hidden_size, config.num_hidden_layers, config.vocab_size
+        return parameters, lora_parameters, *dims, "the model's config"
     if model_cfg.width and model_cfg.depth:
         width, depth, vocab = model_cfg.width, model_cfg.depth, DEFAULT_VOCAB
         parameters = 12 * depth * width**2 + 2 * vocab * width  # a decoder's layers plus untied embeddings

@@ -21,9 +21,11 @@ import torch
 from omegaconf import DictConfig
 
 from geomsweep import checkpoints as ckpts
+from geomsweep.hub_cache import evicts
 from geomsweep.measure import resolve_device, resolve_dtype
 from geomsweep.memory import BYTES, model_shape, plan_memory
 from geomsweep.toy.config import ToyConfig
+from geomsweep.trace import resolve_prefetch
 from geomsweep.tracking import finished_cell
 
 GB = 1e9
@@ -107,7 +109,7 @@ def plan_trace(settings, cell: str, tflops: float) -> TracePlan:
     shape = model_shape(model, settings.cache_dir, settings.method.lora)
     parameters = shape[0] if shape else None
     downloads = model.source == "hub"
-    device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else settings.device
+    device = resolve_device(settings.device)
     return TracePlan(
         cell=cell,
         model=str(model.name),
@@ -116,8 +118,8 @@ def plan_trace(settings, cell: str, tflops: float) -> TracePlan:
         parameters=parameters,
         checkpoint_bytes=parameters * BYTES[str(model.dtype or "float32")] if parameters else None,
         downloads=downloads,
-        evict=settings.cache.evict is True or (settings.cache.evict == "auto" and downloads),
-        prefetch=settings.prefetch is True or (settings.prefetch == "auto" and device.startswith("cuda")),
+        evict=evicts(settings),
+        prefetch=resolve_prefetch(settings.prefetch, device),
         tflops=tflops,
     )
 
@@ -127,8 +129,7 @@ def throughput(settings) -> float:
     and device and cached under ``cache_dir``."""
     if settings.tflops:
         return float(settings.tflops)
-    device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else settings.device
-    device = "cpu" if device == "auto" else device
+    device = resolve_device(settings.device)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
     key = f"{name} x{torch.get_num_threads()} threads" if device == "cpu" else name
     path = Path(settings.cache_dir).expanduser() / "throughput.json"

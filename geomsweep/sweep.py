@@ -59,6 +59,7 @@ def cells(client, experiment_id: str, parent_id: str) -> list:
 def close_sweep(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
     """Log the summary on the parent and end it FINISHED, or FAILED when a cell failed; returns the summary."""
     runs = cells(client, experiment_id, parent_id)
+    parent = client.get_run(parent_id)
     table = summary(runs, parent_id)
     failed = table[table["status"] != "FINISHED"] if len(table) else table
     client.log_text(parent_id, table.to_csv(index=False), "summary.csv")
@@ -70,12 +71,11 @@ def close_sweep(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
             logger.warning("geomsweep: the sweep's comparison page failed: %s: %s", type(err).__name__, err)
             folded = None
         if folded is not None:
-            swept = client.get_run(parent_id).data.tags.get(tracking.TAG_SWEPT, "").split(",")
+            swept = parent.data.tags.get(tracking.TAG_SWEPT, "").split(",")
             print("\n".join(f"geomsweep: {line}" for line in headline(folded, swept)))
     client.set_tag(parent_id, tracking.TAG_CELLS, str(len(table)))
     client.set_tag(parent_id, tracking.TAG_FAILED_CELLS, ", ".join(failed["cell"]) if len(failed) else "none")
-    started = client.get_run(parent_id).info.start_time
-    client.log_metric(parent_id, "sweep/seconds", time.time() - started / 1000)
+    client.log_metric(parent_id, "sweep/seconds", time.time() - parent.info.start_time / 1000)
     client.set_terminated(parent_id, "FAILED" if len(failed) else "FINISHED")
     return table
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from geomsweep import checkpoints as ckpts
 from geomsweep.ablation import tail_ablation
 from geomsweep.behavior.sample_eval import SamplingProbe
-from geomsweep.hub_cache import RevisionCache
+from geomsweep.hub_cache import RevisionCache, evicts
 from geomsweep.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.memory import BYTES, model_shape
 from geomsweep.spectra import Geometry
@@ -125,4 +125,4 @@ def revision_cache(settings) -> RevisionCache | None:
         return None
     shape = model_shape(model, settings.cache_dir, settings.method.lora)
     size = shape[0] * BYTES[str(model.dtype or "float32")] if shape else None
-    return RevisionCache(model.hub_id, settings.cache.evict in (True, "auto"), size, settings.cache.reserve_gib)
+    return RevisionCache(model.hub_id, evicts(settings), size, settings.cache.reserve_gib)
