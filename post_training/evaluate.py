@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 
-from geomsweep.extract import eval_mode, next_token_logprobs
-from geomsweep.tasks import answer_of
+from geomsweep.core.extract import eval_mode, next_token_logprobs
+from geomsweep.sources.tasks import answer_of
 
 
 def _encode_pairs(tokenizer, prompts: list[str], completions: list[str]):

@@ -3,7 +3,7 @@ the job's MLflow run.
 
 The job's own process keeps the run and waits; the N processes each load the base model, train it data-parallel
 (DDP by default; FSDP or DeepSpeed ZeRO-3 when ``method.args`` say so, see conf/parallel/) and measure the
-geometry on their share of the probe set, merged across processes (geomsweep.processes). Rank 0 alone logs
+geometry on their share of the probe set, merged across processes (geomsweep.core.processes). Rank 0 alone logs
 (geometry, behavior, the trainer's own metrics) into the run and hands the history back.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 
-WORKER = "post_training.worker"
+WORKER = "geomsweep.post_training.worker"
 HISTORY = "history.json"
 
 

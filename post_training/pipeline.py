@@ -9,14 +9,14 @@ own task at every boundary.
 
 from __future__ import annotations
 
+from geomsweep.post_training.run import Measurer, load_base, log_pass_at_k, log_peak, train_stage
 from peft import PeftModel
 
-from geomsweep.artifacts import STAGE_KEY
 from geomsweep.behavior.sample_eval import sampling_probe
-from geomsweep.measure import resolve_device
-from geomsweep.schema import stage_configs
-from geomsweep.tracking import TAG_STAGE_PREFIX
-from post_training.run import Measurer, load_base, log_pass_at_k, log_peak, train_stage
+from geomsweep.config.schema import stage_configs
+from geomsweep.core.measure import resolve_device
+from geomsweep.results.artifacts import STAGE_KEY
+from geomsweep.tracking.keys import TAG_STAGE_PREFIX
 
 
 def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]:

@@ -4,7 +4,7 @@ TRL calls a reward function with the completions and every other dataset column 
 
 from __future__ import annotations
 
-from geomsweep.tasks import answer_of
+from geomsweep.sources.tasks import answer_of
 
 
 def exact_answer(extractor: str = "first_number"):

@@ -14,20 +14,21 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
+from geomsweep.post_training.callbacks import GeometryCallback
+from geomsweep.post_training.evaluate import evaluate_split
+from geomsweep.post_training.launch import in_worker, launch
 from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
 
-from geomsweep import checkpoints as ckpts
-from geomsweep import plots, processes
+from geomsweep.app.memory import GIB, peak_memory, plan_memory, reset_peak
 from geomsweep.behavior.sample_eval import sampling_probe
-from geomsweep.measure import measure_model, resolve_device, resolve_dtype
-from geomsweep.memory import GIB, peak_memory, plan_memory, reset_peak
-from geomsweep.spectra import change_metrics
-from geomsweep.tasks import load_task
-from geomsweep.tracking import TAG_BASE_REVISION, TAG_BASE_STEP
-from post_training.callbacks import GeometryCallback
-from post_training.evaluate import evaluate_split
-from post_training.launch import in_worker, launch
+from geomsweep.core import processes
+from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
+from geomsweep.core.spectra import change_metrics
+from geomsweep.results import plots
+from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources.tasks import load_task
+from geomsweep.tracking.keys import TAG_BASE_REVISION, TAG_BASE_STEP
 
 
 def base_checkpoint(settings) -> ckpts.Checkpoint:
@@ -48,7 +49,7 @@ def trainer_config(
     config_cls, args: dict, output_dir: str, device: str, seed: int, progress: bool, report: bool = True
 ):
     """``config_cls(**args)`` with output, reporting and device settings filled in (the user's args win); the
-    fields and their types were checked when the config was (geomsweep.schema.check_fields)."""
+    fields and their types were checked when the config was (geomsweep.config.schema.check_fields)."""
     on_cpu = not device.startswith("cuda")
     settings = {
         "output_dir": output_dir,
@@ -109,7 +110,7 @@ def save_model(model, tokenizer, directory: Path, log) -> None:
 
 def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     """Train, measuring as configured; returns the callback's history (post-training step -> metrics). With
-    ``method.processes`` > 1, in that many processes (post_training.launch), each of which runs this again."""
+    ``method.processes`` > 1, in that many processes (geomsweep.post_training.launch), each of which runs this again."""
     if settings.method.processes > 1 and not in_worker():
         return launch(settings, texts, log)
     if not settings.progress:

@@ -1,5 +1,5 @@
 """One of the N processes of a ``method.processes=N`` job (``python -m torch.distributed.run ... -m
-post_training.worker <job.pkl>``, started by post_training.launch).
+geomsweep.post_training.worker <job.pkl>``, started by geomsweep.post_training.launch).
 
 It joins the process group (accelerate's ``PartialState``: gloo on CPUs, NCCL on GPUs, the one TRL's trainer then
 uses), runs the same ``post_train`` as a one-process job, and logs only from rank 0, into the job's run.
@@ -16,11 +16,11 @@ from pathlib import Path
 import mlflow
 import torch
 from accelerate import PartialState
+from geomsweep.post_training.launch import HISTORY
+from geomsweep.post_training.run import post_train
 
-from geomsweep.measure import resolve_device
-from geomsweep.tracking import RunLogger
-from post_training.launch import HISTORY
-from post_training.run import post_train
+from geomsweep.core.measure import resolve_device
+from geomsweep.tracking.writer import RunLogger
 
 
 class Unlogged:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import geomsweep.schema  # noqa: F401  registers the typed schema that conf/config.yaml lists first (as the app does)
+import geomsweep.config.schema  # noqa: F401  registers the typed schema that conf/config.yaml lists first (as the app does)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(cache_dir) -> Path:
-    from geomsweep.toy.pretrain import ToyConfig, ensure_pretrained
+    from geomsweep.sources.toy.pretrain import ToyConfig, ensure_pretrained
 
     return ensure_pretrained(ToyConfig(**TINY_TOY), cache_dir, progress=False)
 

@@ -72,7 +72,7 @@ def test_multirun_nests_jobs_under_a_sweep_parent(tmp_path, cache_dir, tiny_chec
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.data.params["cfg.probe.norm"] for c in children} == {"post", "pre"}
     pre = next(c for c in children if c.data.params["cfg.probe.norm"] == "pre")
-    assert pre.data.tags["geomsweep.ablation"].startswith("skipped: eval.ablation_k=[2, 8] projects")
+    assert pre.data.tags["geomsweep.core.ablation"].startswith("skipped: eval.ablation_k=[2, 8] projects")
     assert len({c.data.tags["geomsweep.config_hash"] for c in children}) == 2
 
 
@@ -109,12 +109,12 @@ def test_phases_are_logged_per_checkpoint(tmp_path, cache_dir, tiny_checkpoints,
     labels = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "geometry/phase")}
     rankme = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "geometry/rankme")}
     assert labels.keys() == rankme.keys() and set(labels.values()) <= {-1, 0, 1, 2}
-    from geomsweep.phases import detect
+    from geomsweep.core.phases import detect
 
     steps = sorted(rankme)
     expected = detect(steps, [rankme[s] for s in steps], min_change=0.05)
     assert [labels[s] for s in steps] == expected.labels
-    assert run.data.tags["geomsweep.phases"] == expected.describe()
+    assert run.data.tags["geomsweep.core.phases"] == expected.describe()
     assert run.data.tags["geomsweep.phase_boundaries"] == (",".join(map(str, expected.boundaries)) or "none")
 
 

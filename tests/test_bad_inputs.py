@@ -1,6 +1,7 @@
 """The bad-input and fault battery: each case exits non-zero (or ends its run as documented) with a message that
 names the bad value or file, never hangs, and leaves no run RUNNING."""
 
+import json
 import math
 import os
 import shutil
@@ -116,7 +117,7 @@ def test_a_bad_probe_file_is_named_with_its_cause(tmp_path, cache_dir, tiny_chec
 
 
 def test_a_bad_task_file_is_named_with_its_cause(tmp_path):
-    from geomsweep.tasks import load_split
+    from geomsweep.sources.tasks import load_split
 
     path = tmp_path / "gsm8k.jsonl"
     path.write_bytes(BAD_FILES["broken.jsonl"][0])
@@ -157,7 +158,7 @@ def damaged_copy(tiny_checkpoints, tmp_path, damage: str):
     ],
 )
 def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, tiny_checkpoints, damage, message):
-    from geomsweep.checkpoints import Checkpoint
+    from geomsweep.sources.checkpoints import Checkpoint
 
     copy = damaged_copy(tiny_checkpoints, tmp_path, damage)
     with pytest.raises(RuntimeError, match=message) as caught:
@@ -167,7 +168,7 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, tiny_checkpoint
 
 
 def test_trust_remote_code_reaches_the_loader(tmp_path, tiny_checkpoints, monkeypatch):
-    from geomsweep import checkpoints
+    from geomsweep.sources import checkpoints
 
     seen = []
     real = checkpoints.AutoModelForCausalLM.from_pretrained
@@ -201,3 +202,239 @@ def test_an_edited_probe_file_makes_a_new_cell(tmp_path, cache_dir, tiny_checkpo
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     assert len({r.data.tags["geomsweep.config_hash"] for r in runs}) == 2
     assert len({r.data.tags["geomsweep.probe_digest"] for r in runs}) == 2  # and each run shows what it read
+
+
+def hostile_model(root: Path, tiny_checkpoints: Path, marker: Path) -> Path:
+    """A real model folder whose config.json names a model type of its own and code that, run, writes ``marker``."""
+    folder = root / "hostile"
+    shutil.copytree(tiny_checkpoints / "step40", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "hostile_neox", "auto_map": {"AutoConfig": "configuration_hostile.HostileConfig"}}
+    config["auto_map"]["AutoModelForCausalLM"] = "modeling_hostile.HostileModel"
+    (folder / "config.json").write_text(json.dumps(config))
+    payload = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (folder / "configuration_hostile.py").write_text(
+        payload + "from transformers import GPTNeoXConfig as HostileConfig\n"
+    )
+    (folder / "modeling_hostile.py").write_text(
+        payload + "from transformers import GPTNeoXForCausalLM as HostileModel\n"
+    )
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["checkpoint=final"],
+        ["checkpoint=final", "sampler.n=2"],
+        ["method=sft"],
+        ["method=sft", "plan=true"],
+    ],
+    ids=["trace", "sampler-hf", "sft", "plan"],
+)
+def test_a_model_folders_code_never_runs_unless_asked(tmp_path, cache_dir, tiny_checkpoints, store, entry):
+    marker = tmp_path / "REMOTE_CODE_RAN"
+    folder = hostile_model(tmp_path, tiny_checkpoints, marker)
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    args = ["model=local", f"model.path={folder}", *TINY_PROBE, "progress=false", "sampler.n=0", *entry]
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomsweep", *args],
+        cwd=tmp_path,
+        env=env,
+        input="y\n" * 20,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert not marker.exists(), proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "ships Python code of its own" in proc.stderr and "model.trust_remote_code=true" in proc.stderr
+    assert not [r for r in runs_of(store) if r.info.status == "RUNNING"] if Path(store[10:]).exists() else True
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_sweep_with_a_cell_that_cannot_run_here_stops_before_any_cell(tmp_path, cache_dir, store):
+    proc = run_app(["-m", "device=cpu,cuda", *GEOMETRY], tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "geomsweep: invalid config in cell device=cuda" in proc.stderr and "no CUDA device" in proc.stderr
+    assert not Path(store.removeprefix("sqlite:///")).exists()  # no store, no parent, no cell
+
+
+@pytest.mark.slow
+def test_a_sigtermed_sweep_leaves_no_run_running(tmp_path, cache_dir, tiny_checkpoints, store):
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    with open(tmp_path / "sweep.log", "w") as log:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "geomsweep", "-m", "seed=0,1,2", *GEOMETRY],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and sweep.poll() is None:
+            try:
+                if any(r.info.status == "RUNNING" for r in runs_of(store, "job")):
+                    break
+            except Exception:  # the store or the experiment does not exist yet
+                pass
+            time.sleep(0.2)
+        assert sweep.poll() is None, "the sweep ended before it could be terminated"
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(timeout=120) != 0
+    runs = runs_of(store)
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    (parent,) = [r for r in runs if r.data.tags.get("geomsweep.role") == "sweep"]
+    assert parent.info.status == "KILLED" and "stopped before its last job" in parent.data.tags["geomsweep.error"]
+
+
+def a_store(tmp_path) -> Path:
+    """A real MLflow store with runs in it (the pre-move fixture's), as a sqlite file."""
+    import gzip
+    import sqlite3
+
+    path = tmp_path / "mlflow.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(gzip.decompress((REPO / "tests/data/pre_move_store.sql.gz").read_bytes()).decode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b"", "is an empty file (0 bytes), not a store"),
+        (lambda b: b[: len(b) // 2], "is damaged (sqlite: database disk image is malformed)"),
+        (lambda b: b[:4096] + b"\xff" * 8192 + b[4096 + 8192 :], "is damaged (sqlite:"),
+        (lambda b: b"not a database" * 400, "is damaged (sqlite: file is not a database)"),
+    ],
+    ids=["zero-bytes", "half-truncated", "damaged-pages", "not-sqlite"],
+)
+def test_a_damaged_store_is_refused_untouched(tmp_path, cache_dir, damage, message):
+    path = a_store(tmp_path)
+    path.write_bytes(damage(path.read_bytes()))
+    before = path.read_bytes()
+    start = time.monotonic()
+    proc = run_app(GEOMETRY, tmp_path, cache_dir, f"sqlite:///{path}", check=False)
+    assert proc.returncode != 0 and time.monotonic() - start < 60
+    assert f"geomsweep: the MLflow store {path} {message}" in proc.stderr and "Traceback" not in proc.stderr
+    assert path.read_bytes() == before  # nothing written into it, nothing replaced
+
+
+def test_an_unwritable_toy_cache_fails_its_run_in_one_line(tmp_path, store):
+    proc = run_app(GEOMETRY, tmp_path, Path("/proc/geomsweep-cache"), store, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "cannot write the toy model's cache /proc/geomsweep-cache" in proc.stderr
+    (run,) = runs_of(store, "job")
+    assert run.info.status == "FAILED" and "GEOMSWEEP_CACHE" in run.data.tags["geomsweep.error"]
+
+
+def test_a_toy_cache_locked_by_a_dead_process_names_the_lock(tmp_path, monkeypatch, capsys):
+    from geomsweep.sources.toy import pretrain
+    from tests.conftest import TINY_TOY
+
+    toy = pretrain.ToyConfig(**TINY_TOY)
+    lock = str(toy.directory(tmp_path)) + ".lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; from filelock import FileLock; held = FileLock({lock!r}); held.acquire(); "
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(pretrain, "LOCK_TIMEOUT_S", 1)
+        with pytest.raises(RuntimeError, match=f"one died holding the lock: delete {lock}"):
+            pretrain.ensure_pretrained(toy, tmp_path, progress=False)
+        assert (
+            f"geomsweep: waiting for another process pretraining {toy.directory(tmp_path)}" in capsys.readouterr().out
+        )
+    finally:
+        holder.kill()
+
+
+def a_fifo(root: Path) -> Path:
+    os.mkfifo(root / "pipe")
+    return root / "pipe"
+
+
+def a_folder(root: Path, names: list[str]) -> Path:
+    (root / "texts").mkdir()
+    for name in names:
+        (root / "texts" / name).write_text("some text\n")
+    return root / "texts"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (a_fifo, "is neither a file nor a folder (a FIFO, socket or device)"),
+        (lambda root: Path("/dev/null"), "is neither a file nor a folder (a FIFO, socket or device)"),
+        (lambda root: a_folder(root, ["README", "notes.md"]), "holds no readable file (it holds: README, notes.md)"),
+        (lambda root: a_folder(root, ["a.txt", "b.jsonl"]), "holds files of several types (.jsonl, .txt)"),
+    ],
+    ids=["fifo", "device", "no-readable-file", "mixed-types"],
+)
+def test_a_probe_path_that_is_no_data_is_named_plainly(tmp_path, cache_dir, tiny_checkpoints, store, make, message):
+    path = make(tmp_path)
+    start = time.monotonic()
+    proc = run_app([*GEOMETRY, "data=files", f"data.path={path}"], tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0 and time.monotonic() - start < 120  # a FIFO is never opened (it would block)
+    assert f"data.path '{path}' {message}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_folder_of_texts_beside_a_readme_is_read_and_hashed_by_its_texts_alone(tmp_path):
+    from types import SimpleNamespace
+
+    from geomsweep.sources.data import data_files
+    from geomsweep.tracking.identity import data_files_digest
+
+    folder = a_folder(tmp_path, ["a.txt", "b.txt", "README"])
+    assert data_files(str(folder)) == ([folder / "a.txt", folder / "b.txt"], ".txt")
+    settings = SimpleNamespace(
+        data=SimpleNamespace(source="files", path=str(folder)), task=SimpleNamespace(source="arithmetic", ood=None)
+    )
+    before = data_files_digest(settings)
+    (folder / "README").write_text("edited: not a probe text")
+    assert data_files_digest(settings) == before
+    (folder / "a.txt").write_text("an edited probe text\n")
+    assert data_files_digest(settings) != before
+
+
+def test_a_model_folder_without_a_tokenizer_is_named(tmp_path, cache_dir, tiny_checkpoints, store):
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_checkpoints / "step40", folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    args = ["model=local", f"model.path={folder}", *TINY_PROBE, "progress=false", "sampler.n=0"]
+    proc = run_app(args, tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"model '{folder}' revision 'final' has no tokenizer" in proc.stderr and "sentencepiece" not in proc.stderr
+
+
+def test_a_server_port_held_by_another_program_is_named(tmp_path, cache_dir):
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = run_app([*GEOMETRY, "tracking=server", f"tracking.server.port={port}"], tmp_path, cache_dir, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"port {port} on 127.0.0.1 is held by another program" in proc.stderr
+    assert "tracking.server.port=<port>" in proc.stderr
+
+
+@pytest.mark.slow
+def test_jobs_that_change_into_their_own_folder_share_the_store_of_the_folder_they_started_in(
+    tmp_path, cache_dir, tiny_checkpoints
+):
+    args = [*GEOMETRY, "checkpoint=final", "hydra.job.chdir=true"]
+    run_app(args, tmp_path, cache_dir)
+    again = run_app(args, tmp_path, cache_dir)
+    assert "geomsweep: skipped" in again.stdout and (tmp_path / "mlflow.db").exists()
+    assert len(runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "job")) == 1

@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from geomsweep.ablation import projected, tail_ablation, top_directions
 from geomsweep.behavior.ngram import KneserNeyLM, ngram_alignment, spearman
-from geomsweep.spectra import StreamingCovariance
+from geomsweep.core.ablation import projected, tail_ablation, top_directions
+from geomsweep.core.spectra import StreamingCovariance
 
 
 def random_corpus(n_docs=40, length=25, vocab=7, seed=0):

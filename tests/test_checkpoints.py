@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from geomsweep import checkpoints as ckpts
+from geomsweep.sources import checkpoints as ckpts
 
 
 @pytest.mark.parametrize(
@@ -68,9 +68,9 @@ def test_select(tiny_checkpoints):
 
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_checkpoints_stream_in_order_with_or_without_prefetch(tiny_checkpoints, prefetch):
-    from geomsweep.extract import accumulate, encode_batches
-    from geomsweep.spectra import spectral_geometry
-    from geomsweep.toy.pretrain import ToyConfig, probe_documents
+    from geomsweep.core.extract import accumulate, encode_batches
+    from geomsweep.core.spectra import spectral_geometry
+    from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
     from tests.conftest import TINY_TOY
 
     texts = probe_documents(ToyConfig(**TINY_TOY), 32)
@@ -86,7 +86,7 @@ def test_checkpoints_stream_in_order_with_or_without_prefetch(tiny_checkpoints, 
 
 
 def test_prefetch_auto_is_on_for_gpus_only_and_bad_values_are_named():
-    from geomsweep.trace import resolve_prefetch
+    from geomsweep.app.trace import resolve_prefetch
 
     assert resolve_prefetch("auto", "cuda:0") and not resolve_prefetch("auto", "cpu")
     assert resolve_prefetch(True, "cpu") and not resolve_prefetch(False, "cuda")
@@ -96,8 +96,8 @@ def test_prefetch_auto_is_on_for_gpus_only_and_bad_values_are_named():
 
 def test_device_map_loading_measures_the_same_geometry(tiny_checkpoints):
     """``device_map=auto`` hands placement to accelerate (on this CPU-only machine: everything on the CPU)."""
-    from geomsweep.extract import accumulate, encode_batches
-    from geomsweep.toy.pretrain import ToyConfig, probe_documents
+    from geomsweep.core.extract import accumulate, encode_batches
+    from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
     from tests.conftest import TINY_TOY
 
     texts = probe_documents(ToyConfig(**TINY_TOY), 32)

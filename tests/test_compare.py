@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from geomsweep import plots
-from geomsweep.compare import describe, headline, over_seeds, rounded, verdict
-from geomsweep.spectra import PowerLawFit
+from geomsweep.app.compare import describe, headline, over_seeds, rounded, verdict
+from geomsweep.core.spectra import PowerLawFit
+from geomsweep.results import plots
 from tests.conftest import GEOMETRY_ONLY, run_app, runs_of
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from geomsweep.checkpoints import Checkpoint
-from geomsweep.extract import accumulate, encode_batches, final_norm, last_token_index
-from geomsweep.spectra import StreamingCovariance
-from geomsweep.toy.pretrain import ToyConfig, probe_documents
+from geomsweep.core.extract import accumulate, encode_batches, final_norm, last_token_index
+from geomsweep.core.spectra import StreamingCovariance
+from geomsweep.sources.checkpoints import Checkpoint
+from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 from tests.conftest import TINY_TOY
 
 
@@ -83,7 +83,7 @@ def test_bad_inputs_name_the_value(lm):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-3), ("bfloat16", 5e-2)])
 def test_cuda_extraction_matches_cpu(tiny_checkpoints, dtype, tolerance):
-    from geomsweep.spectra import spectral_geometry
+    from geomsweep.core.spectra import spectral_geometry
 
     checkpoint = Checkpoint("final", 40, None, str(tiny_checkpoints / "step40"))
     texts = probe_documents(ToyConfig(**TINY_TOY), 256)
@@ -114,7 +114,7 @@ def test_jackknife_groups_are_disjoint_residues_whose_merge_is_the_whole(lm):
 
 
 def test_shares_of_whole_batches_merge_into_the_one_pass_state(lm):
-    """What each of several processes measures (geomsweep.processes: whole batches, group indices of the whole set)
+    """What each of several processes measures (geomsweep.core.processes: whole batches, group indices of the whole set)
     merges into exactly the one-process state: covariances, jackknife groups and the loss."""
     model, tokenizer, texts = lm
     batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48))

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from geomsweep.hub_cache import RevisionCache, cached_revisions
+from geomsweep.sources.hub_cache import RevisionCache, cached_revisions
 from tests.conftest import GEOMETRY_ONLY, run_app
 
 HUB_ID = "local/toy"

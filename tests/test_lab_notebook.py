@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from filelock import FileLock
 
-from geomsweep import server
+from geomsweep.tracking import server
 from tests.conftest import GEOMETRY_ONLY, REPO, TINY, free_port, run_app, runs_of
 
 pytestmark = pytest.mark.slow
@@ -136,7 +136,7 @@ def test_eight_parallel_jobs_into_a_local_server_lose_nothing(tmp_path, cache_di
 def test_parallel_processes_create_one_fresh_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     code = (
-        "from omegaconf import OmegaConf; from geomsweep.tracking import setup_store; "
+        "from omegaconf import OmegaConf; from geomsweep.tracking.store import setup_store; "
         f"print(setup_store(OmegaConf.create({{'uri': '{uri}', 'experiment': 'geomsweep'}})))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -165,13 +165,13 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
     rolled = {m.step: m.value for m in client.get_metric_history(trace.info.run_id, "geometry/rankme")}
     assert rolled.keys() == expected.keys() == {0, 1, 3, 12, 40}
     assert all(rolled[s] == pytest.approx(expected[s], rel=1e-9) for s in expected)
-    assert trace.data.tags["geomsweep.phases"] == whole.data.tags["geomsweep.phases"]
+    assert trace.data.tags["geomsweep.core.phases"] == whole.data.tags["geomsweep.core.phases"]
     assert [a.path for a in client.list_artifacts(trace.info.run_id, "plots")] == ["plots/trajectory.png"]
     assert parent.data.tags["geomsweep.cells"] == "2"  # the trace run is not a cell
 
     # the command, over the whole experiment: the single job and the two shards share one trace key
     proc = subprocess.run(
-        [sys.executable, "-m", "geomsweep.rollup", "--tracking-uri", store],
+        [sys.executable, "-m", "geomsweep.app.rollup", "--tracking-uri", store],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -185,7 +185,7 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
 def test_report_overlays_runs_and_logs_to_the_sweep(tmp_path, cache_dir, tiny_checkpoints, store):
     run_app(["-m", *TINY, "eval.toy_n_docs=0", "checkpoint=final", "probe.norm=post,pre"], tmp_path, cache_dir, store)
     proc = subprocess.run(
-        [sys.executable, "-m", "geomsweep.report", "--tracking-uri", store, "--out", str(tmp_path / "report")],
+        [sys.executable, "-m", "geomsweep.app.report", "--tracking-uri", store, "--out", str(tmp_path / "report")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -223,7 +223,7 @@ def _browser_available() -> bool:
 )
 def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir, tiny_checkpoints, store, mode):
     run_app(["-m", *GEOMETRY_ONLY, "probe.norm=post,pre"], tmp_path, cache_dir, store)
-    args = [sys.executable, "-m", "geomsweep.ui_check", "--store", store, "--out", str(tmp_path / "ui")]
+    args = [sys.executable, "-m", "geomsweep.app.ui_check", "--store", store, "--out", str(tmp_path / "ui")]
     proc = subprocess.run(
         args + (["--rest-only"] if mode == "rest" else []),
         capture_output=True,
@@ -237,3 +237,43 @@ def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir,
     if mode == "browser":
         for name in ("mlflow-ui-experiment.png", "mlflow-ui-rankme.png"):
             assert (tmp_path / "ui" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_mid_job_ends_the_job_in_one_line_within_seconds(
+    tmp_path, cache_dir, tiny_checkpoints
+):
+    """MLflow retries each call 7 times with backoff by default (minutes of silence); geomsweep's budget for a
+    server it is told to use is a few seconds, then one line naming the server."""
+    port = free_port()
+    proc = server.start(
+        "127.0.0.1", port, f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "art"), tmp_path / "server.log"
+    )
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    for key in [k for k in env if k.startswith("MLFLOW_HTTP_REQUEST_")]:
+        env.pop(key)
+    try:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "geomsweep", *GEOMETRY_ONLY],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        client = mlflow.MlflowClient(uri)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and job.poll() is None:
+            experiment = client.get_experiment_by_name("geomsweep")
+            if experiment and client.search_runs([experiment.experiment_id]):
+                break
+            time.sleep(0.3)
+    finally:
+        server.stop(proc)
+    killed_at = time.monotonic()
+    out, err = job.communicate(timeout=120)
+    assert job.returncode != 0 and time.monotonic() - killed_at < 30, err[-2000:]
+    last = err.strip().splitlines()[-2:]
+    assert any(uri.split("//")[1] in line or "127.0.0.1" in line for line in last), last
+    assert "Traceback" not in err

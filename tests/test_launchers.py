@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 
-from geomsweep import server
+from geomsweep.tracking import server
 from tests.conftest import GEOMETRY_ONLY, REPO, free_port, run_app, runs_of
 
 LAUNCHERS = REPO / "conf" / "hydra" / "launcher"

@@ -1,33 +1,95 @@
-"""The one-way house: the measuring core knows nothing of training, tracking or the CLI; nothing under geomsweep/
-imports post_training; no import cycles."""
+"""The one-way house: geomsweep's folders are its layers, and each imports only the layers below it.
 
-import grimp
+The graph is built over the package as it is installed (``post_training/`` inside ``geomsweep/``, as the wheel lays
+it out), in a process of its own so the editable install's mapping does not hide the copy.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
 import pytest
+
+from tests.conftest import REPO
+
+# Highest first: a layer may import any layer below it, never one above.
+LAYERS = ["post_training", "app", "plugins", "results", "tracking", "config", "behavior", "sources", "core"]
+# What the pure core may import from outside the standard library.
+CORE_EXTERNALS = {"torch", "tqdm", "numpy"}
+
+CHECK = textwrap.dedent(
+    """
+    import json, sys
+    import grimp
+    graph = grimp.build_graph("geomsweep", include_external_packages=True)
+    layers = [f"geomsweep.{name}" for name in json.loads(sys.argv[1])]
+    illegal = graph.find_illegal_dependencies_for_layers(layers=layers)
+    stdlib = sys.stdlib_module_names
+    externals = {m for m in graph.modules if "." not in m and m != "geomsweep" and m not in stdlib}
+    reach = lambda m: graph.find_shortest_chain(importer="geomsweep.core", imported=m, as_packages=True)
+    core = sorted(m for m in externals if reach(m))
+    print(json.dumps({
+        "illegal": sorted(f"{d.importer} -> {d.imported}: {[str(r) for r in d.routes][:2]}" for d in illegal),
+        "core_externals": core,
+        "cycle_breakers": {p: sorted(graph.nominate_cycle_breakers(p)) for p in [*layers, "geomsweep.sources.toy"]},
+        "modules": sorted(m for m in graph.modules if m.startswith("geomsweep.")),
+    }))
+    """
+)
+
+
+def installed_layout(root):
+    """geomsweep/ with post_training/ inside it, as the wheel installs them."""
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "geomsweep", root / "geomsweep", ignore=skip)
+    shutil.copytree(REPO / "post_training", root / "geomsweep" / "post_training", ignore=skip)
+    return root
+
+
+def contract(root) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK, json.dumps(LAYERS)],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return grimp.build_graph("geomsweep", "post_training", include_external_packages=True)
+def main_contract(tmp_path_factory):
+    return contract(installed_layout(tmp_path_factory.mktemp("layout")))
 
 
-def test_geomsweep_never_imports_post_training(graph):
-    assert not graph.find_shortest_chains(importer="geomsweep", imported="post_training", as_packages=True)
+def test_every_folder_is_a_layer_and_no_import_runs_up(main_contract):
+    assert main_contract["illegal"] == []
+    modules = main_contract["modules"]
+    for layer in LAYERS:  # each layer holds modules: the contract is about real code
+        assert any(m.startswith(f"geomsweep.{layer}.") for m in modules), layer
+    assert not [m for m in modules if m.count(".") == 1 and m.split(".")[1] not in {*LAYERS, "conf", "__main__"}]
 
 
-CORE = ["geomsweep.spectra", "geomsweep.extract", "geomsweep.measure", "geomsweep.processes", "geomsweep.phases"]
+def test_the_core_imports_only_torch_and_its_helpers(main_contract):
+    assert "torch" in main_contract["core_externals"]
+    assert set(main_contract["core_externals"]) <= CORE_EXTERNALS
 
 
-@pytest.mark.parametrize("module", CORE)
+def test_no_import_cycles_inside_a_layer(main_contract):
+    assert main_contract["cycle_breakers"] == {p: [] for p in main_contract["cycle_breakers"]}
+
+
 @pytest.mark.parametrize(
-    "outside",
-    ["mlflow", "hydra", "omegaconf", "trl", "geomsweep.tracking", "geomsweep.job", "geomsweep.schema", "post_training"],
+    ("module", "upward"),
+    [("core/spectra.py", "geomsweep.tracking.writer"), ("sources/data.py", "geomsweep.behavior.passk")],
 )
-def test_the_core_knows_nothing_of_training_tracking_or_the_cli(graph, module, outside):
-    if outside in graph.modules:  # an external package nothing imports is not in the graph at all
-        assert graph.find_shortest_chain(importer=module, imported=outside) is None
-
-
-@pytest.mark.parametrize("package", ["geomsweep", "geomsweep.behavior", "geomsweep.toy", "post_training"])
-def test_no_import_cycles(graph, package):
-    """grimp's cycle breakers of a package: the imports whose removal would leave its children acyclic (none)."""
-    assert graph.nominate_cycle_breakers(package) == set()
+def test_the_contract_fails_on_an_upward_import(tmp_path, module, upward):
+    root = installed_layout(tmp_path)
+    with open(root / "geomsweep" / module, "a") as f:
+        f.write(f"\nimport {upward}  # an upward import\n")
+    illegal = contract(root)["illegal"]
+    assert len(illegal) == 1 and upward.rsplit(".", 1)[0] in illegal[0]

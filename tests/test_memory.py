@@ -6,9 +6,10 @@ from hydra import compose, initialize
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from geomsweep.memory import GIB, count_parameters, plan_memory
-from geomsweep.schema import LoraSettings, check
-from geomsweep.toy.config import ToyConfig
+from geomsweep.app.memory import GIB, count_parameters, plan_memory
+from geomsweep.config.schema import LoraSettings, check
+from geomsweep.sources.toy.config import ToyConfig
+from geomsweep.sources.toy.pretrain import model_config as toy_model_config
 from tests.conftest import TINY_TOY, run_app
 
 
@@ -18,7 +19,7 @@ def settings(*overrides):
 
 
 def test_parameter_counts_from_the_meta_device_equal_the_built_model_and_peft():
-    config = ToyConfig(**TINY_TOY).model_config(512)
+    config = toy_model_config(ToyConfig(**TINY_TOY), 512)
     lora = LoraSettings(r=4)
     parameters, adapted = count_parameters(config, lora)
     model = AutoModelForCausalLM.from_config(config)
@@ -29,15 +30,22 @@ def test_parameter_counts_from_the_meta_device_equal_the_built_model_and_peft():
 
 
 def test_the_plan_in_closed_form():
-    cell = settings("method=dpo", "model.toy.hidden_size=32", "++method.args.max_length=64")
+    gc_off = "++method.args.gradient_checkpointing=false"  # TRL 1.x turns it on by default
+    cell = settings("method=dpo", "model.toy.hidden_size=32", "++method.args.max_length=64", gc_off)
     full = plan_memory(cell, "cpu", "float32")
     p = full.parameters
     assert (full.weights, full.gradients, full.optimizer, full.reference) == (4 * p, 4 * p, 8 * p, 4 * p)
     batch = cell.method.args["per_device_train_batch_size"]
     tokens = 2 * batch * 64  # chosen and rejected
-    config = ToyConfig.from_cfg(cell.model.toy).model_config(cell.model.toy.vocab_size)
+    config = toy_model_config(ToyConfig.from_cfg(cell.model.toy), cell.model.toy.vocab_size)
     hidden = config.hidden_size * config.num_hidden_layers
     assert full.activations == tokens * hidden * 17 * 4 + tokens * config.vocab_size * 8
+    # what method.args leaves out is TRL's own default (DPOConfig: gradient checkpointing on, beta 0.1)
+    trl_default = plan_memory(
+        settings("method=dpo", "model.toy.hidden_size=32", "++method.args.max_length=64"), "cpu", "float32"
+    )
+    assert trl_default.activations == tokens * hidden * 2 * 4 + tokens * config.vocab_size * 8
+    assert trl_default.reference == full.reference == 4 * p
     lora = plan_memory(settings("method=dpo", "method.peft=lora", "++method.args.max_length=64"), "cpu", "bfloat16")
     assert lora.reference == 0 and lora.gradients == 4 * lora.trainable and lora.optimizer == 8 * lora.trainable
     assert lora.weights == 2 * lora.parameters + 4 * lora.trainable  # bf16 base, fp32 adapters

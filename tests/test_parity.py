@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomsweep.spectra import StreamingCovariance, spectral_geometry
+from geomsweep.core.spectra import StreamingCovariance, spectral_geometry
 
 
 def reference_metrics(x: np.ndarray) -> dict[str, float]:

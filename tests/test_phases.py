@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from geomsweep.phases import COMPRESSION, ENTROPY, NO_PHASE, WARMUP, detect
+from geomsweep.core.phases import COMPRESSION, ENTROPY, NO_PHASE, WARMUP, detect
 
 STEPS = sorted({0, *np.unique(np.geomspace(1, 10_000, 40).round().astype(int)).tolist()})
 

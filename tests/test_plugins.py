@@ -1,14 +1,17 @@
 """geomsweep's MLflow plugin entry points, through MLflow's own plugin loading."""
 
+from importlib import metadata
+
 import mlflow
 import pandas as pd
 import pytest
 
-from geomsweep import tracking
-from geomsweep.checkpoints import Checkpoint
-from geomsweep.extract import accumulate, encode_batches
-from geomsweep.spectra import spectral_geometry
-from geomsweep.toy.pretrain import ToyConfig, probe_documents
+import geomsweep
+from geomsweep.core.extract import accumulate, encode_batches
+from geomsweep.core.spectra import spectral_geometry
+from geomsweep.sources.checkpoints import Checkpoint
+from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
+from geomsweep.tracking.current import CURRENT_JOB
 from tests.conftest import TINY_TOY
 
 
@@ -66,15 +69,18 @@ def test_run_context_tags_runs_started_in_a_job(tracked, monkeypatch):
     with mlflow.start_run() as outside:
         pass
     assert not any(k.startswith("geomsweep.") for k in tracked.get_run(outside.info.run_id).data.tags)
-    monkeypatch.setattr(tracking, "_JOB", {"geomsweep.model": "tiny", "geomsweep.model_revision": "final"})
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    with mlflow.start_run() as inside:
-        pass
+    token = CURRENT_JOB.set({"geomsweep.model": "tiny", "geomsweep.model_revision": "final"})
+    try:
+        with mlflow.start_run() as inside:
+            pass
+    finally:
+        CURRENT_JOB.reset(token)
     tags = tracked.get_run(inside.info.run_id).data.tags
     assert tags["geomsweep.model"] == "tiny" and tags["geomsweep.model_revision"] == "final"
     assert tags["geomsweep.slurm_job_id"] == "4242"
-    assert tags["geomsweep.version"] == "0.1.0"
-    from geomsweep.run_context import git_commit
+    assert tags["geomsweep.version"] == geomsweep.__version__ == metadata.version("geomsweep")
+    from geomsweep.plugins.run_context import git_commit
 
     if git_commit():
         assert tags["geomsweep.git_commit"] == git_commit() and len(git_commit()) == 40

@@ -4,13 +4,13 @@ import json
 
 import mlflow
 import pytest
+from geomsweep.post_training.rewards import exact_answer
+from geomsweep.post_training.run import trainer_config
 from omegaconf import OmegaConf
 
-from geomsweep.schema import ConfigError, check_fields
-from geomsweep.tasks import arithmetic_task, final_number, first_number, load_split, load_task
-from geomsweep.toy.pretrain import ToyConfig, probe_documents
-from post_training.rewards import exact_answer
-from post_training.run import trainer_config
+from geomsweep.config.schema import ConfigError, check_fields
+from geomsweep.sources.tasks import arithmetic_task, final_number, first_number, load_split, load_task
+from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 from tests.conftest import TINY, TINY_PROBE, TINY_TOY, run_app
 
 

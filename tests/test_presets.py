@@ -5,7 +5,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from geomsweep import checkpoints as ckpts
+from geomsweep.sources import checkpoints as ckpts
 from tests.conftest import REPO, run_app
 
 CONF = REPO / "conf"
@@ -56,7 +56,7 @@ def test_every_other_preset_composes(group):
 
 @pytest.mark.parametrize("overrides", [[], *([f"+experiment={name}"] for name in presets("experiment"))])
 def test_the_default_and_every_experiment_compose_into_a_valid_toy_and_probe(overrides):
-    from geomsweep.toy.pretrain import ToyConfig
+    from geomsweep.sources.toy.pretrain import ToyConfig
 
     cfg = composed(*overrides)
     toy = ToyConfig.from_cfg(cfg.model.toy)  # unknown toy fields are refused here
@@ -67,7 +67,7 @@ def test_the_default_and_every_experiment_compose_into_a_valid_toy_and_probe(ove
 def test_the_toy_preset_is_the_toy_dataclass_default_and_picks_a_fit_inside_its_width():
     from omegaconf import OmegaConf
 
-    from geomsweep.toy.pretrain import ToyConfig
+    from geomsweep.sources.toy.pretrain import ToyConfig
 
     default = composed()
     assert ToyConfig.from_cfg(default.model.toy) == ToyConfig()

@@ -45,11 +45,11 @@ def _measure_in_group(rank: int, world: int, port: int, checkpoint_dir: str, out
 
     import torch.distributed as dist
 
-    from geomsweep import processes
-    from geomsweep.checkpoints import Checkpoint
-    from geomsweep.measure import measure_model
-    from geomsweep.schema import ProbeConfig
-    from geomsweep.toy.pretrain import ToyConfig, probe_documents
+    from geomsweep.config.schema import ProbeConfig
+    from geomsweep.core import processes
+    from geomsweep.core.measure import measure_model
+    from geomsweep.sources.checkpoints import Checkpoint
+    from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
     from tests.conftest import TINY_TOY
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -71,10 +71,10 @@ def test_processes_measure_disjoint_shares_of_whole_batches_and_agree_with_one(t
 
     import torch.multiprocessing as mp
 
-    from geomsweep.checkpoints import Checkpoint
-    from geomsweep.measure import measure_model
-    from geomsweep.schema import ProbeConfig
-    from geomsweep.toy.pretrain import ToyConfig, probe_documents
+    from geomsweep.config.schema import ProbeConfig
+    from geomsweep.core.measure import measure_model
+    from geomsweep.sources.checkpoints import Checkpoint
+    from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
     from tests.conftest import TINY_TOY, free_port
 
     directory = str(tiny_checkpoints / "step40")

@@ -8,9 +8,9 @@ import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 
-from geomsweep.checkpoints import local_revisions
-from geomsweep.data import english_texts, probe_texts
-from geomsweep.schema import DataConfig, check
+from geomsweep.config.schema import DataConfig, check
+from geomsweep.sources.checkpoints import local_revisions
+from geomsweep.sources.data import english_texts, probe_texts
 from tests.conftest import REPO, TINY_PROBE, run_app, runs_of
 
 
@@ -97,7 +97,7 @@ def test_a_local_stage_mirror_traces_as_one_run_with_stage_tags(tmp_path, cache_
 
 
 def test_a_missing_stage_directory_is_named(tmp_path):
-    from geomsweep.checkpoints import available
+    from geomsweep.sources.checkpoints import available
 
     model = settings("model=local", f"model.path={tmp_path}", "model.stages=[{name: base}]").model
     with pytest.raises(FileNotFoundError, match=r"stage 'base': .* is not a saved model"):

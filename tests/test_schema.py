@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 
-from geomsweep.schema import Config, ConfigError, check
+from geomsweep.config.schema import Config, ConfigError, check
 from tests.conftest import REPO, TINY, run_app
 
 
@@ -33,6 +33,15 @@ BAD = [
         ["probe.n_sequences=10 is too few for the alpha-ReQ fit range 2..20: it needs at least 21"],
     ),
     (["method.name=ppo"], ["unknown method 'ppo'; valid: none, sft, dpo, rlvr"]),
+    # ... keys the schema does not declare, even when added with '+' ...
+    (
+        ["+probe.n_sequence=64"],
+        ["geomsweep: invalid config: unknown config keys ['probe.n_sequence'] (added with '+')"],
+    ),
+    (["tracking.experiment="], ["geomsweep: invalid config: tracking.experiment='' must name an experiment"]),
+    (["tflops=-5"], ["geomsweep: invalid config: tflops=-5.0 must be > 0"]),
+    (["sampler.ks=[]"], ["geomsweep: invalid config: sampler.ks=[] names no k"]),
+    (["method=sft", "method.args.max_steps=0"], ["geomsweep: invalid config: method.args.max_steps=0 trains nothing"]),
     # ... and method.args against the TRL config class they go to
     (
         ["method=sft", "method.args.learning_rate=abc"],

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from geomsweep.spectra import (
+from geomsweep.core.spectra import (
     StreamingCovariance,
     alpha_req,
     change_metrics,

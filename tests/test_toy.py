@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 import torch
 
-from geomsweep.toy.corpus import RECALL_MARKER, generate_documents, make_language
-from geomsweep.toy.pretrain import ToyConfig, probe_documents
-from geomsweep.toy.probes import NextWordItems, dependency_items, next_word_accuracy
+from geomsweep.behavior.toy_eval import NextWordItems, dependency_items, next_word_accuracy
+from geomsweep.sources.toy.corpus import RECALL_MARKER, generate_documents, make_language
+from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 
 
 def test_corpus_is_deterministic_and_seed_dependent():
@@ -43,7 +43,7 @@ def test_checkpoint_steps_are_log_spaced_and_include_both_ends():
 
 
 def test_dependency_items_and_accuracy(tiny_checkpoints):
-    from geomsweep.checkpoints import Checkpoint
+    from geomsweep.sources.checkpoints import Checkpoint
 
     lang = make_language(seed=0)
     long_range, short_range = dependency_items(lang, 100, seed=5)

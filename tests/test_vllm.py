@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
-from geomsweep.schema import VLLM_ENGINES
-from geomsweep.tasks import arithmetic_task
-from geomsweep.toy.pretrain import ToyConfig, ensure_pretrained
+from geomsweep.config.schema import VLLM_ENGINES
+from geomsweep.sources.tasks import arithmetic_task
+from geomsweep.sources.toy.pretrain import ToyConfig, ensure_pretrained
 from tests.conftest import TINY, TINY_TOY, run_app
 
 pytestmark = [

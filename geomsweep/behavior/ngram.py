@@ -16,7 +16,7 @@ import torch
 from scipy.stats import spearmanr
 from torch.nn.utils.rnn import pad_sequence
 
-from geomsweep.extract import next_token_logprobs
+from geomsweep.core.extract import next_token_logprobs
 
 
 class KneserNeyLM:

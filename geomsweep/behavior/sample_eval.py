@@ -18,9 +18,9 @@ import numpy as np
 from geomsweep.behavior.diversity import prompt_diversity
 from geomsweep.behavior.passk import bootstrap_interval, default_ks, per_problem_pass_at_k
 from geomsweep.behavior.sampling import Samples, SampleSettings, make_sampler
-from geomsweep.extract import accumulate, encode_batches, eval_mode
-from geomsweep.spectra import eigenspectrum, rankme
-from geomsweep.tasks import answer_of, load_task
+from geomsweep.core.extract import accumulate, encode_batches, eval_mode
+from geomsweep.core.spectra import eigenspectrum, rankme
+from geomsweep.sources.tasks import answer_of, load_task
 
 SPLITS = ("id", "ood")
 

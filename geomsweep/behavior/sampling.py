@@ -20,9 +20,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from geomsweep.extract import eval_mode
+from geomsweep.behavior.choices import Backend
+from geomsweep.core.extract import eval_mode
 
-BACKENDS = ("hf", "vllm")
 logger = logging.getLogger(__name__)
 
 
@@ -233,4 +233,4 @@ def make_sampler(name: str, settings: SampleSettings, engines: Mapping[str, Mapp
         return HFSampler(settings)
     if name == "vllm":
         return VLLMSampler(settings, engines)
-    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(Backend)}")

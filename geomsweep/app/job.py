@@ -1,0 +1,239 @@
+"""One Hydra job = one MLflow run: typed config in, measurements and artifacts out, failures recorded.
+
+Read top to bottom: check the config (before anything loads or any run opens), skip a cell that already
+FINISHED, open the run, log the config, prepare the model (the toy world is pretrained here, as a step of its
+own), then either trace the pretraining checkpoints or hand over to the method's runner (``method.runner``, a
+dotted path such as ``geomsweep.post_training.run.post_train``: the app never imports post-training, the config
+names it).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+from hydra.utils import get_method
+from omegaconf import DictConfig
+
+from geomsweep.app.messages import results_message
+from geomsweep.app.trace import ablation_plan, trace
+from geomsweep.behavior.sample_eval import sampling_probe
+from geomsweep.config.schema import Config
+from geomsweep.results import artifacts, plots
+from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources.data import probe_texts
+from geomsweep.sources.toy.config import ToyConfig
+from geomsweep.sources.toy.pretrain import ensure_pretrained
+from geomsweep.tracking.context import in_multirun, job_context, job_run
+from geomsweep.tracking.identity import config_hash, data_files_digest
+from geomsweep.tracking.keys import (
+    ROLE_JOB,
+    TAG_ABLATION,
+    TAG_HOST,
+    TAG_NONFINITE,
+    TAG_PARENT,
+    TAG_PID,
+    TAG_REUSED_PREFIX,
+    TAG_ROLE,
+    TAG_STAGE_PREFIX,
+)
+from geomsweep.tracking.liveness import earlier_runs, process_tags
+from geomsweep.tracking.store import setup_store
+from geomsweep.tracking.writer import RunLogger
+
+
+def run_job(cfg: DictConfig, settings: Config) -> None:
+    """Run one cell unless it already FINISHED. ``settings`` is ``cfg`` checked and typed (schema.check).
+    A failure ends the run FAILED with the reason and traceback; in a multirun the job then returns normally,
+    so the sweep goes on and its end-of-sweep roll-up (and exit status) reports the failed cells; a single run
+    re-raises."""
+    experiment_id = setup_store(settings.tracking)
+    name, parent = job_context(experiment_id)
+    try:
+        data = data_files_digest(settings)
+        identity = config_hash(cfg, data=data)
+        earlier = earlier_runs(experiment_id, identity, force=settings.tracking.force)
+    except Exception as err:  # before the cell's run could open: in a sweep, a FAILED row of its own says why
+        if not in_multirun():
+            raise
+        failed_before_running(experiment_id, name, parent, cfg, err)
+        return
+    if earlier.running is not None:
+        tags = earlier.running.data.tags
+        print(
+            f"geomsweep: skipped {name}: this cell (config hash {identity}) is running now in run "
+            f"{earlier.running.info.run_id} (process {tags.get(TAG_PID, '?')} on {tags.get(TAG_HOST, '?')}); "
+            f"tracking.force=true runs it again anyway"
+        )
+        return
+    done = earlier.finished
+    if done is not None:
+        if parent is not None:
+            RunLogger(parent).tags({TAG_REUSED_PREFIX + identity: done.info.run_id})
+        print(
+            f"geomsweep: skipped {name}: this cell (config hash {identity}) already FINISHED in run "
+            f"{done.info.run_id}; tracking.force=true runs it again"
+        )
+        print(results_message(done))
+        return
+    with job_run(experiment_id, identity, name, parent, cfg, settings, data) as run, sigterm_ends_run():
+        log = RunLogger(run.info.run_id)
+        try:
+            log.config(cfg)
+            measure_and_report(settings, log)
+        except BaseException as err:
+            log.failure(err)
+            if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: stop here
+                log.end("KILLED")
+                raise
+            if not in_multirun():
+                raise
+            log.end("FAILED")
+            traceback.print_exc()
+            print(f"geomsweep: {name} FAILED ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+            return
+    print(results_message(mlflow.MlflowClient().get_run(run.info.run_id)))
+
+
+def failed_before_running(experiment_id: str, name: str, parent: str | None, cfg: DictConfig, err: Exception) -> None:
+    """A cell of a sweep that failed before its run opened (its data files unreadable, the store unreadable for
+    its identity): a FAILED run with the reason, so the sweep's summary has its row, and the sweep goes on."""
+    log = RunLogger.create(
+        experiment_id, name, {TAG_ROLE: ROLE_JOB, **process_tags(), **({TAG_PARENT: parent} if parent else {})}
+    )
+    log.config(cfg)
+    log.failure(err)
+    log.end("FAILED")
+    print(f"geomsweep: {name} FAILED before it ran ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+
+
+class Terminated(SystemExit):
+    """SIGTERM (a timeout, SLURM preemption, a job-time limit): the run ends KILLED, the process exits 143."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return "terminated by SIGTERM (a timeout, preemption or job-time limit); re-running the cell runs it again"
+
+
+@contextmanager
+def sigterm_ends_run() -> Iterator[None]:
+    """Inside the block SIGTERM raises Terminated, so the run is closed as KILLED instead of left RUNNING
+    (MLflow's own end-of-run handling never sees a SIGTERM). Signals reach the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def prepare_model(settings: Config) -> None:
+    """Make the model's checkpoints available: the toy world is pretrained on first use (minutes, cached); a
+    model saved in MLflow is downloaded into the cache once."""
+    if settings.model.source == "toy":
+        ensure_pretrained(ToyConfig.from_cfg(settings.model.toy), settings.cache_dir, settings.progress)
+    if settings.model.source == "mlflow":
+        directory = ckpts.mlflow_model_dir(settings.model.uri, settings.cache_dir)
+        if not directory.is_dir():
+            ckpts.download_model(settings.model.uri, directory)
+
+
+def measure_and_report(settings: Config, log: RunLogger) -> None:
+    prepare_model(settings)
+    selected = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)
+    # data.min_tokens counts tokens the way the measured model does (its checkpoints share one tokenizer)
+    trust = settings.model.trust_remote_code
+    tokenizer = selected[0].load_tokenizer(trust) if settings.data.min_tokens else None
+    texts = probe_texts(settings.data, settings.model.toy, settings.probe.n_sequences, settings.seed, tokenizer)
+    if len(texts) < settings.probe.n_sequences:
+        raise ValueError(
+            f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
+            f"{settings.probe.n_sequences}"
+        )
+    log.probe_input(texts, name=str(settings.data.name or settings.data.path or "toy"))
+    if settings.method.name != "none":
+        history = get_method(settings.method.runner)(settings, texts, log)
+        frame = artifacts.post_training_history(history)
+        log.table(frame, "post_training/history.csv")
+        figure = artifacts.post_training_figure(frame, settings.method.name, settings.method.stages, log.name)
+        if figure is not None:
+            log.figure(figure, "plots/trajectory.png")
+        return
+    trace_checkpoints(settings, selected, texts, log)
+
+
+def errors(points, layer: int) -> tuple[list[float], list[float]]:
+    """Each point's jackknife standard errors of RankMe and alpha (NaN where its representations were not finite)."""
+    nan = float("nan")
+    return (
+        [p.geometry[layer].errors.get(artifacts.RANKME_SE, nan) for p in points],
+        [p.geometry[layer].errors.get(artifacts.ALPHA_SE, nan) for p in points],
+    )
+
+
+def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts: list[str], log: RunLogger) -> None:
+    """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
+    phases, spectra, figures and tables."""
+    ablation_k, skipped = ablation_plan(settings)
+    if skipped:
+        log.tags({TAG_ABLATION: skipped})
+    points, nonfinite = [], []
+    with sampling_probe(settings) as sampling:
+        for point in trace(settings, selected, texts, sampling, ablation_k):
+            log.metrics(point.metrics, step=point.checkpoint.step)
+            if not point.geometry[settings.probe.layers[0]].finite:
+                nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
+                log.tags({TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
+            for path, table in point.tables.items():
+                log.json_table(table, path)
+            points.append(point)
+    if sampling is not None and sampling.curves:
+        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
+    layer, probe = settings.probe.layers[0], settings.probe
+    steps = [p.checkpoint.step for p in points]
+    stages = [p.checkpoint.stage for p in points] if settings.model.stages else None
+    if stages:
+        log.tags({f"{TAG_STAGE_PREFIX}{step}": stage for step, stage in zip(steps, stages)})
+    summary = artifacts.summarize_trace(
+        steps,
+        [p.geometry[layer].rankme for p in points],
+        [p.geometry[layer].fit.alpha for p in points],
+        [p.loss for p in points] if probe.loss else None,
+        settings.phases,
+        stages,
+        errors(points, layer) if probe.jackknife else None,
+        title=log.name,
+    )
+    if summary.phases:
+        log.history(summary.phase_history())
+        log.tags(summary.phase_tags())
+    log.table(artifacts.spectra_table(points, layer), "spectra/eigenspectra.csv")
+    log.table(artifacts.layers_table(points), "spectra/metrics_by_layer.csv")
+    log.figure(
+        plots.eigenspectra(
+            {p.checkpoint.step: p.geometry[layer].eigs for p in points},
+            {p.checkpoint.step: p.geometry[layer].fit for p in points},
+            probe.fit_start,
+            probe.fit_end,
+            log.name,
+        ),
+        "plots/eigenspectrum.png",
+    )
+    if summary.figure is not None:
+        log.figure(summary.figure, "plots/trajectory.png")
+    table = artifacts.ablation_table(points, summary.phases)
+    if table is not None:
+        log.table(table, "ablation/tail_ablation.csv")

@@ -1,0 +1,286 @@
+"""A memory plan for post-training, made before any weight loads: from the model's configuration (its
+``config.json``, or the preset's width and depth), the dtype, the method and LoRA, what the weights, gradients,
+optimizer states, a reference model and the activations will take, against what the device has.
+
+The terms, per process (``method.processes``: each holds a whole copy under DDP, a 1/N share of weights,
+gradients, optimizer states and reference under FSDP or ZeRO-3; on a CPU the N processes share one RAM):
+- weights: parameters x bytes of the load dtype;
+- gradients and AdamW's two moment estimates: for every trainable parameter, in its own dtype (LoRA adapters are
+  kept in float32 by peft);
+- reference: DPO without LoRA holds a frozen copy of the policy; with LoRA the policy with its adapter disabled is
+  the reference, and GRPO with ``beta=0`` has none;
+- activations, rough: about 17 values per token, layer and hidden unit without gradient checkpointing and 2 with it
+  (after Korthikanti et al. 2022), plus the float32 logits and their gradient; DPO passes chosen and rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from hydra.utils import get_class
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from geomsweep.config.schema import stage_configs
+from geomsweep.sources.checkpoints import gguf_path, mlflow_model_dir, no_remote_code
+from geomsweep.sources.toy.config import ToyConfig
+from geomsweep.sources.toy.pretrain import model_config as toy_model_config
+
+GIB = 1024**3
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+HEADS = ("lm_head", "embed_out")  # output layers peft's "all-linear" leaves alone
+DEFAULT_VOCAB = 50_304  # Pythia's and OLMo's, for a preset known only by width and depth
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A model's size, known without loading weights."""
+
+    parameters: int
+    lora_parameters: int  # at the configured LoRA rank and targets
+    width: int
+    depth: int
+    vocab: int
+    source: str  # where the figures came from
+
+
+@functools.cache
+def trainer_defaults(trainer_config: str) -> dict:
+    """The field defaults of the TRL config class a method names (``trl.DPOConfig``): what the trainer uses for
+    every argument ``method.args`` leaves out."""
+    defaults = {}
+    for field in dataclasses.fields(get_class(trainer_config)):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
+def trainer_arg(method, name: str):
+    """``method.args[name]``, else the default of the method's TRL config class."""
+    if name in method.args:
+        return method.args[name]
+    return trainer_defaults(method.trainer_config).get(name) if method.trainer_config else None
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    parameters: int
+    trainable: int
+    weights: int  # bytes, as are the terms below
+    gradients: int
+    optimizer: int
+    reference: int
+    activations: int
+    device: str
+    available: int | None  # what the device has (GPU memory, or available RAM on a CPU); None: unknown
+    source: str  # where the parameter count came from
+    processes: int = 1
+    sharded: bool = False  # FSDP or ZeRO-3: model states split over the processes
+
+    @property
+    def total(self) -> int:
+        """Bytes one process needs."""
+        return self.weights + self.gradients + self.optimizer + self.reference + self.activations
+
+    @property
+    def required(self) -> int:
+        """What must fit in ``available``: one process's bytes on its GPU, all processes' in a CPU's RAM."""
+        return self.total * (1 if self.device.startswith("cuda") else self.processes)
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.required <= self.available
+
+    def params(self) -> dict[str, str]:
+        """The plan as MLflow params (GiB, 3 significant figures)."""
+        terms = ("weights", "gradients", "optimizer", "reference", "activations", "total")
+        values = {f"memory.{t}_gib": f"{getattr(self, t) / GIB:.3g}" for t in terms}
+        available = "unknown" if self.available is None else f"{self.available / GIB:.3g}"
+        return values | {
+            "memory.available_gib": available,
+            "memory.parameters": str(self.parameters),
+            "memory.processes": f"{self.processes}{' sharded' if self.sharded else ''}",
+        }
+
+    def describe(self) -> str:
+        share = f"{self.trainable:,} of {self.parameters:,} parameters trained ({self.trainable / self.parameters:.2%})"
+        terms = ", ".join(
+            f"{name} {getattr(self, name) / GIB:.1f}"
+            for name in ("weights", "gradients", "optimizer", "reference", "activations")
+        )
+        available = "unknown" if self.available is None else f"{self.available / GIB:.1f} GiB"
+        each = ""
+        if self.processes > 1:
+            layout = "model states sharded" if self.sharded else "a whole copy each"
+            each = f" per process ({self.processes} processes, {layout}; {self.required / GIB:.1f} GiB on the device)"
+        return (
+            f"memory plan ({self.source}): {share}; GiB: {terms}; total {self.total / GIB:.1f} GiB{each} "
+            f"against {available} on {self.device}"
+        )
+
+
+def plan_memory(settings, device: str, dtype: str) -> MemoryPlan | None:
+    """The plan of post-training ``settings`` (the typed Config) on ``device`` with weights in ``dtype``; None when
+    nothing on this machine tells the model's size (no config.json yet, no width and depth in the preset). A
+    pipeline's is its largest stage's."""
+    if settings.method.stages:
+        plans = [(name, plan_memory(stage, device, dtype)) for name, stage in stage_configs(settings)]
+        known = [replace(plan, source=f"stage {name}, the largest; {plan.source}") for name, plan in plans if plan]
+        return max(known, key=lambda plan: plan.required, default=None)
+    method = settings.method
+    shape = model_shape(settings.model, settings.cache_dir, method.lora)
+    if shape is None:
+        return None
+    parameters = shape.parameters
+    size = BYTES[dtype]
+    lora = method.peft == "lora"
+    trainable, trained_size = (shape.lora_parameters, 4) if lora else (parameters, size)
+    weights = parameters * size + (shape.lora_parameters * 4 if lora else 0)
+    beta = trainer_arg(method, "beta") or 0.0  # DPO's and GRPO's KL weight: a reference model unless it is 0
+    needs_reference = method.name in ("dpo", "rlvr") and beta != 0
+    reference = parameters * size if needs_reference and not lora else 0
+    if method.name == "rlvr":  # GRPO: a prompt (cut only where max_prompt_length says) and a completion
+        prompt = trainer_arg(method, "max_prompt_length") or (trainer_arg(method, "max_length") or 1024) // 2
+        length = prompt + trainer_arg(method, "max_completion_length")
+    else:
+        length = trainer_arg(method, "max_length")
+    tokens = trainer_arg(method, "per_device_train_batch_size") * length
+    tokens *= 2 if method.name == "dpo" else 1  # chosen and rejected
+    per_value = 2 if trainer_arg(method, "gradient_checkpointing") else 17
+    activations = tokens * shape.depth * shape.width * per_value * size + tokens * shape.vocab * 4 * 2
+    sharded = bool(trainer_arg(method, "fsdp") or trainer_arg(method, "deepspeed"))
+    share = method.processes if sharded else 1
+    return MemoryPlan(
+        parameters=parameters,
+        trainable=trainable,
+        weights=weights // share,
+        gradients=trainable * trained_size // share,
+        optimizer=2 * trainable * trained_size // share,
+        reference=reference // share,
+        activations=activations,
+        device=device,
+        available=device_memory(device),
+        source=shape.source,
+        processes=method.processes,
+        sharded=sharded,
+    )
+
+
+def model_shape(model_cfg, cache_dir: str, lora) -> ModelShape | None:
+    """A model's size without loading weights: exact from its config where one is on this machine, else estimated
+    from the preset's width and depth; None when neither is known."""
+    config = model_config(model_cfg, cache_dir)
+    if config is not None:
+        parameters, lora_parameters = count_parameters(config, lora, model_cfg.trust_remote_code)
+        dims = config.hidden_size, config.num_hidden_layers, config.vocab_size
+        return ModelShape(parameters, lora_parameters, *dims, "the model's config")
+    if model_cfg.width and model_cfg.depth:
+        width, depth, vocab = model_cfg.width, model_cfg.depth, DEFAULT_VOCAB
+        parameters = 12 * depth * width**2 + 2 * vocab * width  # a decoder's layers plus untied embeddings
+        lora_parameters = 19 * lora.r * depth * width  # q, k, v, o and three MLP matrices of 8/3 width
+        return ModelShape(
+            parameters, lora_parameters, width, depth, vocab, "estimated from model.width and model.depth"
+        )
+    return None
+
+
+def refusal(plan: MemoryPlan, settings) -> str:
+    """Why the job stops, with the figures and what would fit."""
+    options = []
+    if settings.method.peft is None:
+        options.append("method.peft=lora (trains adapters: no gradients or optimizer states for the base weights)")
+    if not trainer_arg(settings.method, "gradient_checkpointing"):
+        options.append("method.args.gradient_checkpointing=true (activations ~8x smaller)")
+    if trainer_arg(settings.method, "per_device_train_batch_size") > 1:
+        options.append("a smaller method.args.per_device_train_batch_size")
+    if not plan.sharded:
+        options.append("weights sharded over GPUs: parallel=fsdp or parallel=zero3 with method.processes=<GPUs>")
+    options.append("a device with more memory")
+    return f"does not fit: {plan.describe()}. Options: " + "; ".join(options)
+
+
+def model_config(model_cfg, cache_dir: str):
+    """The model's transformers config, read without loading weights, or None when none is on this machine. Code
+    shipped in a model folder never runs unless ``model.trust_remote_code=true`` says so."""
+    source, trust = model_cfg.source, {"trust_remote_code": bool(model_cfg.trust_remote_code)}
+    if source == "toy":
+        toy = ToyConfig.from_cfg(model_cfg.toy)
+        return toy_model_config(toy, toy.vocab_size)
+    if source == "gguf":
+        converted = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
+        if (converted / "config.json").exists():
+            return AutoConfig.from_pretrained(converted, **trust)
+        found = gguf_path(model_cfg.package, model_cfg.gguf_file)
+        return AutoConfig.from_pretrained(found.parent, gguf_file=found.name, **trust)
+    directory = None
+    if source == "local":
+        directory = Path(str(model_cfg.path)).expanduser()
+    elif source == "mlflow":
+        directory = mlflow_model_dir(model_cfg.uri, cache_dir)
+    elif source == "hub" and not model_cfg.stages:
+        cached = try_to_load_from_cache(model_cfg.hub_id, "config.json")
+        directory = Path(cached).parent if isinstance(cached, str) else None
+    if directory is None or not directory.is_dir():
+        return None
+    found = sorted(directory.glob("config.json")) or sorted(directory.glob("*/config.json"))
+    if not found:
+        return None
+    with no_remote_code(f"model.path={found[-1].parent}" if source == "local" else str(found[-1].parent)):
+        return AutoConfig.from_pretrained(found[-1].parent, **trust)
+
+
+def count_parameters(config, lora, trust_remote_code: bool = False) -> tuple[int, int]:
+    """(parameters, LoRA parameters at ``lora``'s rank) of the model ``config`` builds, on the meta device: shapes
+    only, no memory."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    parameters = sum(p.numel() for p in model.parameters())
+    targets = lora.target_modules
+    adapted = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] in HEADS:
+            continue
+        if targets == "all-linear" or name.split(".")[-1] in targets:
+            adapted += lora.r * (module.in_features + module.out_features)
+    return parameters, adapted
+
+
+def reset_peak(device: str) -> int:
+    """Start counting a job's peak now; returns the bytes held now (the interpreter and its libraries on a CPU),
+    which ``peak_memory`` reports from."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+        return torch.cuda.memory_allocated(torch.device(device))
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident set (VmHWM) to the current
+    return _status_bytes("VmRSS:")
+
+
+def peak_memory(device: str) -> int:
+    """Bytes at the peak since ``reset_peak``: allocated GPU memory, or the resident set on a CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device))
+    return _status_bytes("VmHWM:")
+
+
+def _status_bytes(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) * 1024  # kB
+
+
+def device_memory(device: str) -> int | None:
+    """Bytes the device offers: a GPU's total memory, or the RAM available now on a CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

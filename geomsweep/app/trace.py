@@ -1,0 +1,128 @@
+"""method=none: measure the geometry (and behavior) of each selected pretraining checkpoint, in step order.
+
+``trace`` yields one Point per checkpoint as soon as it is measured, so the caller can log it at once (a crash
+keeps what was measured); it logs nothing itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from geomsweep.app.memory import BYTES, model_shape
+from geomsweep.behavior.sample_eval import SamplingProbe
+from geomsweep.behavior.toy_eval import ToyEvaluation
+from geomsweep.core.ablation import tail_ablation
+from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
+from geomsweep.core.spectra import Geometry
+from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources.hub_cache import RevisionCache, evicts
+from geomsweep.sources.toy.config import ToyConfig
+
+
+@dataclass
+class Point:
+    """One checkpoint's measurements: what is logged at its step, and what goes into the run's artifacts."""
+
+    checkpoint: ckpts.Checkpoint
+    geometry: dict[int, Geometry]  # by layer
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric logged at this step
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # MLflow tables by artifact path (samples)
+    ablation: dict[str, float] | None = None  # spectral-tail ablation results (geomsweep/ablation.py)
+
+
+def toy_evaluation(settings) -> ToyEvaluation | None:
+    """The toy world's behavior probes, when the model speaks the toy language (else None)."""
+    if settings.model.source != "toy" or not settings.eval.toy_n_docs:
+        return None
+    return ToyEvaluation(
+        ToyConfig.from_cfg(settings.model.toy),
+        settings.eval.toy_n_docs,
+        settings.eval.ngram_order,
+        seed=settings.seed + 7,
+    )
+
+
+def ablation_plan(settings) -> tuple[list[int], str | None]:
+    """The ablation's K list (empty without the toy tasks it scores), or ([], the reason) when the probe does not
+    measure the unembedding's input, e.g. in a sweep over probe.norm, where the other cells still run theirs."""
+    if settings.model.source != "toy" or not settings.eval.toy_n_docs:
+        return [], None
+    ks = list(settings.eval.ablation_k)
+    if ks and (-1 not in settings.probe.layers or settings.probe.norm != "post"):
+        reason = (
+            f"skipped: eval.ablation_k={ks} projects the unembedding's input, measured only with "
+            f"probe.norm=post and -1 in probe.layers (got norm={settings.probe.norm}, "
+            f"layers={list(settings.probe.layers)})"
+        )
+        warnings.warn(reason, stacklevel=2)
+        return [], reason
+    return ks, None
+
+
+def resolve_prefetch(prefetch, device: str) -> bool:
+    """``auto`` prefetches only when measuring on a GPU: on CPU cores the background load competes with the
+    measurement for the same cores (``make bench`` (e) measures about 1.0x on the toy) and doubles model memory."""
+    if prefetch == "auto":
+        return device.startswith("cuda")
+    if isinstance(prefetch, bool):
+        return prefetch
+    raise ValueError(f"prefetch={prefetch!r}; valid: auto, true, false")
+
+
+def trace(
+    settings, selected: list[ckpts.Checkpoint], texts: list[str], sampling: SamplingProbe | None, ablation_k: list[int]
+) -> Iterator[Point]:
+    """Measure each checkpoint of ``selected`` in order: geometry and probe loss, toy behavior and the tail
+    ablation (toy models), sampled behavior at the last (or every) checkpoint."""
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
+    toy = toy_evaluation(settings)
+    sample_at = {c.step for c in selected} if settings.sampler.at == "all" else {selected[-1].step}
+    layer = settings.probe.layers[0]
+    cache = revision_cache(settings)
+    stream = ckpts.loaded(
+        selected,
+        device,
+        dtype,
+        prefetch=resolve_prefetch(settings.prefetch, device),
+        device_map=settings.device_map,
+        trust_remote_code=settings.model.trust_remote_code,
+        before=(lambda checkpoint: cache.check_room(checkpoint.hub_revision)) if cache else None,
+    )
+    for checkpoint, model, tokenizer in tqdm(
+        stream, total=len(selected), desc="checkpoints", unit="ckpt", disable=not settings.progress
+    ):
+        measured = measure_model(model, tokenizer, texts, settings.probe, progress=settings.progress)
+        point = Point(checkpoint, measured.geometry, measured.loss, measured.metrics(layer, settings.probe.loss))
+        if checkpoint.tokens is not None:
+            point.metrics["tokens_seen"] = float(checkpoint.tokens)
+        if toy is not None:
+            point.metrics.update(toy.behavior(model, tokenizer))
+        if ablation_k:
+            point.ablation = tail_ablation(
+                model, measured.covariances[-1], ablation_k, lambda m=model, t=tokenizer: toy.tasks(m, t)
+            )
+            point.metrics.update(
+                {f"ablation/{key}": value for key, value in point.ablation.items() if not key.startswith("full/")}
+            )
+        if sampling is not None and checkpoint.step in sample_at:
+            values, point.tables = sampling.update(model, tokenizer, checkpoint.step)
+            point.metrics.update(values)
+        yield point
+        if cache is not None:  # measured and logged: its files may go
+            cache.measured(checkpoint.hub_revision)
+
+
+def revision_cache(settings) -> RevisionCache | None:
+    """A hub trace's use of the Hugging Face cache (``cache.evict``: auto is on), made before anything downloads."""
+    model = settings.model
+    if model.source != "hub" or model.stages:
+        return None
+    shape = model_shape(model, settings.cache_dir, settings.method.lora)
+    size = shape.parameters * BYTES[str(model.dtype or "float32")] if shape else None
+    return RevisionCache(model.hub_id, evicts(settings), size, settings.cache.reserve_gib)

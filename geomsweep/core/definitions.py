@@ -1,0 +1,59 @@
+"""The choices a measurement is defined by, and the study's reference settings: defined here once, in pure Python,
+so the config's schema imports them without loading torch. Two runs are comparable only when these match.
+
+StrEnum members compare equal to, and print as, their plain string values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+# The reference (the study's code): PCA keeps min(2048, N, D) components; alpha is fit over 1-based ranks 12..100.
+REFERENCE_MAX_EIGS = 2048
+REFERENCE_FIT = (12, 100)
+
+
+class Norm(StrEnum):
+    post = "post"  # the final layer after the final norm (what the unembedding sees; the study's)
+    pre = "pre"  # the residual stream before the final norm
+
+
+class RankMeVariant(StrEnum):
+    eigen = "eigen"  # entropy of the eigenvalues (the study)
+    singular = "singular"  # entropy of the singular values (Garrido et al.)
+
+
+class PaddingSide(StrEnum):
+    right = "right"
+    left = "left"
+
+
+class Dtype(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+def choice(enum: type[StrEnum], value, key: str):
+    """``value`` as a member of ``enum``, or a ValueError naming ``key``, the value and the valid ones (for callers
+    that bypass the config, such as the evaluator plugin)."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r}; valid: {', '.join(enum)}") from None
+
+
+@dataclass
+class PhaseRule:
+    """How a RankMe trajectory is cut into phases (the ``phases`` config group's schema and defaults)."""
+
+    min_change: float = 0.15  # a swing counts as a phase when RankMe moves by at least this fraction
+    bandwidth: float = 0.25  # smoothing width in log(step + 1)
+
+    def __post_init__(self) -> None:
+        if not self.min_change > 0:
+            raise ValueError(f"phases.min_change={self.min_change} must be > 0")
+        if self.bandwidth < 0:
+            raise ValueError(f"phases.bandwidth={self.bandwidth} must be >= 0 (0: no smoothing)")

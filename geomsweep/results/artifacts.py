@@ -1,0 +1,161 @@
+"""What a run keeps besides metric values: spectra tables, the trace summary (phases and the trajectory figure),
+the ablation table. Built here once; the job, the trace roll-up and the evaluator all log these same shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from geomsweep.core.phases import PhaseRule, Phases, detect
+from geomsweep.results import plots
+from geomsweep.tracking.keys import TAG_PHASE_BOUNDARIES, TAG_PHASES
+
+
+def spectrum_table(eigs: torch.Tensor, **columns) -> pd.DataFrame:
+    """(rank, eigenvalue, explained-variance ratio) of one spectrum, after any constant ``columns`` (step, ...)."""
+    eigs = eigs.to(torch.float64)
+    return pd.DataFrame(
+        {
+            **columns,
+            "rank": range(1, len(eigs) + 1),
+            "eigenvalue": eigs.numpy(),
+            "explained_variance_ratio": (eigs / eigs.sum()).numpy(),
+        }
+    )
+
+
+def spectra_table(points, layer: int) -> pd.DataFrame:
+    """Long table (step, revision, rank, eigenvalue, explained-variance ratio) of one layer's spectra."""
+    return pd.concat(
+        [
+            spectrum_table(p.geometry[layer].eigs, step=p.checkpoint.step, revision=p.checkpoint.revision)
+            for p in points
+        ],
+        ignore_index=True,
+    )
+
+
+def layers_table(points) -> pd.DataFrame:
+    """One row per (checkpoint, layer): every spectral metric, for layers beyond the headline one."""
+    return pd.DataFrame(
+        [
+            {
+                "step": p.checkpoint.step,
+                "revision": p.checkpoint.revision,
+                "tokens": p.checkpoint.tokens,
+                "layer": layer,
+                "n_sequences": g.n_samples,
+                "probe_loss": p.loss,
+                **g.metrics(),
+            }
+            for p in points
+            for layer, g in p.geometry.items()
+        ]
+    )
+
+
+@dataclass
+class TraceSummary:
+    """Phases read off a RankMe trajectory, and the figure of it (RankMe, alpha, loss; shaded by phase)."""
+
+    steps: list[int]
+    phases: Phases | None  # None with fewer than 3 checkpoints
+    figure: object | None  # None with a single checkpoint
+
+    def phase_history(self) -> dict[str, dict[int, float]]:
+        return {"geometry/phase": dict(zip(self.steps, self.phases.labels))} if self.phases else {}
+
+    def phase_tags(self) -> dict[str, str]:
+        if not self.phases:
+            return {}
+        return {
+            TAG_PHASES: self.phases.describe(),
+            TAG_PHASE_BOUNDARIES: ",".join(map(str, self.phases.boundaries)) or "none",
+        }
+
+
+def summarize_trace(
+    steps: Sequence[int],
+    rankme: Sequence[float],
+    alpha: Sequence[float],
+    loss: Sequence[float] | None,
+    rule: PhaseRule,
+    stages: Sequence[str] | None = None,
+    errors: tuple[Sequence[float], Sequence[float]] | None = None,
+    title: str = "",
+) -> TraceSummary:
+    """Phases (from 3 checkpoints on) and the trajectory figure (from 2 on) of one trace. A trace over the
+    stages of a post-training pipeline has no pretraining phases: its figure is labelled by stage instead."""
+    phases = (
+        detect(list(steps), list(rankme), rule.min_change, rule.bandwidth) if len(steps) > 2 and not stages else None
+    )
+    figure = None
+    if len(steps) > 1:
+        figure = plots.trajectory(
+            list(steps),
+            list(rankme),
+            list(alpha),
+            loss=loss,
+            phases=phases.labels if phases else None,
+            stages=stages,
+            errors=errors,
+            title=title,
+        )
+    return TraceSummary(list(steps), phases, figure)
+
+
+def ablation_table(points, phases: Phases | None) -> pd.DataFrame | None:
+    """Table 1 of the paper, one row per (checkpoint, task); None when no checkpoint was ablated."""
+    labels = phases.labels if phases else [None] * len(points)
+    rows = [
+        {"step": p.checkpoint.step, "phase": label, "results": p.ablation}
+        for p, label in zip(points, labels)
+        if p.ablation
+    ]
+    return tail_ablation_table(rows) if rows else None
+
+
+RANKME_SE, ALPHA_SE = "geometry/rankme_se", "geometry/alpha_req_se"  # probe.jackknife's error bars
+STAGE_KEY = "post_training/stage"  # a pipeline's stage (0, 1, ...) at each measured step
+
+
+def post_training_history(history: dict[int, dict[str, float]]) -> pd.DataFrame:
+    """Every measurement of a post-training job by post-training step."""
+    return pd.DataFrame.from_dict(history, orient="index").rename_axis("step").reset_index()
+
+
+def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | None = None, title: str = ""):
+    """The trajectory over post-training steps, a pipeline's ``stages`` shaded, or None with fewer than two
+    geometry measurements."""
+    geometry = frame.dropna(subset=["geometry/rankme"])
+    if len(geometry) < 2:
+        return None
+    spans = None
+    if stages and STAGE_KEY in frame:  # a stage runs from where the last one ended to its own last step
+        ends = frame.groupby(STAGE_KEY)["step"].max()
+        spans = [(stages[int(i)], ends.get(i - 1, 0), end) for i, end in ends.items()]
+    return plots.trajectory(
+        list(geometry["step"]),
+        list(geometry["geometry/rankme"]),
+        list(geometry["geometry/alpha_req"]),
+        loss=list(geometry["eval/probe_loss"]) if "eval/probe_loss" in geometry else None,
+        xlabel=f"{method} step",
+        spans=spans,
+        errors=(list(geometry[RANKME_SE]), list(geometry[ALPHA_SE])) if RANKME_SE in geometry else None,
+        title=title,
+    )
+
+
+def tail_ablation_table(rows: list[dict]) -> pd.DataFrame:
+    """Table-1 shape: one row per (checkpoint, task), one column per variant (full, top-K only, without top-K)."""
+    records = []
+    for row in rows:
+        by_task: dict[str, dict] = {}
+        for key, value in row["results"].items():
+            variant, task = key.split("/", 1)
+            by_task.setdefault(task, {"step": row["step"], "phase": row.get("phase"), "task": task})[variant] = value
+        records.extend(by_task.values())
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,156 @@
+"""Figures a user looks at first: the eigenspectra with their power-law fits, and the RankMe / alpha trajectory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import torch
+from matplotlib.colors import SymLogNorm
+from matplotlib.figure import Figure
+
+from geomsweep.core.phases import NAMES
+
+ZERO_EIGENVALUE = 1e-10  # relative to the largest: below it an eigenvalue is round-off, not variance
+# Figures are built as plain matplotlib Figures, never through pyplot: no GUI backend, no global figure registry,
+# nothing to close, safe in worker processes and notebooks alike.
+
+
+def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, fit_end: int, title: str = ""):
+    """Log-log eigenspectra (explained-variance ratio), one line per step coloured by log step (where warmup and
+    entropy-seeking happen, early checkpoints get colours of their own), with the fit of the last step drawn over
+    its fit range. Eigenvalues below 1e-10 x the largest (numerically zero) are left out, and counted."""
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    steps = sorted(spectra)
+    cmap = matplotlib.colormaps["viridis"]
+    norm = SymLogNorm(linthresh=1, vmin=steps[0], vmax=max(steps[-1], steps[0] + 1))
+    dropped = 0
+    for step in steps:
+        eigs = spectra[step]
+        ratio = eigs / eigs.sum()
+        kept = eigs > ZERO_EIGENVALUE * eigs.max()
+        dropped = max(dropped, int((~kept).sum()))
+        ranks = torch.arange(1, len(ratio) + 1)
+        ax.loglog(ranks[kept], ratio[kept], color=cmap(norm(step)), lw=1, label=f"step {step}")
+    last = steps[-1]
+    fit = fits[last]
+    if fit.alpha == fit.alpha:  # not NaN
+        k = torch.arange(fit_start, fit_end + 1, dtype=torch.float64)
+        scale = spectra[last].sum()
+        ax.loglog(
+            k,
+            (fit.intercept - fit.alpha * k.log()).exp() / scale,
+            "r--",
+            lw=2,
+            label=f"fit step {last}: α={fit.alpha:.2f}, R²={fit.r2:.3f}",
+        )
+    ax.set_xlabel("rank k" + (f" ({dropped} eigenvalues < 1e-10 λ₁ not drawn)" if dropped else ""))
+    ax.set_ylabel("λ_k / Σλ")
+    ax.set_title(_titled(title, "Eigenspectrum of last-token representations"))
+    if len(steps) <= 8:
+        ax.legend(fontsize=7)
+    else:
+        fig.colorbar(matplotlib.cm.ScalarMappable(cmap=cmap, norm=norm), ax=ax, label="step (log)")
+        ax.legend(handles=ax.lines[-1:], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _titled(title: str, what: str) -> str:
+    """A figure's title: the run or sweep it shows, then what it shows."""
+    return f"{title}\n{what}" if title else what
+
+
+def trajectory(
+    steps: Sequence[int],
+    rankme: Sequence[float],
+    alpha: Sequence[float],
+    loss: Sequence[float] | None = None,
+    phases: Sequence[int] | None = None,
+    xlabel: str = "step",
+    stages: Sequence[str] | None = None,
+    spans: Sequence[tuple[str, float, float]] | None = None,
+    errors: tuple[Sequence[float], Sequence[float]] | None = None,
+    title: str = "",
+):
+    """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given.
+    With ``stages`` (released stages traced as checkpoints) the x axis is the stages in order, labelled by name;
+    ``spans`` (name, first step, last step) shade the stages of a post-training pipeline on the step axis;
+    ``errors`` (RankMe's and alpha's standard errors) draw +-1 SE bands."""
+    bands = errors or (None, None)
+    panels = [("RankMe", rankme, "tab:blue", bands[0]), ("α-ReQ", alpha, "tab:orange", bands[1])]
+    if loss is not None:
+        panels.append(("loss", loss, "tab:gray", None))
+    fig = Figure(figsize=(7, 2.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, sharex=True)
+    for ax, (name, values, color, se) in zip(axes, panels):
+        ax.plot(steps, values, "o-", color=color, ms=3)
+        if se is not None:
+            low = [v - e for v, e in zip(values, se)]
+            ax.fill_between(steps, low, [v + e for v, e in zip(values, se)], color=color, alpha=0.25, lw=0)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if phases is not None:
+            shade_phases(ax, steps, phases)
+        for i, (name, first, last) in enumerate(spans or ()):
+            ax.axvspan(first, last, color=STAGE_COLORS[i % len(STAGE_COLORS)], alpha=0.5, lw=0, label=name)
+    if phases is not None or spans:
+        axes[0].legend(loc="best", fontsize=7)
+    if stages:
+        axes[-1].set_xticks(list(steps), list(stages))
+        axes[-1].set_xlabel("stage")
+    elif spans:  # post-training steps: evenly spaced
+        axes[-1].set_xlabel(xlabel)
+    else:
+        axes[-1].set_xscale("symlog", linthresh=1)
+        axes[-1].set_xlabel(xlabel)
+    axes[0].set_title(_titled(title, "Representation geometry over training"))
+    fig.tight_layout()
+    return fig
+
+
+PHASE_COLORS = {0: "#dddddd", 1: "#cfe8ff", 2: "#ffe0c2"}
+
+
+STAGE_COLORS = ("#dde8f5", "#f5e6d3", "#e0f0dc", "#eee0f3")
+
+
+def shade_phases(ax, steps: Sequence[int], phases: Sequence[int]) -> None:
+    """Shade contiguous runs of one phase label; edges sit halfway between checkpoints in log(step + 1)."""
+    edges = [steps[0]] + [((a + 1) * (b + 1)) ** 0.5 - 1 for a, b in zip(steps, steps[1:])] + [steps[-1]]
+    start = 0
+    for i in range(1, len(phases) + 1):
+        if i < len(phases) and phases[i] == phases[start]:
+            continue
+        label = phases[start]
+        if label in PHASE_COLORS:  # -1: no phase detected, left unshaded
+            seen = ax.get_legend_handles_labels()[1]
+            ax.axvspan(
+                edges[start],
+                edges[i],
+                color=PHASE_COLORS[label],
+                alpha=0.6,
+                lw=0,
+                label=None if NAMES[label] in seen else NAMES[label],
+            )
+        start = i
+
+
+def pass_at_k(curves: dict[str, dict[int, float]], n: int, title: str = ""):
+    """pass@k against k (log2 axis), one line per labelled curve (e.g. a split before and after post-training);
+    ``title`` names the run or sweep."""
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.subplots()
+    for label, curve in curves.items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], "o-", ms=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(_titled(title, f"pass@k (unbiased estimate from n={n} samples)"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

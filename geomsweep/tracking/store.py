@@ -1,0 +1,140 @@
+"""Where runs are kept: the tracking URI, the store made once (under a lock on sqlite), the experiment's id."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+import mlflow
+from filelock import FileLock, Timeout
+from hydra.core.hydra_config import HydraConfig
+
+from geomsweep.tracking.server import healthy
+
+DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store, and tracking=sqlite's
+STORE_LOCK_TIMEOUT_S = 120  # longer than any store creation; a lock held past it is a stuck process
+# A tracking server that stops answering costs a job seconds, not MLflow's default minutes (7 retries with
+# exponential backoff on every call, 120 s timeouts): geomsweep's defaults, unless the environment sets them.
+HTTP_BUDGET = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be reached or written: one line naming it, before any run opens."""
+
+
+def tracking_uri(tracking_cfg=None) -> str:
+    """``MLFLOW_TRACKING_URI`` wins over the config (or, without one, the default store), as everywhere in MLflow.
+    A relative sqlite path is the folder geomsweep was started from, also when Hydra changes into a job's own
+    output folder (``hydra.job.chdir=true``): every job of a sweep, and every re-run, finds the same store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (str(tracking_cfg.uri) if tracking_cfg else DEFAULT_URI)
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute() and HydraConfig.initialized():
+        return f"sqlite:///{Path(HydraConfig.get().runtime.cwd) / path}"
+    return uri
+
+
+def lost_server(err: BaseException) -> StoreError | None:
+    """When ``err`` came from a tracking server that no longer answers: the one line to say instead."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")) or healthy(uri, timeout=3):
+        return None
+    return StoreError(
+        f"the MLflow server at {uri} stopped answering ({type(err).__name__}); nothing more could be logged. Its "
+        f"run stays RUNNING there until the next run of the cell finds its lease stale and marks it KILLED"
+    )
+
+
+def sqlite_path(uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) and uri != prefix + ":memory:" else None
+
+
+def writable_sqlite(path: Path) -> None:
+    """The sqlite file's directory exists (made if needed) and takes a file, or a StoreError naming the path:
+    a lock that cannot be created would otherwise be retried forever."""
+    lock = Path(str(path) + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a"):
+            pass
+    except OSError as err:
+        raise StoreError(
+            f"cannot write the MLflow store {path} ({err.strerror or type(err).__name__}: {err.filename or lock}); "
+            f"point tracking.uri or MLFLOW_TRACKING_URI at a writable place, e.g. sqlite:///$PWD/mlflow.db"
+        ) from None
+
+
+def intact_sqlite(path: Path) -> None:
+    """An existing sqlite store passes sqlite's own ``quick_check``, or a StoreError naming the file and the fix:
+    writing into a damaged store loses data, and an empty file is a truncated store, not a new one."""
+    if not path.exists():
+        return
+    fix = f"restore {path} from a backup, or move it aside to start a new store"
+    if path.stat().st_size == 0:
+        raise StoreError(f"the MLflow store {path} is an empty file (0 bytes), not a store: {fix}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=20)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        verdict = str(err)
+    if verdict != "ok":
+        raise StoreError(f"the MLflow store {path} is damaged (sqlite: {verdict}): {fix}")
+
+
+def setup_store(tracking_cfg) -> str:
+    """Point MLflow at the store, create it and the experiment if needed; return the experiment id.
+
+    On sqlite this happens under a file lock: parallel processes creating one fresh sqlite store all fail."""
+    uri = tracking_uri(tracking_cfg)
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_BUDGET.items():
+            os.environ.setdefault(key, value)
+        if not healthy(uri, timeout=10):
+            raise StoreError(
+                f"no MLflow server answers at {uri}: start one (mlflow server --host 127.0.0.1 "
+                f"--port ...), or use tracking=server with tracking.server.start=true, or the "
+                f"single-machine default tracking=sqlite"
+            )
+    mlflow.set_tracking_uri(uri)
+    path = sqlite_path(uri)
+    if path is None:
+        return experiment_id(tracking_cfg.experiment)
+    writable_sqlite(path)
+    intact_sqlite(path)
+    try:
+        with FileLock(str(path) + ".lock", timeout=STORE_LOCK_TIMEOUT_S):
+            return experiment_id(tracking_cfg.experiment)
+    except Timeout:
+        raise StoreError(
+            f"the MLflow store {path} stayed locked for {STORE_LOCK_TIMEOUT_S} s ({path}.lock): another geomsweep "
+            f"process is creating it, or one died holding the lock; if none runs, delete {path}.lock"
+        ) from None
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's id, created if it does not exist yet."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process (a server store)
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def quoted(value: str) -> str:
+    """``value`` as a string literal of an MLflow filter: single quotes, or double quotes when it holds a single
+    quote (a sweep folder such as ``/home/o'brien/...``)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters, which an MLflow search cannot match; rename it")

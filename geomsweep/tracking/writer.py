@@ -1,0 +1,118 @@
+"""``RunLogger``: the one writer to MLflow. Every param, metric, tag, artifact and status change geomsweep makes
+goes through it, bound to a run id (so workers never rely on a global active run)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data
+import pandas as pd
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.utils import mlflow_tags
+from omegaconf import DictConfig, OmegaConf
+
+from geomsweep.tracking.identity import flatten
+from geomsweep.tracking.keys import TAG_ERROR, TAG_PROBE_DIGEST
+
+MAX_TAG_CHARS = 5000
+
+
+class RunLogger:
+    """Every MLflow write of one run."""
+
+    def __init__(self, run_id: str, client: mlflow.MlflowClient | None = None):
+        self.run_id = run_id
+        self.client = client or mlflow.MlflowClient()
+
+    @classmethod
+    def create(cls, experiment_id: str, name: str, tags: dict[str, str], client=None) -> RunLogger:
+        """A new run, not made active (a sweep parent or a trace roll-up, written to from outside)."""
+        client = client or mlflow.MlflowClient()
+        return cls(client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id, client)
+
+    @property
+    def name(self) -> str:
+        """The run's name (figures are titled with it)."""
+        return self.client.get_run(self.run_id).info.run_name or self.run_id
+
+    def config(self, cfg: DictConfig) -> None:
+        """Params (``cfg.<dotted.key>``, batched) and the resolved YAML as an artifact."""
+        self.params(flatten(cfg))
+        self.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def params(self, values: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in values.items()])
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        self.history({key: {step: value} for key, value in values.items()})
+
+    def history(self, series: dict[str, dict[int, float]]) -> None:
+        """Many (key, step, value) points in one batched call."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[
+                Metric(key, float(value), now, step)
+                for key, by_step in series.items()
+                for step, value in by_step.items()
+            ],
+        )
+
+    def tags(self, values: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in values.items()])
+
+    def text(self, content: str, path: str) -> None:
+        self.client.log_text(self.run_id, content, path)
+
+    def figure(self, fig, path: str) -> None:
+        self.client.log_figure(self.run_id, fig, path)
+
+    def table(self, frame, path: str) -> None:
+        """A CSV artifact."""
+        self.text(frame.to_csv(index=False), path)
+
+    def file(self, local_path: str | Path, path: str) -> None:
+        """A local file into the artifact folder ``path``."""
+        self.client.log_artifact(self.run_id, str(local_path), path)
+
+    def directory(self, local_dir: str | Path, path: str) -> None:
+        """A directory (a saved model) as the artifact folder ``path``."""
+        self.client.log_artifacts(self.run_id, str(local_dir), path)
+
+    def json_table(self, columns: dict[str, list] | pd.DataFrame, path: str) -> None:
+        """An MLflow table (readable in the UI's artifact view and through ``mlflow.load_table``)."""
+        self.client.log_table(self.run_id, columns, path)
+
+    def probe_input(self, texts: list[str], name: str) -> str:
+        """The probe texts as the run's MLflow dataset input (context ``probe``, in the UI's Datasets column), with
+        a digest of all of them; returns the digest."""
+        digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+        dataset = mlflow.data.from_pandas(pd.DataFrame({"text": texts}), name=name, digest=digest)
+        context = InputTag(key=mlflow_tags.MLFLOW_DATASET_CONTEXT, value="probe")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[context])])
+        self.tags({TAG_PROBE_DIGEST: digest})
+        return digest
+
+    def failure(self, err: BaseException) -> None:
+        """The reason as a tag, the traceback as ``error.txt``."""
+        self.tags({TAG_ERROR: f"{type(err).__name__}: {err}"})
+        self.text(traceback.format_exc(), "error.txt")
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """Close the run with ``status`` (FINISHED, FAILED, KILLED), the reason as its error tag."""
+        if reason is not None:
+            self.tags({TAG_ERROR: reason})
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:  # the job's own run: also leave it inactive
+            mlflow.end_run(status)
+        else:
+            self.client.set_terminated(self.run_id, status)
+
+    def delete(self) -> None:
+        """Delete the run (a roll-up rebuilt from scratch replaces its earlier one)."""
+        self.client.delete_run(self.run_id)

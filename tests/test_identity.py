@@ -1,0 +1,55 @@
+"""A cell's identity survives code moves: a store written before post-training moved inside geomsweep (and before
+the folders became layers) is resumed without re-running any of its finished cells.
+
+``tests/data/pre_move_store.sql.gz`` is the SQL dump of the store that geomsweep at commit c32b252 wrote for the
+two command lines below (a sweep over method=none,sft and an RLVR run); nothing here rewrites it.
+"""
+
+import gzip
+import sqlite3
+
+import mlflow
+import pytest
+
+from tests.conftest import GEOMETRY_ONLY, REPO, run_app
+
+FAST = [  # exactly as the store was made
+    "++method.args.max_steps=2",
+    "++method.geometry_every=1",
+    "++method.args.per_device_train_batch_size=4",
+    "++method.args.logging_steps=1",
+]
+SWEEP = ["-m", "method=none,sft", "checkpoint=final", *GEOMETRY_ONLY, *FAST]
+RLVR = ["method=rlvr", *GEOMETRY_ONLY, *FAST, "method.args.num_generations=4"]
+
+
+@pytest.fixture
+def pre_move_store(tmp_path) -> str:
+    path = tmp_path / "mlflow.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(gzip.decompress((REPO / "tests/data/pre_move_store.sql.gz").read_bytes()).decode())
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.slow
+def test_a_sweep_finished_before_the_move_reruns_no_cell(tmp_path, pre_move_store):
+    client = mlflow.MlflowClient(pre_move_store)
+    experiment = client.get_experiment_by_name("geomsweep").experiment_id
+    before = {r.info.run_id: r.info.status for r in client.search_runs([experiment])}
+    assert len(before) == 4 and set(before.values()) == {"FINISHED"}  # a parent, two cells, an RLVR run
+
+    empty_cache = tmp_path / "cache"  # a re-run cell would need the toy pretrained: none is here
+    sweep = run_app(SWEEP, tmp_path, empty_cache, pre_move_store)
+    rlvr = run_app(RLVR, tmp_path, empty_cache, pre_move_store)
+
+    assert sweep.stdout.count("geomsweep: skipped") == 2 and rlvr.stdout.count("geomsweep: skipped") == 1
+    runs = client.search_runs([experiment])
+    jobs = [r for r in runs if r.data.tags.get("geomsweep.role") == "job"]
+    assert sorted(r.info.run_id for r in jobs) == sorted(
+        run_id for run_id in before if client.get_run(run_id).data.tags.get("geomsweep.role") == "job"
+    )
+    assert not (empty_cache / "toy").exists() and not list(empty_cache.glob("toy-*"))
+    (parent,) = [r for r in runs if r.data.tags.get("geomsweep.role") == "sweep" and r.info.run_id not in before]
+    reused = {v for k, v in parent.data.tags.items() if k.startswith("geomsweep.reused.")}
+    swept = {r.info.run_id for r in jobs if r.data.params["cfg.method.name"] in ("none", "sft")}
+    assert parent.info.status == "FINISHED" and reused == swept and len(swept) == 2
