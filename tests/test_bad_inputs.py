@@ -438,3 +438,30 @@ def test_jobs_that_change_into_their_own_folder_share_the_store_of_the_folder_th
     again = run_app(args, tmp_path, cache_dir)
     assert "geomsweep: skipped" in again.stdout and (tmp_path / "mlflow.db").exists()
     assert len(runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "job")) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB file system of its own (tmpfs; needs root, as CI and this machine have), unmounted afterwards."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_store_out_of_disk_space_ends_in_one_line(tmp_path, cache_dir, tiny_checkpoints, small_disk):
+    store = small_disk / "mlflow.db"
+    shutil.copy(a_store(tmp_path), store)
+    filler = open(small_disk / "filler", "wb", buffering=0)  # leave the store no room to grow
+    try:
+        while True:
+            filler.write(b"\0" * 4096)
+    except OSError:
+        filler.close()
+    start = time.monotonic()
+    proc = run_app(GEOMETRY, tmp_path, cache_dir, f"sqlite:///{store}", check=False)
+    assert proc.returncode != 0 and time.monotonic() - start < 120
+    assert f"geomsweep: the MLflow store {store} ran out of disk space" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr

@@ -4,6 +4,7 @@ any MLflow run opens."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +17,7 @@ from geomsweep.behavior.sampling import vllm_platform
 from geomsweep.config.overrides import cell_name
 from geomsweep.config.schema import Config, ConfigError
 from geomsweep.core.measure import resolve_device, resolve_dtype
-from geomsweep.tracking.store import StoreError, lost_server
+from geomsweep.tracking.store import StoreError, store_fault
 
 
 def check_vllm(settings: Config) -> None:
@@ -44,6 +45,9 @@ def check_memory(settings: Config) -> None:
 
 
 def run(cfg: DictConfig, settings: Config) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") != "1":
+        # MLflow logs each database error with its traceback before raising it; geomsweep reports it in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         resolve_device(settings.device)  # device=cuda on a machine without CUDA: here, not deep inside torch
         check_vllm(settings)
@@ -60,8 +64,8 @@ def run(cfg: DictConfig, settings: Config) -> None:
     except Exception as err:  # one clear line; the traceback is in the run's error.txt
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if (lost := lost_server(err)) is not None:
-            raise SystemExit(f"geomsweep: {lost}") from None
+        if (fault := store_fault(err)) is not None:
+            raise SystemExit(f"geomsweep: {fault}") from None
         raise SystemExit(
             f"geomsweep: failed: {type(err).__name__}: {err}\n"
             f"geomsweep: the traceback is in the run's error.txt artifact; HYDRA_FULL_ERROR=1 prints it here"

@@ -9,6 +9,7 @@ names it).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -94,8 +95,13 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
             if not in_multirun():
                 raise
             log.end("FAILED")
-            traceback.print_exc()
-            print(f"geomsweep: {name} FAILED ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                traceback.print_exc()
+            print(
+                f"geomsweep: {name} FAILED ({type(err).__name__}: {err}); the sweep goes on (the traceback is the "
+                f"run's error.txt)",
+                file=sys.stderr,
+            )
             return
     print(results_message(mlflow.MlflowClient().get_run(run.info.run_id)))
 

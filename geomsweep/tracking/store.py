@@ -40,15 +40,24 @@ def tracking_uri(tracking_cfg=None) -> str:
     return uri
 
 
-def lost_server(err: BaseException) -> StoreError | None:
-    """When ``err`` came from a tracking server that no longer answers: the one line to say instead."""
+def store_fault(err: BaseException) -> StoreError | None:
+    """When ``err`` came from the store itself (a sqlite file out of disk space, a server that stopped answering),
+    the one line to say instead, naming the store and the fix; None for any other error."""
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")) or healthy(uri, timeout=3):
-        return None
-    return StoreError(
-        f"the MLflow server at {uri} stopped answering ({type(err).__name__}); nothing more could be logged. Its "
-        f"run stays RUNNING there until the next run of the cell finds its lease stale and marks it KILLED"
-    )
+    path = sqlite_path(uri)
+    text = f"{err} {err.__cause__ or ''} {err.__context__ or ''}"
+    after = "its run stays RUNNING until the next run of the cell marks it KILLED"
+    if path is not None and ("database or disk is full" in text or "No space left on device" in text):
+        return StoreError(
+            f"the MLflow store {path} ran out of disk space (sqlite: database or disk is full): free space on its "
+            f"disk or point tracking.uri at another; {after}"
+        )
+    if uri.startswith(("http://", "https://")) and not healthy(uri, timeout=3):
+        return StoreError(
+            f"the MLflow server at {uri} stopped answering ({type(err).__name__}); nothing more could be logged, "
+            f"and {after} (its lease is stale)"
+        )
+    return None
 
 
 def sqlite_path(uri: str) -> Path | None:
