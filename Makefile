@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/python -m geomsweep
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # ruff (lint + format, configured in pyproject.toml); the import layering is checked by tests/test_layers.py
 lint: install

@@ -9,12 +9,12 @@ own task at every boundary.
 
 from __future__ import annotations
 
-from geomsweep.post_training.run import Measurer, load_base, log_pass_at_k, log_peak, train_stage
 from peft import PeftModel
 
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.config.schema import stage_configs
 from geomsweep.core.measure import resolve_device
+from geomsweep.post_training.run import Measurer, load_base, log_pass_at_k, log_peak, train_stage
 from geomsweep.results.artifacts import STAGE_KEY
 from geomsweep.tracking.keys import TAG_STAGE_PREFIX
 
@@ -37,6 +37,7 @@ def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]
             for step, metrics in stage_history.items():
                 history.setdefault(step, {}).update(metrics | {STAGE_KEY: index})
             offset = max(stage_history)
+        measure.log_spectra(offset)
     log_peak(log, device, baseline)
     log_pass_at_k(sampling, log)
     return history

@@ -14,9 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
-from geomsweep.post_training.callbacks import GeometryCallback
-from geomsweep.post_training.evaluate import evaluate_split
-from geomsweep.post_training.launch import in_worker, launch
+import pandas as pd
 from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
 
@@ -25,7 +23,11 @@ from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import change_metrics
+from geomsweep.post_training.callbacks import GeometryCallback
+from geomsweep.post_training.evaluate import evaluate_split
+from geomsweep.post_training.launch import in_worker, launch
 from geomsweep.results import plots
+from geomsweep.results.artifacts import spectrum_table
 from geomsweep.sources import checkpoints as ckpts
 from geomsweep.sources.tasks import load_task
 from geomsweep.tracking.keys import TAG_BASE_REVISION, TAG_BASE_STEP
@@ -121,6 +123,7 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     with sampling_probe(settings) if processes.is_main() else nullcontext() as sampling:
         measure = Measurer(settings, tokenizer, texts, log, sampling)
         history, _ = train_stage(settings, model, tokenizer, measure, log, device)
+        measure.log_spectra(max(history))
     log_peak(log, device, baseline)
     log_pass_at_k(sampling, log)
     return history
@@ -152,14 +155,34 @@ class Measurer:
         self.settings, self.tokenizer, self.texts, self.log, self.sampling = settings, tokenizer, texts, log, sampling
         self.task = load_task(settings.task, seed=settings.seed)
         self.base = None  # the first measurement's geometry: changes are measured from it
+        self.latest = None  # the last measurement's
 
     def geometry(self, model) -> dict[str, float]:
         """The probe geometry, and its change since the first measurement (the base model) with paired SEs."""
         probe = self.settings.probe
         measured = measure_model(model, self.tokenizer, self.texts, probe, progress=False)
         now = measured.geometry[probe.layers[0]]
-        self.base = self.base or now
+        self.base, self.latest = self.base or now, now
         return measured.metrics(probe.layers[0], probe.loss) | change_metrics(self.base, now)
+
+    def log_spectra(self, last_step: int) -> None:
+        """The base model's eigenspectrum and the post-trained one's, as a table and one overlaid plot: how the
+        method reshaped the representations."""
+        if not processes.is_main() or self.base is None or not (self.base.finite and self.latest.finite):
+            return
+        probe = self.settings.probe
+        spectra = {0: self.base, last_step: self.latest}
+        self.log.table(
+            pd.concat([spectrum_table(g.eigs, step=step) for step, g in spectra.items()]), "spectra/eigenspectra.csv"
+        )
+        figure = plots.eigenspectra(
+            {step: g.eigs for step, g in spectra.items()},
+            {step: g.fit for step, g in spectra.items()},
+            probe.fit_start,
+            probe.fit_end,
+            f"{self.log.name}: base (step 0) and after {self.settings.method.name} (step {last_step})",
+        )
+        self.log.figure(figure, "plots/eigenspectrum.png")
 
     def behavior(self, model, step: int) -> dict[str, float]:
         """Evaluation and sampling, by the process that logs (the only one, or rank 0 of several)."""

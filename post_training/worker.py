@@ -16,10 +16,10 @@ from pathlib import Path
 import mlflow
 import torch
 from accelerate import PartialState
-from geomsweep.post_training.launch import HISTORY
-from geomsweep.post_training.run import post_train
 
 from geomsweep.core.measure import resolve_device
+from geomsweep.post_training.launch import HISTORY
+from geomsweep.post_training.run import post_train
 from geomsweep.tracking.writer import RunLogger
 
 

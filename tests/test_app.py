@@ -23,6 +23,8 @@ def test_single_run_logs_the_trace(tmp_path, cache_dir, tiny_checkpoints, store)
     client = client_for(store)
     (run,) = only_run(client)
     assert run.info.status == "FINISHED"
+    # MLflow 3's UI opens a model-development experiment on its runs, not on the GenAI overview
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     steps = sorted(int(p.name[4:]) for p in tiny_checkpoints.iterdir() if p.name.startswith("step"))
     history = client.get_metric_history(run.info.run_id, "geometry/rankme")
     assert sorted(m.step for m in history) == steps

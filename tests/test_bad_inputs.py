@@ -465,3 +465,42 @@ def test_a_store_out_of_disk_space_ends_in_one_line(tmp_path, cache_dir, tiny_ch
     assert proc.returncode != 0 and time.monotonic() - start < 120
     assert f"geomsweep: the MLflow store {store} ran out of disk space" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_probe_longer_than_the_models_context_is_refused_at_once(tmp_path, cache_dir, tiny_checkpoints, store):
+    start = time.monotonic()
+    proc = run_app([*GEOMETRY, "checkpoint=final", "probe.max_length=100000"], tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0 and time.monotonic() - start < 90 and "Traceback" not in proc.stderr
+    assert "probe.max_length=100000 exceeds this model's context of 64 tokens" in proc.stderr
+    (run,) = runs_of(store, "job")
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_sweep_started_in_a_folder_with_a_quote_in_its_path_works(tmp_path, cache_dir, tiny_checkpoints):
+    folder = tmp_path / "o'brien's runs"
+    folder.mkdir()
+    run_app(["-m", "seed=0,1", "checkpoint=final", *GEOMETRY], folder, cache_dir)
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    (parent,) = runs_of(store, "sweep")
+    assert parent.info.status == "FINISHED" and parent.data.tags["geomsweep.cells"] == "2"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs_of(store, "job")} == {parent.info.run_id}
+
+
+@pytest.mark.parametrize("artifact", ["notes.txt", ""], ids=["a-file", "the-whole-artifact-root"])
+def test_a_model_uri_that_names_no_saved_model_leaves_the_cache_untouched(tmp_path, store, monkeypatch, artifact):
+    import mlflow
+
+    from geomsweep.sources.checkpoints import download_model, mlflow_model_dir
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go beside it, not into the working tree
+    with mlflow.start_run() as run:
+        mlflow.log_text("not a model", "notes.txt")
+        mlflow.log_text("nor this", "plots/readme.txt")
+    uri = f"runs:/{run.info.run_id}/{artifact}"
+    cache = tmp_path / "cache"
+    directory = mlflow_model_dir(uri, str(cache))
+    with pytest.raises(FileNotFoundError, match="holds no saved model"):
+        download_model(uri, directory)
+    assert not directory.exists() and not directory.with_name(directory.name + ".partial").exists()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from geomsweep.app.compare import describe, headline, over_seeds, rounded, verdict
+from geomsweep.app.compare import comparison_markdown, describe, group_metrics, headline, over_seeds, rounded, verdict
 from geomsweep.core.spectra import PowerLawFit
 from geomsweep.results import plots
 from tests.conftest import GEOMETRY_ONLY, run_app, runs_of
@@ -38,6 +38,13 @@ def test_cells_that_differ_only_in_seed_fold_into_mean_and_sd_with_a_verdict():
     assert line_sft.startswith("method=sft (3 seeds): RankMe change +0.12 ± 0.012 (up)")
     assert line_dpo.startswith("method=dpo (1 seed): RankMe change -0.01 ± 0.02 (within noise)")
     assert rounded(pd.DataFrame({"x": [1.234567891, math.nan]}))["x"].tolist()[0] == 1.235
+    # the parent's row in the runs table and its Overview carry the same answer
+    metrics = group_metrics(folded.reset_index(), ["method", "seed"])
+    assert metrics["sft/rankme_change"] == pytest.approx(0.12) and metrics["dpo/rankme_change_uncertainty"] == 0.02
+    assert not [key for key in metrics if "sd" in key or "_se" in key]
+    table = comparison_markdown(folded.reset_index(), ["method", "seed"]).splitlines()
+    assert table[2] == "| group | seeds | RankMe change | α-ReQ change |"
+    assert table[4] == "| method=sft | 3 | +0.12 ± 0.012 (up) | - |"
 
 
 def test_the_end_of_job_lines_give_the_geometry_change_and_pass_at_k_with_intervals():
@@ -99,4 +106,41 @@ def test_a_seed_sweep_parent_is_named_by_its_overrides_and_compares_cells(tmp_pa
         assert row["rankme_last_se"] > 0  # the jackknife SE of each cell's last checkpoint, averaged
     # the first view: a line per group, and the link that opens the runs table
     assert "geomsweep: probe.norm=post (2 seeds): RankMe change" in proc.stdout
+    parent = client.get_run(parent.info.run_id)
+    assert "| probe.norm=post | 2 |" in parent.data.tags["mlflow.note.content"]
+    assert {"post/rankme_change", "pre/alpha_req_change_uncertainty"} <= set(parent.data.metrics)
     assert f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in proc.stdout
+
+
+def test_the_comparison_figure_shows_each_methods_paired_change_apart(store, tmp_path):
+    from geomsweep.app.report import LEGEND_FONT, geometry_figure, pass_at_k_curves
+
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment("figure", artifact_location=str(tmp_path / "artifacts"))
+    runs = []
+    for method, slope in (("sft", 0.5), ("rlvr", -0.5)):
+        for seed in (0, 1):
+            run = client.create_run(experiment, run_name=f"method={method},seed={seed}")
+            client.log_param(run.info.run_id, "cfg.method.name", method)
+            client.log_param(run.info.run_id, "cfg.seed", str(seed))
+            for step in (0, 10, 20):
+                level = 20 + seed + slope * step / 10  # the seeds' bases differ by more than the change
+                client.log_metric(run.info.run_id, "geometry/rankme", level, step=step)
+                client.log_metric(run.info.run_id, "geometry/rankme_change", slope * step / 10, step=step)
+                client.log_metric(run.info.run_id, "geometry/rankme_change_se", 0.01, step=step)
+            for step, (one, four) in ((0, (0.2, 0.5)), (20, (0.2 + slope / 5, 0.5 - slope / 10))):
+                client.log_metric(run.info.run_id, "behavior/pass_at_1", one, step=step)
+                client.log_metric(run.info.run_id, "behavior/pass_at_4", four, step=step)
+            runs.append(client.get_run(run.info.run_id))
+    fig = geometry_figure(client, runs, "method=sft,rlvr seed=0,1", ["method", "seed"])
+    levels, changes = fig.axes[0], fig.axes[1]
+    lines = {line.get_label(): line for line in changes.lines if not line.get_label().startswith("_")}
+    assert set(lines) == {"method=sft (2 seeds)", "method=rlvr (2 seeds)"}
+    assert list(lines["method=sft (2 seeds)"].get_ydata()) == [0.0, 0.5, 1.0]
+    assert list(lines["method=rlvr (2 seeds)"].get_ydata()) == [0.0, -0.5, -1.0]
+    assert len(levels.lines) == 4 and fig.axes[2].get_xlabel() == "post-training step"
+    assert all(text.get_fontsize() >= LEGEND_FONT for text in changes.get_legend().get_texts())
+    # pass@k: each run after post-training, and the base model's curve before it
+    curves = pass_at_k_curves(runs, client)
+    assert curves["base, before post-training"] == {1: pytest.approx(0.2), 4: pytest.approx(0.5)}
+    assert curves["sft: method=sft,seed=0"] == {1: pytest.approx(0.3), 4: pytest.approx(0.45)}

@@ -3,12 +3,13 @@
 import json
 
 import mlflow
+import pandas as pd
 import pytest
-from geomsweep.post_training.rewards import exact_answer
-from geomsweep.post_training.run import trainer_config
 from omegaconf import OmegaConf
 
 from geomsweep.config.schema import ConfigError, check_fields
+from geomsweep.post_training.rewards import exact_answer
+from geomsweep.post_training.run import trainer_config
 from geomsweep.sources.tasks import arithmetic_task, final_number, first_number, load_split, load_task
 from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 from tests.conftest import TINY, TINY_PROBE, TINY_TOY, run_app
@@ -135,6 +136,10 @@ def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache
         assert run.data.tags["geomsweep.base_revision"] == "step40"
         assert "learning_rate" in run.data.params  # the trainer's own MLflow reporting joined the job's run
         assert client.get_metric_history(run.info.run_id, "train_loss" if method != "rlvr" else "reward")
+        # the base model's eigenspectrum beside the post-trained one's: a table and one overlaid plot
+        assert "plots/eigenspectrum.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        spectra = pd.read_csv(client.download_artifacts(run.info.run_id, "spectra/eigenspectra.csv", str(tmp_path)))
+        assert sorted(spectra["step"].unique()) == [0, 2] and (spectra["eigenvalue"] >= 0).all(), method
     assert any(
         p.path == "post_training/history.csv" for p in client.list_artifacts(jobs["sft"].info.run_id, "post_training")
     )

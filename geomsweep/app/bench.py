@@ -32,8 +32,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 from geomsweep.app.plan import measure_tflops
+from geomsweep.behavior.choices import VLLM_ENGINES
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
-from geomsweep.config.schema import VLLM_ENGINES, check
+from geomsweep.config.schema import check
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
 from geomsweep.core.spectra import jackknife_errors, rankme, spectral_geometry
 from geomsweep.sources.checkpoints import available, loaded, local_revisions

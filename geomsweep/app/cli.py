@@ -57,6 +57,8 @@ def run(cfg: DictConfig, settings: Config) -> None:
         check_memory(settings)
     except (ConfigError, ValueError, RuntimeError) as err:
         raise SystemExit(f"geomsweep: invalid config: {err}") from None
+    if settings.method.name == "none" and settings.method.args:  # e.g. shared by a sweep over methods
+        print(f"geomsweep: method.args {sorted(settings.method.args)} are not used here: method=none trains nothing")
     try:
         run_job(cfg, settings)
     except StoreError as err:  # no run could be opened: nothing to record it in

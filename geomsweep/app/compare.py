@@ -136,3 +136,59 @@ def headline(folded: pd.DataFrame, swept: list[str]) -> list[str]:
         ]
         lines.append(f"{cell} ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}): " + "; ".join(parts))
     return lines
+
+
+def group_label(row, keys: list[str]) -> str:
+    """A group of the comparison named by its swept values (``sft``, ``sft 0.001``), as an MLflow key allows."""
+    label = " ".join(str(row[key]) for key in keys) or "all"
+    return re.sub(r"[^\w.\- :/]", "_", label).replace("/", "_")
+
+
+def group_metrics(folded: pd.DataFrame, swept: list[str]) -> dict[str, float]:
+    """Each group's changes as metrics of the sweep parent (``sft/rankme_change``,
+    ``sft/rankme_change_uncertainty``, ``sft/pass_at_1_change``, ...), so its row in the runs table answers."""
+    keys = [key for key in swept if key != SEED and key in folded]
+    values = {}
+    for _, row in folded.iterrows():
+        label = group_label(row, keys)
+        for column in row.index:
+            wanted = (
+                column.endswith(("_change", "_change_uncertainty"))
+                or PASS_AT.fullmatch(f"behavior/{column}") is not None
+                and column.endswith("_change")
+            )
+            if wanted and isinstance(row[column], int | float) and math.isfinite(row[column]):
+                values[f"{label}/{column}"] = float(row[column])
+    return values
+
+
+def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:
+    """The comparison as a markdown table (the parent's Overview, ``mlflow.note.content``): per group, each change
+    with its uncertainty and verdict."""
+    keys = [key for key in swept if key != SEED and key in folded]
+    ks = sorted({int(m.group(1)) for c in folded.columns if (m := re.fullmatch(r"pass_at_(\d+)_change", c))})
+    passes = ks[:1] + ks[-1:] if len(ks) > 1 else ks
+    header = ["group", "seeds", "RankMe change", "α-ReQ change", *(f"pass@{k} change" for k in passes)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in folded.iterrows():
+        cells = [" ".join(f"{key}={row[key]}" for key in keys) or "all cells", str(row["seeds"])]
+        for name in GEOMETRY:
+            if f"{name}_change_verdict" in row:
+                cells.append(
+                    f"{row[f'{name}_change']:+.3g} ± {row[f'{name}_change_uncertainty']:.2g} "
+                    f"({row[f'{name}_change_verdict']})"
+                )
+            else:
+                cells.append("-")
+        for k in passes:
+            change, lo, hi = (row.get(f"pass_at_{k}_change{s}", math.nan) for s in ("", "_lo", "_hi"))
+            cells.append(f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(change) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(
+        [
+            "**Comparison** (changes from each cell's first to its last step; up or down when beyond twice their "
+            "uncertainty, the sd over seeds / √seeds, else the jackknife SE)",
+            "",
+            *lines,
+        ]
+    )

@@ -20,12 +20,13 @@ import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
-from geomsweep.app.compare import cell_row, over_seeds, rounded
+from geomsweep.app.compare import SEED, cell_row, comparison_markdown, group_metrics, over_seeds, rounded, swept_value
 from geomsweep.results import plots
 from geomsweep.tracking.keys import ROLE_SWEEP, TAG_CONFIG_HASH, TAG_ERROR, TAG_PARENT, TAG_ROLE, TAG_SWEPT
 from geomsweep.tracking.store import tracking_uri
 from geomsweep.tracking.writer import RunLogger
 
+NOTE = "mlflow.note.content"  # MLflow renders it as markdown on the run's Overview
 HEADLINE_METRICS = (
     "geometry/rankme",
     "geometry/alpha_req",
@@ -71,32 +72,100 @@ def label(run) -> str:
     return f"{method}: {name[:60]}"
 
 
-def geometry_figure(client, runs, title: str = "Representation geometry of each run") -> Figure:
-    """RankMe and alpha against step (symlog: log-spaced checkpoints spread out), one line per run, with +-1
-    jackknife SE bands where the run logged them."""
-    fig = Figure(figsize=(8, 6))
-    axes = fig.subplots(2, 1, sharex=True)
+def metric_history(client, run, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+
+
+GEOMETRY_PANELS = (("geometry/rankme", "RankMe"), ("geometry/alpha_req", "α-ReQ"))
+LEGEND_FONT = 9  # readable at the UI's artifact-preview size
+
+
+def group_of(run, swept: list[str]) -> str:
+    """The group a cell belongs to in a comparison: its swept values but the seed."""
+    return " ".join(f"{k}={swept_value(run, k)}" for k in swept if k != SEED) or label(run)
+
+
+def levels_panel(ax, client, runs, key: str, colors: dict[str, str] | None = None, swept=()) -> None:
+    """One line per run with +-1 jackknife SE bands where the run logged them (coloured by group, when given)."""
     for run in runs:
-        for ax, key in zip(axes, ("geometry/rankme", "geometry/alpha_req")):
-            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            if not history:
-                continue
-            steps, values = zip(*history)
-            (line,) = ax.plot(steps, values, "o-", ms=2, label=label(run) if key == "geometry/rankme" else None)
-            errors = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"{key}_se")}
-            if errors:
-                se = [errors.get(step, 0.0) for step in steps]
-                low, high = [v - e for v, e in zip(values, se)], [v + e for v, e in zip(values, se)]
-                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
-    axes[0].set_ylabel("RankMe")
-    axes[1].set_ylabel("α-ReQ")
-    axes[1].set_xscale("symlog", linthresh=1)
-    axes[1].set_xlabel("step (pretraining for traces, post-training for methods)")
-    axes[0].set_title(title)
-    for ax in axes:
+        values = metric_history(client, run, key)
+        if not values:
+            continue
+        steps = sorted(values)
+        color = colors.get(group_of(run, list(swept))) if colors else None
+        (line,) = ax.plot(steps, [values[s] for s in steps], "o-", ms=2, label=label(run), color=color)
+        errors = metric_history(client, run, f"{key}_se")
+        if errors:
+            se = [errors.get(s, 0.0) for s in steps]
+            ax.fill_between(
+                steps,
+                [values[s] - e for s, e in zip(steps, se)],
+                [values[s] + e for s, e in zip(steps, se)],
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+            )
+
+
+def changes_panel(ax, client, runs, key: str, swept: list[str], colors: dict[str, str]) -> None:
+    """The paired change since the base model, one line per group (the swept values but the seed): the mean over
+    its seeds, with a band of their spread (one seed: +-1 paired jackknife SE)."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        groups.setdefault(group_of(run, swept), []).append(run)
+    for name, members in groups.items():
+        series = [metric_history(client, run, f"{key}_change") for run in members]
+        steps = sorted(set.intersection(*(set(s) for s in series))) if all(series) else []
+        if not steps:
+            continue
+        values = [[s[step] for step in steps] for s in series]
+        mean = [sum(column) / len(column) for column in zip(*values)]
+        seeds = f"{len(members)} seed{'s' if len(members) > 1 else ''}"
+        (line,) = ax.plot(steps, mean, "o-", ms=3, label=f"{name} ({seeds})", color=colors.get(name))
+        if len(members) > 1:
+            low, high = [min(column) for column in zip(*values)], [max(column) for column in zip(*values)]
+        else:
+            se = metric_history(client, members[0], f"{key}_change_se")
+            low = [m - se.get(step, 0.0) for m, step in zip(mean, steps)]
+            high = [m + se.get(step, 0.0) for m, step in zip(mean, steps)]
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+
+
+def geometry_figure(client, runs, title: str = "Representation geometry of each run", swept=()) -> Figure:
+    """Traces: RankMe and alpha against pretraining step (symlog: log-spaced checkpoints spread out), one line per
+    run. Post-training: the levels against post-training step beside the paired change from the base, one line per
+    group over its seeds. Pretraining and post-training steps are never drawn on one axis."""
+    trained = [run for run in runs if run.data.params.get("cfg.method.name", "none") != "none"]
+    if not trained:
+        fig = Figure(figsize=(9, 6.5))
+        axes = fig.subplots(2, 1, sharex=True)
+        for ax, (key, name) in zip(axes, GEOMETRY_PANELS):
+            levels_panel(ax, client, runs, key)
+            ax.set_ylabel(name)
+        axes[1].set_xscale("symlog", linthresh=1)
+        axes[1].set_xlabel("pretraining step")
+        legend_axes = axes[0]
+    else:
+        fig = Figure(figsize=(12, 7))
+        axes = fig.subplots(2, 2, sharex=True)
+        names = list(dict.fromkeys(group_of(run, list(swept)) for run in trained))
+        colors = {name: f"C{i % 10}" for i, name in enumerate(names)}  # a group's colour in both panels
+        for row, (key, name) in enumerate(GEOMETRY_PANELS):
+            levels_panel(axes[row][0], client, trained, key, colors, swept)
+            changes_panel(axes[row][1], client, trained, key, list(swept), colors)
+            axes[row][0].set_ylabel(name)
+            axes[row][1].set_ylabel(f"{name} change from the base")
+        for ax in axes[1]:
+            ax.set_xlabel("post-training step")
+        axes[0][0].set_title("levels, one line per cell (coloured by group)", fontsize=10)
+        axes[0][1].set_title("paired change (mean over seeds; band: their spread)", fontsize=10)
+        legend_axes = axes[0][1]
+    fig.suptitle(title)
+    for ax in fig.axes:
         ax.grid(alpha=0.3)
-    if axes[0].lines:
-        axes[0].legend(fontsize=6)
+    if legend_axes.lines:
+        legend_axes.legend(fontsize=LEGEND_FONT)
     fig.tight_layout()
     return fig
 
@@ -110,8 +179,8 @@ def log_comparison(client, parent_id: str, runs) -> pd.DataFrame | None:
     parent, log = client.get_run(parent_id), RunLogger(parent_id, client)
     swept = [key for key in parent.data.tags.get(TAG_SWEPT, "").split(",") if key]
     title = parent.info.run_name or parent_id
-    log.figure(geometry_figure(client, runs, title), "plots/geometry.png")
-    curves = pass_at_k_curves(runs)
+    log.figure(geometry_figure(client, runs, title, swept), "plots/geometry.png")
+    curves = pass_at_k_curves(runs, client)
     if curves:
         fig = plots.pass_at_k(curves, max(max(c) for c in curves.values()), title)
         log.figure(fig, "plots/pass_at_k.png")
@@ -120,20 +189,27 @@ def log_comparison(client, parent_id: str, runs) -> pd.DataFrame | None:
     folded = rounded(over_seeds(cells.drop(columns="cell"), swept))
     log.table(folded, "comparison.csv")
     log.json_table(folded, "comparison.json")
+    log.metrics(group_metrics(folded, swept), step=0)  # the parent's row in the runs table answers
+    log.tags({NOTE: comparison_markdown(folded, swept)})  # the parent's Overview
     return folded
 
 
-def pass_at_k_curves(runs) -> dict[str, dict[int, float]]:
-    """Each run's pass@k (ID split) at its latest logged step."""
-    curves = {}
+def pass_at_k_curves(runs, client=None) -> dict[str, dict[int, float]]:
+    """Each run's pass@k (ID split) at its latest logged step; with ``client``, also the base model's before
+    post-training (the mean over the post-training runs of their first sampled step), the curve the methods move."""
+    curves, bases = {}, []
     for run in runs:
-        curve = {
-            int(m.group(1)): value
-            for key, value in run.data.metrics.items()
-            if (m := re.fullmatch(r"behavior/pass_at_(\d+)", key))
-        }
-        if curve:
-            curves[label(run)] = curve
+        ks = [int(m.group(1)) for key in run.data.metrics if (m := re.fullmatch(r"behavior/pass_at_(\d+)", key))]
+        if not ks:
+            continue
+        curves[label(run)] = {k: run.data.metrics[f"behavior/pass_at_{k}"] for k in ks}
+        if client is not None and run.data.params.get("cfg.method.name", "none") != "none":
+            histories = {k: metric_history(client, run, f"behavior/pass_at_{k}") for k in ks}
+            bases.append({k: h[min(h)] for k, h in histories.items() if h and min(h) < max(h)})
+    bases = [base for base in bases if base]
+    if bases:
+        ks = set.intersection(*(set(base) for base in bases))
+        curves["base, before post-training"] = {k: sum(base[k] for base in bases) / len(bases) for k in sorted(ks)}
     return curves
 
 

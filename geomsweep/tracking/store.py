@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from geomsweep.tracking.server import healthy
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store, and tracking=sqlite's
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 STORE_LOCK_TIMEOUT_S = 120  # longer than any store creation; a lock held past it is a stuck process
 # A tracking server that stops answering costs a job seconds, not MLflow's default minutes (7 retries with
 # exponential backoff on every call, 120 s timeouts): geomsweep's defaults, unless the environment sets them.
@@ -128,15 +129,20 @@ def setup_store(tracking_cfg) -> str:
 
 
 def experiment_id(name: str) -> str:
-    """The experiment's id, created if it does not exist yet."""
+    """The experiment's id, created if it does not exist yet, and marked as model development so that every entry
+    of MLflow 3's UI opens it on its runs (MLflow reads the tag ``mlflow.experimentKind``; one already set by the
+    user is left as it is)."""
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another process (a server store)
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            client.create_experiment(name, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
+        except mlflow.exceptions.MlflowException:  # created concurrently by another process (a server store)
+            pass
+        experiment = client.get_experiment_by_name(name)
+    if EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
 
 
 def quoted(value: str) -> str:
