@@ -9,30 +9,13 @@ from pathlib import Path
 import pytest
 
 import geomsweep.config.schema  # noqa: F401  registers the typed schema that conf/config.yaml lists first (as the app does)
+from geomsweep.app.ui_check import SMALL_PROBE, SMALL_TOY, SMALL_WORLD
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
-# shrunk to its width.
-TINY_TOY = {
-    "max_steps": 40,
-    "n_checkpoints": 4,
-    "hidden_size": 32,
-    "num_heads": 2,
-    "n_train_docs": 1500,
-    "n_words": 600,
-    "vocab_size": 512,
-    "lr_scheduler": "cosine",
-}
-TINY_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
-TINY = [
-    *(f"model.toy.{key}={value}" for key, value in TINY_TOY.items()),
-    "eval.toy_n_docs=60",
-    "eval.ablation_k=[2,8]",
-    "sampler.n=4",
-    *TINY_PROBE,
-    "progress=false",
-]
+# The toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
+# shrunk to its width: defined once, where make ui-check uses it too.
+TINY_TOY, TINY_PROBE, TINY = SMALL_TOY, SMALL_PROBE, SMALL_WORLD
 # Geometry only: no toy-task evaluation, no sampling (for tests of the tracking and launch machinery).
 GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
 

@@ -28,6 +28,19 @@ def test_an_unwritable_store_fails_at_once_naming_it(tmp_path, cache_dir, where)
     assert f"geomsweep: cannot write the MLflow store {path}" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def wait_for_a_running_job(proc: subprocess.Popen, store: str) -> None:
+    """Until a job run of ``store`` is RUNNING (the moment to send a signal); the process must still run then."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if any(r.info.status == "RUNNING" for r in runs_of(store, "job")):
+                break
+        except Exception:  # the store or the experiment does not exist yet
+            pass
+        time.sleep(0.2)
+    assert proc.poll() is None, "the process ended before it could be signalled"
+
+
 @pytest.mark.slow
 def test_sigterm_ends_the_run_killed_and_a_rerun_completes_the_cell(tmp_path, cache_dir, tiny_checkpoints, store):
     env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
@@ -35,15 +48,7 @@ def test_sigterm_ends_the_run_killed_and_a_rerun_completes_the_cell(tmp_path, ca
         job = subprocess.Popen(
             [sys.executable, "-m", "geomsweep", *GEOMETRY], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and job.poll() is None:
-            try:
-                if any(r.info.status == "RUNNING" for r in runs_of(store, "job")):
-                    break
-            except Exception:  # the store or the experiment does not exist yet
-                pass
-            time.sleep(0.2)
-        assert job.poll() is None, "the job ended before it could be terminated"
+        wait_for_a_running_job(job, store)
         job.send_signal(signal.SIGTERM)
         assert job.wait(timeout=120) == 128 + signal.SIGTERM
     (run,) = runs_of(store, "job")
@@ -272,15 +277,7 @@ def test_a_sigtermed_sweep_leaves_no_run_running(tmp_path, cache_dir, tiny_check
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and sweep.poll() is None:
-            try:
-                if any(r.info.status == "RUNNING" for r in runs_of(store, "job")):
-                    break
-            except Exception:  # the store or the experiment does not exist yet
-                pass
-            time.sleep(0.2)
-        assert sweep.poll() is None, "the sweep ended before it could be terminated"
+        wait_for_a_running_job(sweep, store)
         sweep.send_signal(signal.SIGTERM)
         assert sweep.wait(timeout=120) != 0
     runs = runs_of(store)

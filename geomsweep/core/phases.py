@@ -26,22 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from geomsweep.core.definitions import PhaseRule
+
 WARMUP, ENTROPY, COMPRESSION, NO_PHASE = 0, 1, 2, -1
 NAMES = {WARMUP: "warmup", ENTROPY: "entropy-seeking", COMPRESSION: "compression-seeking", NO_PHASE: "none"}
-
-
-@dataclass
-class PhaseRule:
-    """How a RankMe trajectory is cut into phases (the ``phases`` config group's schema and defaults)."""
-
-    min_change: float = 0.15  # a swing counts as a phase when RankMe moves by at least this fraction
-    bandwidth: float = 0.25  # smoothing width in log(step + 1)
-
-    def __post_init__(self) -> None:
-        if not self.min_change > 0:
-            raise ValueError(f"phases.min_change={self.min_change} must be > 0")
-        if self.bandwidth < 0:
-            raise ValueError(f"phases.bandwidth={self.bandwidth} must be >= 0 (0: no smoothing)")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from geomsweep.core.phases import PhaseRule, Phases, detect
+from geomsweep.core.definitions import PhaseRule
+from geomsweep.core.phases import Phases, detect
 from geomsweep.results import plots
 from geomsweep.tracking.keys import TAG_PHASE_BOUNDARIES, TAG_PHASES
 
