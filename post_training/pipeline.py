@@ -23,7 +23,7 @@ def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]
     """Every stage trained and measured in turn; returns the history (step on the job's axis -> metrics)."""
     stages = stage_configs(settings)
     device = resolve_device(settings.device)
-    model, tokenizer, baseline = load_base(settings, device, log)
+    model, tokenizer, meter = load_base(settings, device, log)
     history: dict[int, dict[str, float]] = {}
     offset = 0
     with sampling_probe(settings) as sampling:
@@ -38,6 +38,6 @@ def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]
                 history.setdefault(step, {}).update(metrics | {STAGE_KEY: index})
             offset = max(stage_history)
         measure.log_spectra(offset)
-    log_peak(log, device, baseline)
+    log_peak(log, meter)
     log_pass_at_k(sampling, log)
     return history

@@ -18,7 +18,7 @@ import pandas as pd
 from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
 
-from geomsweep.app.memory import GIB, peak_memory, plan_memory, reset_peak
+from geomsweep.app.memory import GIB, PeakMeter, plan_memory
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
@@ -118,33 +118,34 @@ def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
     if not settings.progress:
         datasets.disable_progress_bars()
     device = resolve_device(settings.device)
-    model, tokenizer, baseline = load_base(settings, device, log)
+    model, tokenizer, meter = load_base(settings, device, log)
     # one sampler (one vLLM engine) before, during and after training, in the process that logs
     with sampling_probe(settings) if processes.is_main() else nullcontext() as sampling:
         measure = Measurer(settings, tokenizer, texts, log, sampling)
         history, _ = train_stage(settings, model, tokenizer, measure, log, device)
         measure.log_spectra(max(history))
-    log_peak(log, device, baseline)
+    log_peak(log, meter)
     log_pass_at_k(sampling, log)
     return history
 
 
-def log_peak(log, device: str, baseline: int) -> None:
-    """Beside the plan's ``memory.total_gib``: what the job added to the process at its peak."""
-    log.params({"memory.peak_gib": f"{(peak_memory(device) - baseline) / GIB:.3g}"})
+def log_peak(log, meter: PeakMeter) -> None:
+    """Beside the plan's ``memory.total_gib``: what the job added to the process at its peak, from before its
+    weights were loaded."""
+    log.params({"memory.peak_gib": f"{meter.added() / GIB:.3g}"})
 
 
 def load_base(settings, device: str, log):
-    """(model, tokenizer, bytes held before loading) of the base checkpoint, the memory plan logged first."""
+    """(model, tokenizer, a meter started before loading) of the base checkpoint, the memory plan logged first."""
     base = base_checkpoint(settings)
     dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
     plan = plan_memory(settings, device, dtype)
     if plan is not None:
         log.params(plan.params())
-    baseline = reset_peak(device)
+    meter = PeakMeter(device).start()
     model, tokenizer = base.load(device, dtype, trust_remote_code=settings.model.trust_remote_code)
     log.tags({TAG_BASE_REVISION: base.revision, TAG_BASE_STEP: base.step})
-    return model, tokenizer, baseline
+    return model, tokenizer, meter
 
 
 class Measurer:

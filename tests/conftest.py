@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny toy world pretrained once per session, and isolated MLflow stores."""
 
+import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +24,12 @@ GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """One toy-model cache for the whole session (the first user pretrains it, ~5 s)."""
+    """One toy-model cache for the whole session (the first user pretrains it, ~5 s, and converts SmolLM2's GGUF,
+    ~50 s), shared by pytest-xdist's workers: the cache's own file locks let one of them fill each entry."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "geomsweep-cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("geomsweep-cache")
 
 
@@ -33,24 +40,109 @@ def tiny_checkpoints(cache_dir) -> Path:
     return ensure_pretrained(ToyConfig(**TINY_TOY), cache_dir, progress=False)
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store with all of MLflow's migrations applied, made once per session: creating one
+    takes ~2 s, copying it a tenth of that."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path) -> str:
-    """A fresh sqlite tracking URI in a temporary directory."""
+def new_store(tmp_path) -> str:
+    """The URI of a sqlite store not yet created: for tests that a refusal leaves no store behind."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def run_app(args: list[str], cwd: Path, cache_dir: Path, tracking_uri: str | None = None, check: bool = True):
-    """Run ``python -m geomsweep`` as a user would, in its own process."""
-    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    proc = subprocess.run(
-        [sys.executable, "-m", "geomsweep", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+@pytest.fixture
+def store(tmp_path, migrated_store) -> str:
+    """A fresh, empty sqlite tracking store in a temporary directory (a copy of the migrated template; tests of
+    how a store is created make their own)."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(migrated_store, path)
+    return f"sqlite:///{path}"
+
+
+def run_app(
+    args: list[str],
+    cwd: Path,
+    cache_dir: Path,
+    tracking_uri: str | None = None,
+    check: bool = True,
+    own_process: bool = False,
+) -> subprocess.CompletedProcess:
+    """Run ``python -m geomsweep`` as a user would: in this process (its imports paid once per session, the app's
+    global state reset after), or with ``own_process`` in a fresh interpreter, for what a process owns (a peak
+    resident set, parallel launchers' workers, stdin)."""
+    env = {"GEOMSWEEP_CACHE": str(cache_dir), "MLFLOW_TRACKING_URI": tracking_uri}
+    if own_process or _spawns_workers(args):
+        proc = _in_subprocess(args, cwd, env)
+    else:
+        proc = _in_this_process(args, cwd, env)
     if check and proc.returncode != 0:
         raise AssertionError(f"geomsweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def _spawns_workers(args: list[str]) -> bool:
+    """A launcher whose workers would inherit this process's state (joblib's reusable loky pool, submitit, ray)."""
+    return any(arg.startswith("hydra/launcher=") for arg in args)
+
+
+def _in_subprocess(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": str(REPO), **{k: v for k, v in env.items() if v is not None}}
+    if env["MLFLOW_TRACKING_URI"] is None:
+        full.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "geomsweep", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=600
+    )
+
+
+def _in_this_process(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    import logging
+    import signal
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import mlflow
+    from hydra.core.global_hydra import GlobalHydra
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    import geomsweep.__main__ as app
+
+    saved = os.environ.copy(), os.getcwd(), sys.argv, signal.getsignal(signal.SIGTERM)
+    root = logging.getLogger()
+    saved_logging = root.handlers[:], root.level
+    stdout, stderr = io.StringIO(), io.StringIO()
+    returncode = 0
+    try:
+        os.chdir(cwd)
+        for key, value in env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        sys.argv = ["geomsweep", *args]
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            try:
+                app.entry()
+            except SystemExit as exit_:  # as the interpreter reports it: a message goes to stderr with status 1
+                if isinstance(exit_.code, int) or exit_.code is None:
+                    returncode = exit_.code or 0
+                else:
+                    print(exit_.code, file=sys.stderr)
+                    returncode = 1
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        tracking_utils._tracking_uri = None  # the next run reads MLFLOW_TRACKING_URI again, as a new process would
+        GlobalHydra.instance().clear()
+        os.environ.clear()
+        os.environ.update(saved[0])
+        os.chdir(saved[1])
+        sys.argv = saved[2]
+        signal.signal(signal.SIGTERM, saved[3])
+        root.handlers[:], _ = saved_logging[0], root.setLevel(saved_logging[1])
+    return subprocess.CompletedProcess(["geomsweep", *args], returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def free_port() -> int:

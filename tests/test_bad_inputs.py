@@ -186,11 +186,11 @@ def test_trust_remote_code_reaches_the_loader(tmp_path, tiny_checkpoints, monkey
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda_is_one_line_before_any_run(tmp_path, cache_dir, store):
-    proc = run_app([*GEOMETRY, "device=cuda"], tmp_path, cache_dir, store, check=False)
+def test_cuda_without_cuda_is_one_line_before_any_run(tmp_path, cache_dir, new_store):
+    proc = run_app([*GEOMETRY, "device=cuda"], tmp_path, cache_dir, new_store, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "geomsweep: invalid config: device=cuda but this machine has no CUDA device" in proc.stderr
-    assert not Path(store.removeprefix("sqlite:///")).exists()  # no store, no run
+    assert not Path(new_store.removeprefix("sqlite:///")).exists()  # no store, no run
 
 
 @pytest.mark.slow
@@ -238,10 +238,10 @@ def hostile_model(root: Path, tiny_checkpoints: Path, marker: Path) -> Path:
     ],
     ids=["trace", "sampler-hf", "sft", "plan"],
 )
-def test_a_model_folders_code_never_runs_unless_asked(tmp_path, cache_dir, tiny_checkpoints, store, entry):
+def test_a_model_folders_code_never_runs_unless_asked(tmp_path, cache_dir, tiny_checkpoints, new_store, entry):
     marker = tmp_path / "REMOTE_CODE_RAN"
     folder = hostile_model(tmp_path, tiny_checkpoints, marker)
-    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": new_store}
     args = ["model=local", f"model.path={folder}", *TINY_PROBE, "progress=false", "sampler.n=0", *entry]
     proc = subprocess.run(
         [sys.executable, "-m", "geomsweep", *args],
@@ -255,15 +255,15 @@ def test_a_model_folders_code_never_runs_unless_asked(tmp_path, cache_dir, tiny_
     assert not marker.exists(), proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "ships Python code of its own" in proc.stderr and "model.trust_remote_code=true" in proc.stderr
-    assert not [r for r in runs_of(store) if r.info.status == "RUNNING"] if Path(store[10:]).exists() else True
+    assert not [r for r in runs_of(new_store) if r.info.status == "RUNNING"] if Path(new_store[10:]).exists() else True
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
-def test_a_sweep_with_a_cell_that_cannot_run_here_stops_before_any_cell(tmp_path, cache_dir, store):
-    proc = run_app(["-m", "device=cpu,cuda", *GEOMETRY], tmp_path, cache_dir, store, check=False)
+def test_a_sweep_with_a_cell_that_cannot_run_here_stops_before_any_cell(tmp_path, cache_dir, new_store):
+    proc = run_app(["-m", "device=cpu,cuda", *GEOMETRY], tmp_path, cache_dir, new_store, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "geomsweep: invalid config in cell device=cuda" in proc.stderr and "no CUDA device" in proc.stderr
-    assert not Path(store.removeprefix("sqlite:///")).exists()  # no store, no parent, no cell
+    assert not Path(new_store.removeprefix("sqlite:///")).exists()  # no store, no parent, no cell
 
 
 @pytest.mark.slow
@@ -501,3 +501,23 @@ def test_a_model_uri_that_names_no_saved_model_leaves_the_cache_untouched(tmp_pa
     with pytest.raises(FileNotFoundError, match="holds no saved model"):
         download_model(uri, directory)
     assert not directory.exists() and not directory.with_name(directory.name + ".partial").exists()
+
+
+def test_a_sigterm_during_a_store_write_stops_the_job_once_the_write_has_landed(store):
+    """SIGTERM raised inside a sqlite transaction would leave its lock behind, and the KILLED status written next
+    would wait on it: the handler lets the write finish, then stops."""
+    import mlflow
+
+    from geomsweep.app.job import Terminated, sigterm_ends_run
+    from geomsweep.tracking.writer import RunLogger, one_write
+
+    client = mlflow.MlflowClient(store)
+    log = RunLogger.create(client.create_experiment("writes"), "job", {}, client)
+    with sigterm_ends_run(), pytest.raises(Terminated):
+        with one_write():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # the handler runs here, inside the write, and defers
+            log.tags({"after_the_signal": "landed"})
+    log.end("KILLED", "terminated")
+    run = client.get_run(log.run_id)
+    assert run.data.tags["after_the_signal"] == "landed" and run.info.status == "KILLED"

@@ -73,9 +73,16 @@ def test_a_hub_trace_with_eviction_keeps_the_users_revisions_and_measures_the_sa
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub_model = ["model.source=hub", f"model.hub_id={HUB_ID}", f"model.revisions=[{','.join(names)}]"]
-    run_app([*GEOMETRY_ONLY, *hub_model, "cache.evict=true"], tmp_path, cache_dir, store)
+    # huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported: a process of its own
+    run_app([*GEOMETRY_ONLY, *hub_model, "cache.evict=true"], tmp_path, cache_dir, store, own_process=True)
     # the same cell (eviction changes no result): forced to run again
-    run_app([*GEOMETRY_ONLY, *hub_model, "cache.evict=false", "tracking.force=true"], tmp_path, cache_dir, store)
+    run_app(
+        [*GEOMETRY_ONLY, *hub_model, "cache.evict=false", "tracking.force=true"],
+        tmp_path,
+        cache_dir,
+        store,
+        own_process=True,
+    )
     assert {ref for r in cached_revisions(HUB_ID, str(hub)) for ref in r.refs} == set(names)  # none was ours to delete
     client = mlflow.MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])

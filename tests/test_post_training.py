@@ -213,11 +213,11 @@ def test_the_memory_plan_of_a_real_lora_sft_matches_the_measured_peak(tmp_path, 
     args = ["model=smollm2-135m", "method=sft", "method.peft=lora", "progress=false", *FAST, "sampler.n=0"]
     args += ["++method.args.max_steps=1", "++method.args.per_device_train_batch_size=2", "task.id_fraction=0.05"]
     args += ["probe.n_sequences=48", "probe.max_length=24", "probe.batch_size=16", "probe.fit_start=2"]
-    run_app([*args, "probe.fit_end=20", "eval.toy_n_docs=0"], tmp_path, cache_dir, store)
+    run_app([*args, "probe.fit_end=20", "eval.toy_n_docs=0"], tmp_path, cache_dir, store, own_process=True)
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
     # the plan (weights, adapters' gradients and AdamW states, activations of 2 x 64 tokens) against what the job
-    # added to the process at its peak: 0.76 vs 0.60 GiB here
+    # added to the process at its peak, less the pages of library code it faulted in: 0.64 vs 0.51 GiB here
     planned, peak = float(run.data.params["memory.total_gib"]), float(run.data.params["memory.peak_gib"])
     assert planned / 1.5 < peak < planned * 1.5, (planned, peak)
 

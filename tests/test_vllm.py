@@ -43,19 +43,28 @@ def cross_prompt_agreement(token_ids: list[list[list[int]]], tail: int = 6) -> f
     return sum(x[-tail:] == y[-tail:] for x, y in pairs) / len(pairs)
 
 
-def test_prompts_draw_independent_samples_as_with_hf(checkpoints):
+SETTINGS = SampleSettings(n=16, max_tokens=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def late_engine(checkpoints):
+    """(sampler, model, tokenizer, prompts, samples): an engine started on the last checkpoint and its first samples;
+    engines start slowly on a CPU, so the tests below share this one."""
     model, tokenizer = load(checkpoints, 40)
     prompts = list(arithmetic_task().id_eval["prompt"])[:8]
-    settings = SampleSettings(n=16, max_tokens=16, seed=0)
-    sampler = VLLMSampler(settings, VLLM_ENGINES)
+    sampler = VLLMSampler(SETTINGS, VLLM_ENGINES)
     try:
-        first = sampler.sample(model, tokenizer, prompts)
-        again = sampler.sample(model, tokenizer, prompts)  # the same engine, the same weights: the same samples
-        repeated = sampler.sample(model, tokenizer, [prompts[0]] * 8)
+        yield sampler, model, tokenizer, prompts, sampler.sample(model, tokenizer, prompts)
     finally:
         sampler.close()
+
+
+def test_prompts_draw_independent_samples_as_with_hf(late_engine):
+    sampler, model, tokenizer, prompts, first = late_engine
+    again = sampler.sample(model, tokenizer, prompts)  # the same engine, the same weights: the same samples
+    repeated = sampler.sample(model, tokenizer, [prompts[0]] * 8)
     assert [len(row) for row in first.token_ids] == [16] * 8 and first.token_ids == again.token_ids
-    hf = HFSampler(settings)
+    hf = HFSampler(SETTINGS)
     agreement = cross_prompt_agreement(first.token_ids)
     assert agreement <= cross_prompt_agreement(hf.sample(model, tokenizer, prompts).token_ids) + 0.02, agreement
     # one prompt asked 8 times: 8 independent sets of samples, not 8 copies of one
@@ -64,19 +73,15 @@ def test_prompts_draw_independent_samples_as_with_hf(checkpoints):
     assert copies <= hf_copies + 1, (copies, hf_copies)
 
 
-def test_weights_reloaded_in_place_sample_as_a_fresh_engine(checkpoints):
-    early, tokenizer = load(checkpoints, 0)
-    late, _ = load(checkpoints, 40)
-    prompts = list(arithmetic_task().id_eval["prompt"])[:4]
-    settings = SampleSettings(n=4, max_tokens=8, seed=1)
-    reused, fresh = VLLMSampler(settings, VLLM_ENGINES), VLLMSampler(settings, VLLM_ENGINES)
+def test_weights_reloaded_in_place_sample_as_a_fresh_engine(checkpoints, late_engine):
+    _, late, tokenizer, prompts, expected = late_engine  # what a fresh engine on the last checkpoint samples
+    early, _ = load(checkpoints, 0)
+    reused = VLLMSampler(SETTINGS, VLLM_ENGINES)
     try:
         before = reused.sample(early, tokenizer, prompts)
         after = reused.sample(late, tokenizer, prompts)
-        expected = fresh.sample(late, tokenizer, prompts)
     finally:
         reused.close()
-        fresh.close()
     assert reused.engine_starts == 1 and after.token_ids == expected.token_ids and after.token_ids != before.token_ids
 
 
@@ -96,7 +101,7 @@ def test_a_trace_samples_every_checkpoint_with_one_engine_and_logs_what_hf_logs(
     args = [*VLLM_TINY, "sampler.at=all"]
     stores = {name: f"sqlite:///{tmp_path / name}.db" for name in ("hf", "vllm")}
     for name, store in stores.items():
-        proc = run_app([*args, f"sampler={name}"], tmp_path, cache_dir, store)
+        proc = run_app([*args, f"sampler={name}"], tmp_path, cache_dir, store, own_process=True)
     log = proc.stdout + proc.stderr
     assert log.count("sampler=vllm: engine 1 started on") == 1 and "engine 2 started" not in log
     (hf, hf_tables), (vllm, vllm_tables) = run_metrics(stores["hf"]), run_metrics(stores["vllm"])
@@ -108,7 +113,7 @@ def test_a_trace_samples_every_checkpoint_with_one_engine_and_logs_what_hf_logs(
 def test_post_training_samples_before_and_after_with_one_engine(tmp_path, cache_dir):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [*VLLM_TINY, "method=sft", "method.args.max_steps=4", "method.geometry_every=2", "sampler=vllm"]
-    proc = run_app(args, tmp_path, cache_dir, store)
+    proc = run_app(args, tmp_path, cache_dir, store, own_process=True)
     log = proc.stdout + proc.stderr
     assert log.count("sampler=vllm: engine 1 started on") == 1 and "engine 2 started" not in log
     histories, _ = run_metrics(store)
@@ -116,7 +121,9 @@ def test_post_training_samples_before_and_after_with_one_engine(tmp_path, cache_
 
 
 def test_grpo_with_a_colocated_vllm_off_cuda_stops_at_once(tmp_path, cache_dir):
-    proc = run_app([*VLLM_TINY, "method=rlvr", "method.args.use_vllm=true"], tmp_path, cache_dir, check=False)
+    proc = run_app(
+        [*VLLM_TINY, "method=rlvr", "method.args.use_vllm=true"], tmp_path, cache_dir, check=False, own_process=True
+    )
     if "this vLLM is the CUDA build" not in proc.stderr and "needs vLLM on CUDA" not in proc.stderr:
         pytest.skip("vLLM runs on CUDA here")
     assert proc.returncode == 1 and "Use method.args.use_vllm=false" in proc.stderr

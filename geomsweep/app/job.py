@@ -45,7 +45,7 @@ from geomsweep.tracking.keys import (
 )
 from geomsweep.tracking.liveness import earlier_runs, process_tags
 from geomsweep.tracking.store import setup_store
-from geomsweep.tracking.writer import RunLogger
+from geomsweep.tracking.writer import RunLogger, when_no_write
 
 
 def run_job(cfg: DictConfig, settings: Config) -> None:
@@ -82,7 +82,7 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
         )
         print(results_message(done))
         return
-    with job_run(experiment_id, identity, name, parent, cfg, settings, data) as run, sigterm_ends_run():
+    with sigterm_ends_run(), job_run(experiment_id, identity, name, parent, cfg, settings, data) as run:
         log = RunLogger(run.info.run_id)
         try:
             log.config(cfg)
@@ -137,7 +137,10 @@ def sigterm_ends_run() -> Iterator[None]:
         return
 
     def terminate(signum, frame):
-        raise Terminated(signum)
+        def stop() -> None:
+            raise Terminated(signum)
+
+        when_no_write(stop)  # never inside a store write: its transaction's lock would outlive it
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

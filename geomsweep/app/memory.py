@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,10 +135,14 @@ def plan_memory(settings, device: str, dtype: str) -> MemoryPlan | None:
         plans = [(name, plan_memory(stage, device, dtype)) for name, stage in stage_configs(settings)]
         known = [replace(plan, source=f"stage {name}, the largest; {plan.source}") for name, plan in plans if plan]
         return max(known, key=lambda plan: plan.required, default=None)
-    method = settings.method
-    shape = model_shape(settings.model, settings.cache_dir, method.lora)
-    if shape is None:
-        return None
+    shape = model_shape(settings.model, settings.cache_dir, settings.method.lora)
+    return None if shape is None else plan_for_shape(settings.method, shape, device, dtype)
+
+
+def plan_for_shape(method, shape: ModelShape, device: str, dtype: str) -> MemoryPlan:
+    """The plan of post-training a model of ``shape`` with ``method`` (its config: TRL arguments, LoRA, processes):
+    weights, trained parameters' gradients and AdamW's two states, a reference model where the loss needs one, and
+    activations of one batch."""
     parameters = shape.parameters
     size = BYTES[dtype]
     lora = method.peft == "lora"
@@ -251,26 +257,47 @@ def count_parameters(config, lora, trust_remote_code: bool = False) -> tuple[int
     return parameters, adapted
 
 
-def reset_peak(device: str) -> int:
-    """Start counting a job's peak now; returns the bytes held now (the interpreter and its libraries on a CPU),
-    which ``peak_memory`` reports from."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
-        return torch.cuda.memory_allocated(torch.device(device))
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident set (VmHWM) to the current
-    return _status_bytes("VmRSS:")
+class PeakMeter:
+    """What a job adds to its process at the peak, from ``start``: allocated memory on a GPU (CUDA's own peak
+    counter); on a CPU the peak resident set (Linux's VmHWM, reset at ``start``) less the pages of shared libraries'
+    code faulted in since (libtorch's backward and optimizer kernels: code, not the job's data)."""
 
+    def __init__(self, device: str):
+        self.device = device
+        self.baseline = self.libraries = 0
 
-def peak_memory(device: str) -> int:
-    """Bytes at the peak since ``reset_peak``: allocated GPU memory, or the resident set on a CPU."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(torch.device(device))
-    return _status_bytes("VmHWM:")
+    def start(self) -> PeakMeter:
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
+            self.baseline = torch.cuda.memory_allocated(torch.device(self.device))
+            return self
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM) to the current one
+        self.baseline, self.libraries = _status_bytes("VmRSS:"), _library_bytes()
+        return self
+
+    def added(self) -> int:
+        """Bytes above the start at the peak so far."""
+        if self.device.startswith("cuda"):
+            return torch.cuda.max_memory_allocated(torch.device(self.device)) - self.baseline
+        return _status_bytes("VmHWM:") - self.baseline - (_library_bytes() - self.libraries)
 
 
 def _status_bytes(field: str) -> int:
     line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
     return int(line.split()[1]) * 1024  # kB
+
+
+def _library_bytes() -> int:
+    """Resident bytes of the process's shared libraries and interpreter (file-backed code, from /proc/self/smaps)."""
+    total, library = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's header: address perms offset dev inode [path]
+            path = fields[5] if len(fields) > 5 else ""
+            library = ".so" in Path(path).name or path == os.path.realpath(sys.executable)
+        elif library and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
 
 
 def device_memory(device: str) -> int | None:

@@ -8,6 +8,7 @@ directory that is a single model (its one revision is called ``final``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata as metadata
 import json
@@ -432,7 +433,7 @@ def convert_gguf(model_cfg, cache_dir: str) -> Path:
         if not (target / "config.json").exists():
             kwargs = {"gguf_file": source.name, "trust_remote_code": False}  # a GGUF file holds weights, never code
             loaded = AutoModelForCausalLM.from_pretrained(source.parent, **kwargs)
-            config = AutoConfig.from_pretrained(source.parent, **kwargs)
+            config = copy.deepcopy(loaded.config)  # reading a GGUF file's metadata again costs seconds
             config.__dict__.pop("quantization_config", None)
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
             model.load_state_dict(loaded.state_dict())

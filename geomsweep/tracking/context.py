@@ -31,6 +31,7 @@ from geomsweep.tracking.keys import (
 )
 from geomsweep.tracking.liveness import lease, process_tags
 from geomsweep.tracking.store import quoted
+from geomsweep.tracking.writer import one_write
 
 
 def find_sweep_parent(experiment_id: str, sweep_dir: str) -> str | None:
@@ -85,7 +86,9 @@ def job_run(
     tags = {TAG_CONFIG_HASH: identity, TAG_TRACE_KEY: trace_key(cfg, data), TAG_ROLE: ROLE_JOB, **process_tags()}
     token = CURRENT_JOB.set(model_tags(settings))
     try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=name[:250], parent_run_id=parent, tags=tags) as run:
+        with one_write():
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=name[:250], parent_run_id=parent, tags=tags)
+        with active as run:
             with lease(run.info.run_id):
                 yield run
     finally:

@@ -3,9 +3,13 @@ goes through it, bound to a run id (so workers never rely on a global active run
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +25,68 @@ from geomsweep.tracking.keys import TAG_ERROR, TAG_PROBE_DIGEST
 
 MAX_TAG_CHARS = 5000
 
+# Store writes of the main thread under way, and what a signal handler asked to run once they end.
+_open_writes = 0
+_after_writes: list[Callable[[], None]] = []
+
+
+@contextmanager
+def one_write() -> Iterator[None]:
+    """A store write that a signal handler must not cut in half: a sqlite transaction interrupted by an exception
+    keeps its lock, and every write after it (the run's FAILED or KILLED status) waits on that lock until it times
+    out. What ``when_no_write`` deferred runs as the write ends (signal handlers run in the main thread only)."""
+    global _open_writes
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _open_writes += 1
+    try:
+        yield
+    finally:
+        _open_writes -= 1
+        if not _open_writes and _after_writes:
+            _after_writes.pop()()
+
+
+def when_no_write(action: Callable[[], None]) -> None:
+    """Run ``action`` (a signal handler's: it may raise) now, or as soon as the main thread's store write ends."""
+    if _open_writes:
+        _after_writes[:] = [action]
+    else:
+        action()
+
+
+class _WholeWrites:
+    """An MlflowClient whose every call is ``one_write``."""
+
+    def __init__(self, client: mlflow.MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+
+        @functools.wraps(method)
+        def whole(*args, **kwargs):
+            with one_write():
+                return method(*args, **kwargs)
+
+        return whole
+
 
 class RunLogger:
     """Every MLflow write of one run."""
 
     def __init__(self, run_id: str, client: mlflow.MlflowClient | None = None):
         self.run_id = run_id
-        self.client = client or mlflow.MlflowClient()
+        self.client = _WholeWrites(client or mlflow.MlflowClient())
 
     @classmethod
     def create(cls, experiment_id: str, name: str, tags: dict[str, str], client=None) -> RunLogger:
         """A new run, not made active (a sweep parent or a trace roll-up, written to from outside)."""
         client = client or mlflow.MlflowClient()
-        return cls(client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id, client)
+        with one_write():
+            run = client.create_run(experiment_id, run_name=name[:250], tags=tags)
+        return cls(run.info.run_id, client)
 
     @property
     def name(self) -> str:
