@@ -25,11 +25,7 @@ GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One toy-model cache for the whole session (the first user pretrains it, ~5 s, and converts SmolLM2's GGUF,
-    ~50 s), shared by pytest-xdist's workers: the cache's own file locks let one of them fill each entry."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = tmp_path_factory.getbasetemp().parent / "geomsweep-cache"
-        shared.mkdir(exist_ok=True)
-        return shared
+    ~50 s)."""
     return tmp_path_factory.mktemp("geomsweep-cache")
 
 
@@ -119,8 +115,9 @@ def _in_this_process(args: list[str], cwd: Path, env: dict) -> subprocess.Comple
     returncode = 0
     try:
         os.chdir(cwd)
-        for key, value in env.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        os.environ.update({key: value for key, value in env.items() if value is not None})
+        for key in [key for key, value in env.items() if value is None]:
+            os.environ.pop(key, None)
         sys.argv = ["geomsweep", *args]
         with redirect_stdout(stdout), redirect_stderr(stderr):
             try:
@@ -141,7 +138,8 @@ def _in_this_process(args: list[str], cwd: Path, env: dict) -> subprocess.Comple
         os.chdir(saved[1])
         sys.argv = saved[2]
         signal.signal(signal.SIGTERM, saved[3])
-        root.handlers[:], _ = saved_logging[0], root.setLevel(saved_logging[1])
+        root.handlers[:] = saved_logging[0]
+        root.setLevel(saved_logging[1])
     return subprocess.CompletedProcess(["geomsweep", *args], returncode, stdout.getvalue(), stderr.getvalue())
 
 

@@ -86,16 +86,13 @@ def build(config, device: str, dtype: torch.dtype):
         return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
-def best_of(repeat: int, fn) -> float:
-    """The least wall time of ``repeat`` calls (device work waited for)."""
-    best = math.inf
-    for _ in range(repeat):
-        synchronize()
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+def seconds(fn) -> float:
+    """The wall time of one call, the device's queued work waited for."""
+    synchronize()
+    start = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - start
 
 
 def synchronize() -> None:
@@ -135,9 +132,9 @@ def extraction(model, shapes: Shapes, device: str) -> dict:
     rankme_ours, rankme_authors = ours(), authors()  # also the warm-up of both
     t_ours = t_bare = math.inf
     for _ in range(3):  # interleaved, best of each: the two are close and the difference is the figure
-        t_bare = min(t_bare, best_of(1, bare))
-        t_ours = min(t_ours, best_of(1, ours))
-    t_authors = best_of(1, authors)
+        t_bare = min(t_bare, seconds(bare))
+        t_ours = min(t_ours, seconds(ours))
+    t_authors = seconds(authors)
     return {
         "parameters": model.num_parameters(),
         "sequences": shapes.sequences,
