@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 from transformers import TrainerCallback
+from transformers.integrations import MLflowCallback
 
 from geomsweep.core.extract import eval_mode
 
@@ -57,3 +58,17 @@ class GeometryCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._record(state.global_step, model, with_behavior=True)
+
+
+class MethodMLflowCallback(MLflowCallback):
+    """transformers' own MLflow reporting with the trainer's metrics under the method's name (``sft/loss``,
+    ``dpo/rewards/margins``, ``rlvr/reward``): SFT's, DPO's and GRPO's losses are different quantities, and
+    unprefixed they would share one chart in MLflow's UI."""
+
+    def __init__(self, method: str):
+        super().__init__()
+        self.method = method
+
+    def on_log(self, args, state, control, logs, model=None, **kwargs):
+        named = {f"{self.method}/{key}": value for key, value in logs.items()}
+        super().on_log(args, state, control, named, model=model, **kwargs)

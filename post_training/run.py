@@ -17,13 +17,14 @@ import datasets
 import pandas as pd
 from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
+from transformers.integrations import MLflowCallback
 
 from geomsweep.app.memory import GIB, PeakMeter, plan_memory
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import change_metrics
-from geomsweep.post_training.callbacks import GeometryCallback
+from geomsweep.post_training.callbacks import GeometryCallback, MethodMLflowCallback
 from geomsweep.post_training.evaluate import evaluate_split
 from geomsweep.post_training.launch import in_worker, launch
 from geomsweep.results import plots
@@ -236,6 +237,8 @@ def train_stage(settings, model, tokenizer, measure: Measurer, log, device: str,
             callbacks=[callback],
             **extra,
         )
+        if trainer.pop_callback(MLflowCallback) is not None:  # its metrics under the method's name
+            trainer.add_callback(MethodMLflowCallback(method.name))
         log.params({prefix + key: value for key, value in trained_parameters(trainer).items()})
         trainer.train()
         if method.save:

@@ -1,5 +1,7 @@
 """The app end to end, as a user runs it, into real temporary sqlite stores read back with MlflowClient."""
 
+import math
+
 import mlflow
 import pytest
 
@@ -24,7 +26,11 @@ def test_single_run_logs_the_trace(tmp_path, cache_dir, tiny_checkpoints, store)
     (run,) = only_run(client)
     assert run.info.status == "FINISHED"
     # MLflow 3's UI opens a model-development experiment on its runs, not on the GenAI overview
-    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    tags = client.get_experiment(run.info.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # the printed link opens the run's saved view of the runs page (results/ui_view.py; test_ui_view.py)
+    (view,) = [key.removeprefix("mlflow.sharedViewState.") for key in tags if key.startswith("mlflow.sharedViewState.")]
+    assert f"runs?viewStateShareKey={view}&workflowType=machine_learning&compareRunsMode=CHART" in proc.stdout
     steps = sorted(int(p.name[4:]) for p in tiny_checkpoints.iterdir() if p.name.startswith("step"))
     history = client.get_metric_history(run.info.run_id, "geometry/rankme")
     assert sorted(m.step for m in history) == steps
@@ -147,3 +153,20 @@ def test_toy_models_get_long_and_short_range_accuracy(tmp_path, cache_dir, tiny_
     assert len(table) == 4 * 30 and set(table["sample"]) == {0, 1, 2, 3}  # 30 ID problems x 4 samples
     assert {"prompt", "completion", "answer", "reference", "correct"} <= set(table.columns)
     assert any(a.path == "plots/pass_at_k.png" for a in client.list_artifacts(run.info.run_id, "plots"))
+
+
+def test_a_model_narrower_than_the_fit_range_logs_rankme_and_says_why_alpha_is_missing(
+    tmp_path, cache_dir, tiny_checkpoints, store
+):
+    """The tiny toy is 32 wide; a fit over ranks 2..40 needs 40 eigenvalues. RankMe is defined at any width."""
+    run_app(
+        [*TINY, "checkpoint=final", "probe.fit_end=40", "eval.toy_n_docs=0", "sampler.n=0"], tmp_path, cache_dir, store
+    )
+    (run,) = only_run(client_for(store))
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert 1 <= metrics["geometry/rankme"] <= 32 and metrics["geometry/rankme_se"] > 0
+    assert math.isnan(metrics["geometry/alpha_req"]) and math.isnan(metrics["geometry/alpha_r2"])
+    assert run.data.tags["geomsweep.core.alpha_fit"].startswith(
+        "no alpha-ReQ: 32 eigenvalues, fewer than the fit range 2..40"
+    )

@@ -10,7 +10,7 @@ import torch
 
 from geomsweep.app.compare import comparison_markdown, describe, group_metrics, headline, over_seeds, rounded, verdict
 from geomsweep.core.spectra import PowerLawFit
-from geomsweep.results import plots
+from geomsweep.results import plots, ui_view
 from tests.conftest import GEOMETRY_ONLY, run_app, runs_of
 
 
@@ -109,7 +109,14 @@ def test_a_seed_sweep_parent_is_named_by_its_overrides_and_compares_cells(tmp_pa
     parent = client.get_run(parent.info.run_id)
     assert "| probe.norm=post | 2 |" in parent.data.tags["mlflow.note.content"]
     assert {"post/rankme_change", "pre/alpha_req_change_uncertainty"} <= set(parent.data.metrics)
-    assert f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in proc.stdout
+    # the printed link opens the sweep's saved view of the runs page, grouped by the swept value
+    tags = client.get_experiment(parent.info.experiment_id).tags
+    (key,) = [k.removeprefix("mlflow.sharedViewState.") for k in tags if k.startswith("mlflow.sharedViewState.")]
+    assert f"#/experiments/{parent.info.experiment_id}/runs?viewStateShareKey={key}&" in proc.stdout
+    state = ui_view.read_envelope(tags[f"mlflow.sharedViewState.{key}"])[1]
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "cfg.probe.norm"}]
+    found = client.search_runs([parent.info.experiment_id], filter_string=state["searchFilter"])
+    assert len(found) == 5  # 4 cells and the parent
 
 
 def test_the_comparison_figure_shows_each_methods_paired_change_apart(store, tmp_path):
@@ -144,3 +151,39 @@ def test_the_comparison_figure_shows_each_methods_paired_change_apart(store, tmp
     curves = pass_at_k_curves(runs, client)
     assert curves["base, before post-training"] == {1: pytest.approx(0.2), 4: pytest.approx(0.5)}
     assert curves["sft: method=sft,seed=0"] == {1: pytest.approx(0.3), 4: pytest.approx(0.45)}
+
+
+def test_a_mixed_sweep_draws_its_traces_apart_shaded_by_their_phases(store, tmp_path):
+    from geomsweep.app.report import geometry_figure, log_comparison
+
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment("mixed", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, run_name="method=none,sft", tags={"geomsweep.swept_keys": "method"})
+    runs = []
+    for method in ("none", "sft"):
+        run = client.create_run(experiment, run_name=f"method={method}")
+        client.log_param(run.info.run_id, "cfg.method.name", method)
+        steps = (0, 10, 100, 1000) if method == "none" else (0, 10)
+        for i, step in enumerate(steps):
+            client.log_metric(run.info.run_id, "geometry/rankme", 10.0 + i, step=step)
+            client.log_metric(run.info.run_id, "geometry/alpha_req", 1.0 + i / 10, step=step)
+            if method == "none":
+                client.log_metric(run.info.run_id, "geometry/phase", (0, 1, 1, 2)[i], step=step)
+        client.set_terminated(run.info.run_id)
+        runs.append(client.get_run(run.info.run_id))
+    log_comparison(client, parent.info.run_id, runs)
+    plotted = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plotted == {"plots/geometry.png", "plots/geometry_traces.png"}
+    # the trace's figure is shaded by its phases: warmup, entropy-seeking, compression-seeking
+    fig = geometry_figure(client, runs[:1])
+    shaded = {text.get_text() for text in fig.axes[0].get_legend().get_texts()}
+    assert {"warmup", "entropy-seeking", "compression-seeking"} <= shaded
+
+
+def test_a_one_checkpoint_trace_claims_no_change():
+    row = {"rankme_first": 9.0, "rankme_last": 9.0, "rankme_change": 0.0, "rankme_change_se": 1.9}
+    row |= {"rankme_last_se": 1.3, "rankme_points": 1}
+    (line,) = describe(row)
+    assert line == "RankMe 9 ± 1.3 (SE), at one checkpoint"
+    folded = over_seeds(pd.DataFrame([row]), [])
+    assert folded["rankme_change_verdict"].tolist() == ["one checkpoint"]

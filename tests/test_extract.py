@@ -98,19 +98,33 @@ def test_cuda_extraction_matches_cpu(tiny_checkpoints, dtype, tolerance):
     assert gpu_loss == pytest.approx(cpu_loss, rel=tolerance)
 
 
-def test_jackknife_groups_are_disjoint_residues_whose_merge_is_the_whole(lm):
+@pytest.mark.parametrize("rule", ["block", "interleaved"])
+def test_jackknife_groups_are_disjoint_parts_whose_merge_is_the_whole(lm, rule):
     model, tokenizer, texts = lm
     batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48))
     whole = accumulate(model, batches, progress=False).covariances[-1]
-    reps = accumulate(model, batches, progress=False, groups=4)
+    reps = accumulate(model, batches, progress=False, groups=4, n_sequences=len(texts), group_rule=rule)
     groups = reps.groups[-1]
     reference, _ = one_at_a_time(model, tokenizer, texts, -1)
-    for g, group in enumerate(groups):  # sequence i belongs to group i mod 4, across batch boundaries
+    n = len(texts)
+    for g, group in enumerate(groups):  # across batch boundaries: i * 4 // n (block), or i mod 4 (interleaved)
+        members = [i for i in range(n) if (i * 4 // n if rule == "block" else i % 4) == g]
+        if rule == "block":
+            assert members == list(range(members[0], members[-1] + 1))  # a contiguous run of the probe order
         expected = StreamingCovariance()
-        expected.update(reference[g::4])
-        assert group.count == len(texts[g::4])
+        expected.update(reference[members])
+        assert group.count == len(members)
         torch.testing.assert_close(group.compute(), expected.compute(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(reps.covariances[-1].compute(), whole.compute(), rtol=1e-10, atol=1e-12)
+
+
+def test_block_groups_need_the_size_of_the_probe_set():
+    from geomsweep.core.states import LastTokenCovariance
+
+    with pytest.raises(ValueError, match="number of probe sequences"):
+        LastTokenCovariance(4, None, "block")
+    with pytest.raises(ValueError, match="block, interleaved, got 'random'"):
+        LastTokenCovariance(4, 10, "random")
 
 
 def test_shares_of_whole_batches_merge_into_the_one_pass_state(lm):
@@ -118,9 +132,10 @@ def test_shares_of_whole_batches_merge_into_the_one_pass_state(lm):
     merges into exactly the one-process state: covariances, jackknife groups and the loss."""
     model, tokenizer, texts = lm
     batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48))
-    whole = accumulate(model, batches, progress=False, groups=4)
-    first = accumulate(model, batches[:2], progress=False, groups=4)
-    second = accumulate(model, batches[2:], progress=False, groups=4, start=10)
+    n = len(texts)  # block groups by the index in the whole set, which each share knows from its start
+    whole = accumulate(model, batches, progress=False, groups=4, n_sequences=n)
+    first = accumulate(model, batches[:2], progress=False, groups=4, n_sequences=n)
+    second = accumulate(model, batches[2:], progress=False, groups=4, start=10, n_sequences=n)
     merged = first.merge(second)
     assert merged.loss_tokens == whole.loss_tokens
     assert merged.loss == pytest.approx(whole.loss, rel=1e-12)

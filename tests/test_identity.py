@@ -19,8 +19,11 @@ FAST = [  # exactly as the store was made
     "++method.args.per_device_train_batch_size=4",
     "++method.args.logging_steps=1",
 ]
-SWEEP = ["-m", "method=none,sft", "checkpoint=final", *GEOMETRY_ONLY, *FAST]
-RLVR = ["method=rlvr", *GEOMETRY_ONLY, *FAST, "method.args.num_generations=4"]
+# the jackknife groups those cells were measured with; the default has since become contiguous blocks (a new
+# computation, so new cells), and at this value the field is left out of the identity (identity.ADDED_FIELDS)
+AS_THEN = ["probe.jackknife_groups=interleaved"]
+SWEEP = ["-m", "method=none,sft", "checkpoint=final", *GEOMETRY_ONLY, *FAST, *AS_THEN]
+RLVR = ["method=rlvr", *GEOMETRY_ONLY, *FAST, "method.args.num_generations=4", *AS_THEN]
 
 
 @pytest.fixture
@@ -53,3 +56,14 @@ def test_a_sweep_finished_before_the_move_reruns_no_cell(tmp_path, pre_move_stor
     reused = {v for k, v in parent.data.tags.items() if k.startswith("geomsweep.reused.")}
     swept = {r.info.run_id for r in jobs if r.data.params["cfg.method.name"] in ("none", "sft")}
     assert parent.info.status == "FINISHED" and reused == swept and len(swept) == 2
+
+
+def test_a_field_added_later_leaves_the_identity_at_the_value_earlier_cells_computed():
+    from omegaconf import OmegaConf
+
+    from geomsweep.tracking.identity import config_hash
+
+    before = OmegaConf.create({"probe": {"jackknife": 10}, "seed": 0})
+    as_then = OmegaConf.create({"probe": {"jackknife": 10, "jackknife_groups": "interleaved"}, "seed": 0})
+    now = OmegaConf.create({"probe": {"jackknife": 10, "jackknife_groups": "block"}, "seed": 0})
+    assert config_hash(as_then) == config_hash(before) != config_hash(now)

@@ -223,21 +223,34 @@ def _browser_available() -> bool:
     ],
 )
 def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir, tiny_checkpoints, store, mode):
-    run_app(["-m", *GEOMETRY_ONLY, "probe.norm=post,pre"], tmp_path, cache_dir, store)
-    args = [sys.executable, "-m", "geomsweep.app.ui_check", "--store", store, "--out", str(tmp_path / "ui")]
-    proc = subprocess.run(
-        args + (["--rest-only"] if mode == "rest" else []),
+    """REST: over a store the suite makes; browser: ui-check's own trace and post-training sweep, then the same
+    check over views spoiled so that each must fail."""
+    args = [sys.executable, "-m", "geomsweep.app.ui_check", "--out", str(tmp_path / "ui")]
+    if mode == "rest":
+        run_app(["-m", *GEOMETRY_ONLY, "probe.norm=post,pre"], tmp_path, cache_dir, store)
+        args += ["--store", store, "--rest-only"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GEOMSWEEP_CACHE": str(cache_dir)}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "REST ok: sweep" in proc.stdout
+    if mode == "rest":
+        assert "with 2 jobs" in proc.stdout
+        return
+    shots = sorted(p.name for p in (tmp_path / "ui").glob("*.png"))
+    assert {"experiment-from-list.png", "sweep-overview.png"} <= set(shots) and len(shots) == 5
+    spoiled = subprocess.run(
+        args + ["--store", f"sqlite:///{tmp_path / 'ui' / 'mlflow.db'}", "--break-view"],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=env,
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "REST ok: sweep" in proc.stdout and "with 2 jobs" in proc.stdout
-    if mode == "browser":
-        for name in ("mlflow-ui-experiment.png", "mlflow-ui-rankme.png"):
-            assert (tmp_path / "ui" / name).read_bytes()[:4] == b"\x89PNG"
+    assert spoiled.returncode == 0, spoiled.stdout[-2000:] + spoiled.stderr[-3000:]
+    assert "every spoiled view failed its check" in spoiled.stdout
+    assert (
+        "step axis is linear, not log" in spoiled.stdout and "no numbers in a geometry/rankme_change" in spoiled.stdout
+    )
 
 
 @pytest.mark.slow

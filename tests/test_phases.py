@@ -115,3 +115,35 @@ def test_non_finite_or_zero_points_are_dropped_with_a_warning_naming_their_steps
 def test_empty_and_single_point_traces():
     assert detect([], []).labels == [] and detect([], []).describe() == ""
     assert detect([10], [5.0]).labels == [NO_PHASE]
+
+
+# Two late entropy -> compression cycles of a long run, smooth in log step (PCHIP through the knots: a warmup
+# collapse to a minimum at step 1000, peaks at the given fractions of 143,000 steps, a trough at 40% of their
+# RankMe between them), on Pythia's grid (log-spaced to step 512, then every 1000) and on the 48 log-spaced
+# checkpoints that `checkpoint=log checkpoint.num=48` picks from it (29 distinct), where the trough between the
+# peaks is sampled by one or two checkpoints.
+PYTHIA_GRID = [0] + [2**i for i in range(10)] + list(range(1000, 143_001, 1000))
+LOG_48 = sorted(
+    {min(PYTHIA_GRID, key=lambda s: abs(math.log1p(s) - t)) for t in np.linspace(0, math.log1p(143_000), 48)}
+)
+
+
+def two_late_cycles(steps, peaks):
+    from scipy.interpolate import PchipInterpolator
+
+    first, second = (p * 143_000 for p in peaks)
+    knots = [(0, 400), (128, 45), (1000, 30), (first, 800), ((first + second) / 2, 320), (second, 800), (143_000, 350)]
+    curve = PchipInterpolator([math.log1p(s) for s, _ in knots], [math.log(r) for _, r in knots])
+    return [math.exp(float(curve(math.log1p(s)))) for s in steps]
+
+
+@pytest.mark.parametrize("peaks", [(0.45, 0.65), (0.3, 0.6), (0.4, 0.7), (0.5, 0.75)])
+@pytest.mark.parametrize("grid", [PYTHIA_GRID, LOG_48], ids=["pythia-grid", "log-48"])
+@pytest.mark.parametrize("seed", [None, *range(5)])
+def test_two_late_cycles_of_a_long_run_are_found_on_a_purely_log_spaced_grid(peaks, grid, seed):
+    values = two_late_cycles(grid, peaks)
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        values = [r * math.exp(rng.normal(0, 0.05)) for r in values]
+    phases = detect(grid, values)
+    assert runs(phases.labels) == [WARMUP, ENTROPY, COMPRESSION, ENTROPY, COMPRESSION], phases.describe()

@@ -135,7 +135,9 @@ def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache
         assert sorted(m.step for m in pass_at_4) == [0, 2], method  # sampled before and after training
         assert run.data.tags["geomsweep.base_revision"] == "step40"
         assert "learning_rate" in run.data.params  # the trainer's own MLflow reporting joined the job's run
-        assert client.get_metric_history(run.info.run_id, "train_loss" if method != "rlvr" else "reward")
+        # under the method's name, so SFT's, DPO's and GRPO's losses never share a chart
+        assert client.get_metric_history(run.info.run_id, f"{method}/train_loss" if method != "rlvr" else "rlvr/reward")
+        assert "loss" not in run.data.metrics and "train_loss" not in run.data.metrics
         # the base model's eigenspectrum beside the post-trained one's: a table and one overlaid plot
         assert "plots/eigenspectrum.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         spectra = pd.read_csv(client.download_artifacts(run.info.run_id, "spectra/eigenspectra.csv", str(tmp_path)))

@@ -33,6 +33,8 @@ def test_every_model_preset_composes(model):
         assert (cfg.data.name, cfg.data.config, cfg.data.min_tokens) == ("HuggingFaceFW/fineweb", "sample-10BT", 32)
         assert (cfg.probe.n_sequences, cfg.probe.max_length, cfg.probe.max_eigs) == (15000, 512, 2048)
         assert (cfg.probe.padding_side, cfg.probe.fit_start, cfg.probe.fit_end) == ("right", 12, 100)
+    elif model not in ("tiny", "local", "mlflow"):  # a real model offline: real English, at 128 tokens or more
+        assert cfg.data.source == "english" and cfg.data.min_tokens >= 127 and cfg.probe.max_length >= 128
 
 
 def test_pythia_and_olmo_presets_are_all_there():
@@ -152,3 +154,24 @@ def test_a_hub_preset_fails_fast_offline_with_what_to_do(tmp_path, cache_dir, st
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
     assert run.info.status == "FAILED" and "not available offline" in run.data.tags["geomsweep.error"]
+
+
+def test_the_authors_pythia_alpha_script_is_a_preset_pair():
+    cfg = composed("model=pythia-1b", "data=wikitext", "probe=paper_pythia")
+    assert (cfg.data.name, cfg.data.config, cfg.data.min_tokens) == ("Salesforce/wikitext", "wikitext-103-raw-v1", 10)
+    assert (cfg.probe.max_length, cfg.probe.batch_size, cfg.probe.fit_start, cfg.probe.fit_end) == (128, 1, 12, 100)
+
+
+@pytest.mark.slow
+def test_the_offline_english_texts_fill_the_probe_of_a_real_model(cache_dir):
+    """model=smollm2-135m alone: data=english under SmolLM2's own tokenizer gives probe=english's 768 texts, each
+    of more than 127 tokens, so every one fills the 128-token probe."""
+    pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
+    from geomsweep.sources.data import probe_texts
+
+    cfg = composed("model=smollm2-135m")
+    (checkpoint,) = ckpts.available(cfg.model, str(cache_dir))
+    tokenizer = checkpoint.load_tokenizer()
+    texts = probe_texts(cfg.data, None, cfg.probe.n_sequences, tokenizer=tokenizer)
+    assert len(texts) == cfg.probe.n_sequences == 768 and cfg.probe.max_length == 128
+    assert min(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) >= 128

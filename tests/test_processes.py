@@ -34,7 +34,7 @@ def test_two_processes_measure_what_one_does_and_log_once(tmp_path, cache_dir, t
         steps = [step for step, _ in history(two, key)]
         assert steps == sorted(set(steps)) and steps, key
     assert [s for s, _ in history(two, "geometry/rankme")] == [0, 1, 2]
-    assert history(two, "train_loss")  # the trainer's own MLflow reporting joined the job's run from rank 0
+    assert history(two, "sft/train_loss")  # the trainer's own MLflow reporting joined the job's run from rank 0
     assert "learning_rate" in two.data.params
     artifacts = [a.path for a in client.list_artifacts(two.info.run_id, "post_training")]
     assert "post_training/history.csv" in artifacts

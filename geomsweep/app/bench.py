@@ -177,7 +177,8 @@ def jackknife_ratio(model, batches, groups: int = 10) -> float:
         spectral_geometry(accumulate(model, batches, progress=False, with_loss=False).covariances[-1])
 
     def with_errors():
-        reps = accumulate(model, batches, progress=False, with_loss=False, groups=groups)
+        n_sequences = sum(len(batch["input_ids"]) for batch in batches)
+        reps = accumulate(model, batches, progress=False, with_loss=False, groups=groups, n_sequences=n_sequences)
         spectral_geometry(reps.covariances[-1])
         jackknife_errors(reps.groups[-1])
 

@@ -30,6 +30,7 @@ def cell_row(client, run, swept: list[str]) -> dict:
             continue
         (first_step, first), (last_step, last) = values[0], values[-1]
         row[f"{name}_first"], row[f"{name}_last"], row[f"{name}_change"] = first, last, last - first
+        row[f"{name}_points"] = len(values)
         se_first, se_last = errors.get(first_step, math.nan), errors.get(last_step, math.nan)
         # post-training logs the paired SE of its change; otherwise the two SEs in quadrature (an upper bound)
         paired = client.get_metric_history(run.info.run_id, f"geometry/{name}_change_se")
@@ -81,7 +82,8 @@ def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
             n = len(group)
             uncertainty = row[f"{change}_sd"] / math.sqrt(n) if n > 1 else row[f"{change}_se"]
             row[f"{change}_uncertainty"] = uncertainty
-            row[f"{change}_verdict"] = verdict(row[change], uncertainty)
+            one_point = f"{name}_points" in group and (group[f"{name}_points"] < 2).any()
+            row[f"{change}_verdict"] = "one checkpoint" if one_point else verdict(row[change], uncertainty)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -105,6 +107,9 @@ def describe(row: dict, phases: str | None = None) -> list[str]:
             continue
         first, last = row[f"{name}_first"], row[f"{name}_last"]
         change, se = row[f"{name}_change"], row[f"{name}_change_se"]
+        if row.get(f"{name}_points", 2) < 2:  # one checkpoint: nothing changed, and no change is claimed
+            lines.append(f"{label} {last:.4g} ± {row[f'{name}_last_se']:.2g} (SE), at one checkpoint")
+            continue
         lines.append(
             f"{label} {first:.4g} -> {last:.4g} ± {row[f'{name}_last_se']:.2g} (SE): change {change:+.3g} ± {se:.2g}, "
             f"{verdict(change, se)}"

@@ -35,6 +35,7 @@ from geomsweep.tracking.identity import config_hash, data_files_digest
 from geomsweep.tracking.keys import (
     ROLE_JOB,
     TAG_ABLATION,
+    TAG_ALPHA_FIT,
     TAG_HOST,
     TAG_NONFINITE,
     TAG_PARENT,
@@ -80,7 +81,7 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
             f"geomsweep: skipped {name}: this cell (config hash {identity}) already FINISHED in run "
             f"{done.info.run_id}; tracking.force=true runs it again"
         )
-        print(results_message(done))
+        print(results_message(done, own_view(done)))
         return
     with sigterm_ends_run(), job_run(experiment_id, identity, name, parent, cfg, settings, data) as run:
         log = RunLogger(run.info.run_id)
@@ -103,7 +104,13 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
                 file=sys.stderr,
             )
             return
-    print(results_message(mlflow.MlflowClient().get_run(run.info.run_id)))
+    done = mlflow.MlflowClient().get_run(run.info.run_id)
+    print(results_message(done, own_view(done)))
+
+
+def own_view(run) -> list:
+    """The runs a job's saved view shows: the job alone, or none in a sweep (the sweep's view shows its cells)."""
+    return [] if in_multirun() else [run]
 
 
 def failed_before_running(experiment_id: str, name: str, parent: str | None, cfg: DictConfig, err: Exception) -> None:
@@ -184,6 +191,13 @@ def measure_and_report(settings: Config, log: RunLogger) -> None:
     trace_checkpoints(settings, selected, texts, log)
 
 
+def no_fit_reason(n_eigs: int, probe) -> str:
+    return (
+        f"no alpha-ReQ: {n_eigs} eigenvalues, fewer than the fit range {probe.fit_start}..{probe.fit_end} needs "
+        f"(RankMe is measured; probe.fit_end <= {n_eigs} fits alpha)"
+    )
+
+
 def errors(points, layer: int) -> tuple[list[float], list[float]]:
     """Each point's jackknife standard errors of RankMe and alpha (NaN where its representations were not finite)."""
     nan = float("nan")
@@ -203,9 +217,12 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
     with sampling_probe(settings) as sampling:
         for point in trace(settings, selected, texts, sampling, ablation_k):
             log.metrics(point.metrics, step=point.checkpoint.step)
-            if not point.geometry[settings.probe.layers[0]].finite:
+            headline = point.geometry[settings.probe.layers[0]]
+            if not headline.finite:
                 nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
                 log.tags({TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
+            if len(headline.eigs) < settings.probe.fit_end and not points:
+                log.tags({TAG_ALPHA_FIT: no_fit_reason(len(headline.eigs), settings.probe)})
             for path, table in point.tables.items():
                 log.json_table(table, path)
             points.append(point)

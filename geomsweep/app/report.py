@@ -140,8 +140,11 @@ def geometry_figure(client, runs, title: str = "Representation geometry of each 
     if not trained:
         fig = Figure(figsize=(9, 6.5))
         axes = fig.subplots(2, 1, sharex=True)
+        phases = shared_phases(client, runs)
         for ax, (key, name) in zip(axes, GEOMETRY_PANELS):
             levels_panel(ax, client, runs, key)
+            if phases:
+                plots.shade_phases(ax, *phases)
             ax.set_ylabel(name)
         axes[1].set_xscale("symlog", linthresh=1)
         axes[1].set_xlabel("pretraining step")
@@ -170,6 +173,14 @@ def geometry_figure(client, runs, title: str = "Representation geometry of each 
     return fig
 
 
+def shared_phases(client, runs) -> tuple[list[int], list[int]] | None:
+    """(steps, phase labels) when every trace was tagged with the same phases at the same steps, for shading."""
+    labelled = {tuple(sorted(metric_history(client, run, "geometry/phase").items())) for run in runs}
+    if len(labelled) != 1 or not (only := labelled.pop()):
+        return None
+    return [step for step, _ in only], [int(label) for _, label in only]
+
+
 def log_comparison(client, parent_id: str, runs) -> pd.DataFrame | None:
     """The sweep parent as the comparison page: overlay plots of its finished cells, each cell's first/last/change
     table (``cells.csv``) and the same folded over seeds (``comparison.csv`` and the MLflow table
@@ -179,7 +190,10 @@ def log_comparison(client, parent_id: str, runs) -> pd.DataFrame | None:
     parent, log = client.get_run(parent_id), RunLogger(parent_id, client)
     swept = [key for key in parent.data.tags.get(TAG_SWEPT, "").split(",") if key]
     title = parent.info.run_name or parent_id
+    traces = [run for run in runs if run.data.params.get("cfg.method.name", "none") == "none"]
     log.figure(geometry_figure(client, runs, title, swept), "plots/geometry.png")
+    if traces and len(traces) < len(runs):  # a mixed sweep: its traces on their own pretraining-step axis
+        log.figure(geometry_figure(client, traces, f"{title}: traces", swept), "plots/geometry_traces.png")
     curves = pass_at_k_curves(runs, client)
     if curves:
         fig = plots.pass_at_k(curves, max(max(c) for c in curves.values()), title)

@@ -185,7 +185,7 @@ def end_sweep(config: DictConfig) -> None:
     client = mlflow.MlflowClient()
     roll_up_traces(client, experiment_id, parent, PhaseRule(**config.phases))
     table = close_sweep(client, experiment_id, parent)
-    print(results_message(client.get_run(parent)))
+    print(results_message(client.get_run(parent), cells_of(client, experiment_id, parent)))
     failed = table[table["status"] != "FINISHED"] if len(table) else table
     if len(failed):
         raise SystemExit(

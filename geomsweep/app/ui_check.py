@@ -1,13 +1,21 @@
-"""``make ui-check``: the MLflow UI really shows geomsweep's runs and the ``geometry/rankme`` chart.
+"""``make ui-check``: what a person sees in the MLflow UI after a trace and a post-training sweep, in Chromium.
 
-Makes a store with a short sweep of a tiny toy world (unless ``--store`` names one), serves it with
-``mlflow server`` on 127.0.0.1, checks through the REST API that the sweep parent, its jobs and the
-``geometry/rankme`` history are there, then (unless ``--rest-only``) opens the experiment and a job's metric
-charts in headless Chromium driven by Playwright, checks the runs and the chart are on the page, and saves
-screenshots. Needs Debian's ``chromium`` and ``pip install playwright`` (no browser download: the system
-Chromium is used through ``executable_path``).
+Makes a store (unless ``--store`` names one) with a short trace of a tiny toy world and a post-training sweep
+``-m method=sft,dpo,rlvr seed=0,1``, serves it with ``mlflow server`` on 127.0.0.1, checks through the REST API that
+the runs, their histories and a post-training run's before/after eigenspectrum are there, then (unless
+``--rest-only``) opens, in headless Chromium with a fresh profile and no click:
 
-    python -m geomsweep.app.ui_check [--store URI] [--out ui-check] [--rest-only]
+- the links geomsweep printed (the saved views of the runs page): the post-training view's table shows the change
+  columns with numbers in them, grouped by method; its charts show the changes as bars, one per method; the trace
+  view's charts draw ``geometry/rankme`` against a logarithmic step axis;
+- the experiment from the Experiments list (it must open on its runs), and the sweep parent's Overview (the
+  comparison table).
+
+Screenshots are saved. ``--break-view`` first spoils each saved view (a linear axis, no change columns, no
+grouping) and passes only if every view check then fails: the check can fail. Needs Debian's ``chromium`` and
+``pip install playwright`` (the system Chromium is used through ``executable_path``; nothing is downloaded).
+
+    python -m geomsweep.app.ui_check [--store URI] [--out ui-check] [--rest-only] [--break-view]
 """
 
 from __future__ import annotations
@@ -15,14 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from geomsweep.app.messages import runs_table_page
+from geomsweep.app.messages import view_pages
+from geomsweep.results import ui_view
 from geomsweep.tracking import server
 from geomsweep.tracking.keys import TAG_ROLE
 
@@ -47,7 +58,7 @@ SMALL_WORLD = [
     *SMALL_PROBE,
     "progress=false",
 ]
-SHORT_SWEEP = ["-m", *SMALL_WORLD, "probe.norm=post,pre"]
+POST_TRAINING_SWEEP = ["-m", *SMALL_WORLD, "method=sft,dpo,rlvr", "seed=0,1"]
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -57,12 +68,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+WAIT_MS = 60_000
+CHANGE_COLUMNS = ("geometry/rankme_change", "geometry/alpha_req_change", "behavior/pass_at_1_change")
 
 
 def make_store(out: Path) -> str:
+    """A trace, then a post-training sweep on its final checkpoint, as a user runs them."""
     store = f"sqlite:///{(out / 'mlflow.db').resolve()}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    subprocess.run([sys.executable, "-m", "geomsweep", *SHORT_SWEEP], cwd=out, env=env, check=True)
+    for args in (SMALL_WORLD, POST_TRAINING_SWEEP):
+        subprocess.run([sys.executable, "-m", "geomsweep", *args], cwd=out, env=env, check=True)
     return store
 
 
@@ -75,24 +90,159 @@ def rest(uri: str, path: str, body: dict | None = None) -> dict:
         return json.load(response)
 
 
-def check_rest(uri: str, experiment: str) -> tuple[str, dict, list[dict]]:
-    """(experiment id, sweep parent, jobs) as the UI's own API serves them; AssertionError if anything is off."""
+def tags_of(entity: dict) -> dict:
+    return {t["key"]: t["value"] for t in entity.get("tags", entity.get("data", {}).get("tags", []))}
+
+
+def check_rest(uri: str, experiment: str) -> tuple[dict, dict, list[dict]]:
+    """(experiment, sweep parent, jobs) as the UI's own API serves them; AssertionError if anything is off."""
     exp = rest(uri, f"experiments/get-by-name?experiment_name={experiment}")["experiment"]
     runs = rest(uri, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).get("runs", [])
-
-    def tags(run):
-        return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-
-    sweeps = [r for r in runs if tags(r).get(TAG_ROLE) == "sweep"]
-    jobs = [r for r in runs if tags(r).get(TAG_ROLE) == "job"]
+    sweeps = [r for r in runs if tags_of(r).get(TAG_ROLE) == "sweep"]
+    jobs = [r for r in runs if tags_of(r).get(TAG_ROLE) == "job"]
     assert sweeps and jobs, f"expected a sweep parent and its jobs, got {len(sweeps)} sweeps and {len(jobs)} jobs"
     for job in jobs:
         history = rest(uri, f"metrics/get-history?run_id={job['info']['run_id']}&metric_key=geometry/rankme")
         assert history.get("metrics"), f"run {job['info']['run_id']} has no geometry/rankme history"
-    return exp["experiment_id"], sweeps[0], jobs
+    trained = [j for j in jobs if params_of(j).get("cfg.method.name", "none") != "none"]
+    for job in trained[:1]:
+        listed = rest(uri, f"artifacts/list?run_id={job['info']['run_id']}&path=plots").get("files", [])
+        assert "plots/eigenspectrum.png" in {f["path"] for f in listed}, (
+            f"post-training run {job['info']['run_id']} has no before/after plots/eigenspectrum.png"
+        )
+    return exp, sweeps[0], jobs
 
 
-def check_browser(uri: str, experiment_id: str, sweep: dict, job: dict, out: Path) -> list[Path]:
+def params_of(run: dict) -> dict:
+    return {p["key"]: p["value"] for p in run["data"].get("params", [])}
+
+
+def saved_views(exp: dict) -> dict[str, tuple[str, dict]]:
+    """key -> (name, page state) of geomsweep's saved views of the runs page."""
+    views = {}
+    for key, value in tags_of(exp).items():
+        if key.startswith(ui_view.VIEW_TAG_PREFIX + "geomsweep-"):
+            views[key.removeprefix(ui_view.VIEW_TAG_PREFIX)] = ui_view.read_envelope(value)
+    return views
+
+
+def spoil(uri: str, exp: dict, views: dict[str, tuple[str, dict]]) -> None:
+    """Each view as a check must catch it: linear step axes, no change columns, no grouping."""
+    for key, (name, state) in views.items():
+        state = {**state, "groupBy": None, "groupsExpanded": {}}
+        state["selectedColumns"] = [c for c in state["selectedColumns"] if "_change" not in c]
+        state["compareRunCharts"] = [{**chart, "xAxisScaleType": "linear"} for chart in state["compareRunCharts"]]
+        body = {"experiment_id": exp["experiment_id"], "key": ui_view.VIEW_TAG_PREFIX + key}
+        rest(uri, "experiments/set-experiment-tag", {**body, "value": ui_view.envelope(name, state)})
+
+
+CARDS = """() => [...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')].map(card => {
+    const plot = card.querySelector('.js-plotly-plot');
+    const layout = plot && plot._fullLayout, data = (plot && plot._fullData) || [];
+    return {text: card.innerText, xaxis: layout ? layout.xaxis.type : null, types: data.map(t => t.type)};
+})"""
+CELLS = """() => [...document.querySelectorAll('[col-id]')].map(e => [e.getAttribute('col-id'), e.innerText])"""
+
+
+def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: Path) -> list[Path]:
+    """The table: change columns with numbers, rows grouped by method; the charts: a bar chart of each change
+    with a bar per method."""
+    table, charts = (f"{uri}/{page_}" for page_ in view_pages(experiment_id, key))
+    page.goto(table)
+    page.get_by_text(re.compile(r"\d+ matching runs?")).first.wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(3000)
+    cells = page.evaluate(CELLS)
+    for metric in CHANGE_COLUMNS:
+        values = [text for col, text in cells if col == f"metrics.`{metric}`" and re.match(r"-?\d", text)]
+        assert values, f"the post-training view's table shows no numbers in a {metric} column"
+    for method in ("sft", "dpo", "rlvr"):
+        assert page.get_by_text(f"Group: {method}").count(), f"the table is not grouped by method: no Group: {method}"
+    shots = [out / f"view-{key}-table.png", out / f"view-{key}-charts.png"]
+    page.screenshot(path=str(shots[0]), full_page=True)
+    page.goto(charts)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(3000)
+    cards = page.evaluate(CARDS)
+    bars = [c for c in cards if "bar" in c["types"] and "geometry/rankme_change" in c["text"]]
+    assert bars, "the post-training view's charts have no bar chart of geometry/rankme_change"
+    missing = [m for m in ("sft", "dpo", "rlvr") if not re.search(rf"\b{m}\b", bars[0]["text"])]
+    assert not missing, f"the geometry/rankme_change bars are not grouped by method: no bar for {missing}"
+    rankme = [c for c in cards if c["text"].split("\n", 1)[0].strip() == "geometry/rankme"]
+    assert rankme and rankme[0]["xaxis"] == "log", "the post-training view has no geometry/rankme chart on a log axis"
+    page.screenshot(path=str(shots[1]), full_page=True)
+    return shots
+
+
+def check_trace_view(page, uri: str, experiment_id: str, key: str, out: Path) -> list[Path]:
+    """The charts: geometry/rankme against a logarithmic step axis."""
+    charts = f"{uri}/{view_pages(experiment_id, key)[1]}"
+    page.goto(charts)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(3000)
+    cards = page.evaluate(CARDS)
+    rankme = [c for c in cards if c["text"].split("\n", 1)[0].strip() == "geometry/rankme"]
+    assert rankme, "the trace view has no geometry/rankme chart"
+    assert rankme[0]["xaxis"] == "log", f"the trace view's geometry/rankme step axis is {rankme[0]['xaxis']}, not log"
+    shot = out / f"view-{key}-charts.png"
+    page.screenshot(path=str(shot), full_page=True)
+    return [shot]
+
+
+def open_from_list(context, uri: str, exp: dict, model_training: bool = False):
+    """Click the experiment in the Experiments list of a page loaded anew, after turning the UI's "Model training"
+    switch on when asked; (the page, the URL it lands on)."""
+    page = context.new_page()
+    page.goto(f"{uri}/#/experiments")
+    link = page.get_by_role("link", name=exp["name"], exact=True).first
+    link.wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(1000)
+    if model_training:
+        page.get_by_text("Model training", exact=True).first.click()
+        page.wait_for_timeout(1000)
+    link.click()
+    landing = "id => location.hash.startsWith(`#/experiments/${id}/`)"
+    page.wait_for_function(landing, arg=exp["experiment_id"], timeout=WAIT_MS)
+    return page, page.url
+
+
+def check_entry_points(context, uri: str, exp: dict, sweep: dict, out: Path) -> list[Path]:
+    """The experiment opened from the Experiments list shows runs once the UI's "Model training" switch is on
+    (MLflow 3.17 picks the experiment's page from that per-browser switch, not from ``mlflow.experimentKind``: a
+    fresh profile lands on the GenAI overview, which is printed); the sweep parent's Overview, its comparison."""
+    page, fresh = open_from_list(context, uri, exp)
+    print(f"ui-check: a fresh browser profile opens the experiment from the Experiments list at {fresh}")
+    page.close()
+    page, landed = open_from_list(context, uri, exp, model_training="/runs" not in fresh)
+    try:
+        page.get_by_text(re.compile(r"\d+ matching runs?")).first.wait_for(timeout=WAIT_MS)
+    except Exception:
+        page.screenshot(path=str(out / "experiment-from-list-failed.png"), full_page=True)
+        shown = f"the experiment opened from the Experiments list shows no runs table ({landed})"
+        raise AssertionError(shown) from None
+    shots = [out / "experiment-from-list.png", out / "sweep-overview.png"]
+    page.screenshot(path=str(shots[0]), full_page=True)
+    page.goto(f"{uri}/#/experiments/{exp['experiment_id']}/runs/{sweep['info']['run_id']}")
+    page.locator("table").filter(has_text="rankme").first.wait_for(timeout=WAIT_MS)
+    page.screenshot(path=str(shots[1]), full_page=True)
+    return shots
+
+
+def check_views(page, uri: str, exp: dict, views: dict, out: Path) -> tuple[list[Path], list[str]]:
+    """Every view's check: (screenshots, failures)."""
+    shots, failures = [], []
+    for key, (name, state) in views.items():
+        post_training = any(chart["type"] == "BAR" for chart in state["compareRunCharts"])
+        check = check_post_training_view if post_training else check_trace_view
+        try:
+            shots += check(page, uri, exp["experiment_id"], key, out)
+        except (AssertionError, TimeoutError) as err:
+            failures.append(f"{name!r}: {err}")
+        except Exception as err:  # playwright's own timeout
+            failures.append(f"{name!r}: {type(err).__name__}: {str(err).splitlines()[0]}")
+    return shots, failures
+
+
+def check_browser(uri: str, exp: dict, sweep: dict, out: Path, break_view: bool) -> list[Path]:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415  (optional: the ui extra)
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -100,29 +250,24 @@ def check_browser(uri: str, experiment_id: str, sweep: dict, job: dict, out: Pat
         raise SystemExit(
             "no chromium on PATH: install Debian's chromium package (apt-get install chromium), or run with --rest-only"
         )
-    shots = [out / "mlflow-ui-experiment.png", out / "mlflow-ui-rankme.png", out / "mlflow-ui-sweep-geometry.png"]
+    views = saved_views(exp)
+    kinds = {any(c["type"] == "BAR" for c in state["compareRunCharts"]) for _, state in views.values()}
+    assert kinds == {True, False}, f"expected a trace view and a post-training view, found {sorted(views)}"
+    if break_view:
+        spoil(uri, exp, views)
+        views = saved_views(rest(uri, f"experiments/get?experiment_id={exp['experiment_id']}")["experiment"])
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        # the link geomsweep prints lands on the runs table (not MLflow 3's GenAI overview), the sweep parent in it
-        page.goto(f"{uri}/{runs_table_page(experiment_id)}")
-        page.get_by_text(sweep["info"]["run_name"]).first.wait_for(timeout=60_000)
-        assert "/runs" in page.url, f"the runs-table link was redirected to {page.url}"
-        page.screenshot(path=str(shots[0]), full_page=True)
-        page.goto(f"{uri}/#/experiments/{experiment_id}/runs/{job['info']['run_id']}/model-metrics")
-        page.get_by_placeholder("Search metric charts").fill("geometry/rankme")
-        page.get_by_text("rankme", exact=True).first.wait_for(timeout=60_000)  # the chart's title
-        page.get_by_text("(geometry/rankme)").first.wait_for(timeout=60_000)  # its legend
-        page.wait_for_timeout(2000)  # let the chart draw
-        page.screenshot(path=str(shots[1]), full_page=True)
-        # the sweep parent's overlay plot, drawn as an image in its artifact view
-        parent = sweep["info"]["run_id"]
-        page.goto(f"{uri}/#/experiments/{experiment_id}/runs/{parent}/artifacts/plots/geometry.png")
-        image = page.locator("img[src^='blob:']").first  # the UI draws the fetched PNG from a blob URL
-        image.wait_for(timeout=60_000)
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
-        page.screenshot(path=str(shots[2]), full_page=True)
+        viewport = {"width": 1600, "height": 1000}
+        shots = [] if break_view else check_entry_points(browser.new_context(viewport=viewport), uri, exp, sweep, out)
+        views_shots, failures = check_views(browser.new_context(viewport=viewport).new_page(), uri, exp, views, out)
+        shots += views_shots
         browser.close()
+    if break_view:
+        assert len(failures) == len(views), f"a spoiled view passed its check; failures: {failures}"
+        print("ui-check: every spoiled view failed its check, as it must:\n  " + "\n  ".join(failures))
+    else:
+        assert not failures, "ui-check: " + "; ".join(failures)
     return shots
 
 
@@ -134,10 +279,11 @@ def free_port() -> int:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default=None, help="a tracking store URI (default: make one with a short sweep)")
+    parser.add_argument("--store", default=None, help="a tracking store URI (default: make one as described)")
     parser.add_argument("--experiment", default="geomsweep")
     parser.add_argument("--out", default="ui-check")
     parser.add_argument("--rest-only", action="store_true", help="check through the REST API only (no browser)")
+    parser.add_argument("--break-view", action="store_true", help="spoil the saved views: each check must fail")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -146,18 +292,14 @@ def main(argv=None) -> None:
     proc = server.start("127.0.0.1", port, store, str(out / "mlartifacts"), out / "mlflow-ui.log")
     uri = f"http://127.0.0.1:{port}"
     try:
-        experiment_id, sweep, jobs = check_rest(uri, args.experiment)
+        exp, sweep, jobs = check_rest(uri, urllib.parse.quote(args.experiment))
         print(
             f"ui-check: REST ok: sweep {sweep['info']['run_name']!r} with {len(jobs)} jobs, "
             f"geometry/rankme history in each"
         )
         if not args.rest_only:
-            shots = check_browser(uri, experiment_id, sweep, jobs[0], out)
-            print(
-                f"ui-check: browser ok: the runs table, a job's geometry/rankme chart and the sweep's overlay plot "
-                f"shown; screenshots: "
-                f"{', '.join(map(str, shots))}"
-            )
+            shots = check_browser(uri, exp, sweep, out, args.break_view)
+            print(f"ui-check: browser ok; screenshots: {', '.join(str(s.name) for s in shots)} in {out}")
     finally:
         server.stop(proc)
 

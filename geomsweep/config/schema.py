@@ -29,6 +29,7 @@ from geomsweep.core.definitions import (
     REFERENCE_FIT,
     REFERENCE_MAX_EIGS,
     Dtype,
+    JackknifeGroups,
     Norm,
     PaddingSide,
     PhaseRule,
@@ -173,6 +174,7 @@ class ProbeConfig:
     max_eigs: int | None = REFERENCE_MAX_EIGS  # keep the largest min(max_eigs, N, D), as the reference; None: all
     loss: bool = True  # also log eval/probe_loss from the same forward passes
     jackknife: int = 10  # K disjoint groups -> geometry/rankme_se, geometry/alpha_req_se (0: no error bars)
+    jackknife_groups: JackknifeGroups = JackknifeGroups.block  # contiguous runs of the probe order, or i mod K
 
     def __post_init__(self) -> None:
         for name in ("n_sequences", "max_length", "batch_size"):

@@ -19,6 +19,11 @@ class Norm(StrEnum):
     pre = "pre"  # the residual stream before the final norm
 
 
+class JackknifeGroups(StrEnum):
+    block = "block"  # contiguous runs of the probe order: overlapping windows and neighbours share a group
+    interleaved = "interleaved"  # sequence i in group i mod K: right only when neighbouring texts are independent
+
+
 class RankMeVariant(StrEnum):
     eigen = "eigen"  # entropy of the eigenvalues (the study)
     singular = "singular"  # entropy of the singular values (Garrido et al.)

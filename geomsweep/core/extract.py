@@ -169,15 +169,19 @@ def accumulate(
     with_loss: bool = True,
     groups: int = 1,
     start: int = 0,
+    n_sequences: int | None = None,
+    group_rule: str = "block",
 ) -> Representations:
     """Stream last-token representations of the given layers into one covariance state per layer (with ``groups=K``
-    > 1, split into K jackknife groups) and the next-token loss of the same passes. ``start``: the index of the
-    first sequence in the whole probe set, when ``batches`` are one process's share of it."""
+    > 1, split into K jackknife groups by ``group_rule`` over the ``n_sequences`` of the whole probe set) and the
+    next-token loss of the same passes. ``start``: the index of the first sequence in the whole probe set, when
+    ``batches`` are one process's share of it."""
     if norm not in Norm.__members__:
         raise ValueError(f"probe.norm must be one of {', '.join(Norm)}, got {norm!r}")
     n_states = check_layers(model, layers)
     reps = Representations(
-        {layer: LastTokenCovariance(groups) for layer in layers}, NextTokenLoss() if with_loss else None
+        {layer: LastTokenCovariance(groups, n_sequences, group_rule) for layer in layers},
+        NextTokenLoss() if with_loss else None,
     )
     device, seen = next(model.parameters()).device, start
     with eval_mode(model), final_norm_inputs(model, norm == "pre") as pre_norm:

@@ -70,6 +70,8 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
             with_loss=probe.loss,
             groups=max(probe.jackknife, 1),
             start=start,
+            n_sequences=len(texts),
+            group_rule=probe.jackknife_groups,
         )
     reps = processes.merged(reps)
     args = {"rankme_variant": probe.rankme, "fit_start": probe.fit_start, "fit_end": probe.fit_end}

@@ -216,7 +216,8 @@ def spectral_geometry(
     """Covariance accumulator -> eigenspectrum -> RankMe and alpha-ReQ, refusing too few samples up front.
 
     Like the reference's PCA, it keeps the largest min(max_eigs, N, D) eigenvalues (max_eigs=None keeps all D,
-    round-off included): with 2048 this matters for every model wider than 2048 and whenever N < D."""
+    round-off included): with 2048 this matters for every model wider than 2048 and whenever N < D. A model
+    narrower than the fit range (D < fit_end) gets its RankMe, with alpha-ReQ and R^2 NaN and a warning."""
     if cov.count < fit_end + 1:
         raise ValueError(
             f"{cov.count} sequences give at most {max(cov.count - 1, 0)} non-zero eigenvalues, but the alpha-ReQ "
@@ -230,6 +231,14 @@ def spectral_geometry(
         nan = float("nan")
         return Geometry(torch.full((kept,), nan, dtype=torch.float64), nan, PowerLawFit(nan, nan, nan, nan), cov.count)
     eigs = eigenspectrum(covariance, kept)
+    if kept < fit_end:  # a model narrower than the fit range: RankMe is defined, alpha-ReQ is not
+        warnings.warn(
+            f"the spectrum has {kept} eigenvalues, fewer than the alpha-ReQ fit range {fit_start}..{fit_end} "
+            f"needs: alpha-ReQ and its R^2 are NaN (lower probe.fit_end to <= {kept} to fit one)",
+            stacklevel=2,
+        )
+        nan = float("nan")
+        return Geometry(eigs, rankme(eigs, rankme_variant), PowerLawFit(nan, nan, nan, nan), cov.count)
     fit = alpha_req(eigs, fit_start, fit_end, n_samples=cov.count)
     return Geometry(eigs, rankme(eigs, rankme_variant), fit, cov.count)
 

@@ -6,22 +6,36 @@ from __future__ import annotations
 
 import torch
 
+from geomsweep.core.definitions import JackknifeGroups
 from geomsweep.core.spectra import StreamingCovariance
 
 
 class LastTokenCovariance:
-    """The streaming covariance of one layer's last-token representations, held as K disjoint groups (the sequence
-    with probe index i in group i mod K) so delete-one-group jackknife errors come from the same pass."""
+    """The streaming covariance of one layer's last-token representations, held as K disjoint groups so
+    delete-one-group jackknife errors come from the same pass. ``block`` groups are contiguous runs of the probe
+    order (sequence i of N in group i * K // N), so texts that overlap or neighbour each other (windows of one
+    document) leave together and the errors count their correlation; ``interleaved`` puts sequence i in group
+    i mod K, which understates errors unless neighbouring texts are independent."""
 
-    def __init__(self, groups: int = 1):
+    def __init__(self, groups: int = 1, n_sequences: int | None = None, rule: str = JackknifeGroups.block):
+        if rule not in JackknifeGroups.__members__:
+            raise ValueError(f"probe.jackknife_groups must be one of {', '.join(JackknifeGroups)}, got {rule!r}")
+        if groups > 1 and rule == JackknifeGroups.block and not n_sequences:
+            raise ValueError("block jackknife groups need the number of probe sequences (n_sequences)")
         self.groups = [StreamingCovariance() for _ in range(groups)]
+        self.n_sequences, self.rule = n_sequences, rule
+
+    def group_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The group of each probe index."""
+        k = len(self.groups)
+        return index * k // self.n_sequences if self.rule == JackknifeGroups.block else index % k
 
     def update(self, rows: torch.Tensor, first_index: int) -> None:
         """``rows``: one representation per sequence, the first being probe sequence ``first_index``."""
         if len(self.groups) == 1:
             self.groups[0].update(rows)
             return
-        group = (torch.arange(len(rows), device=rows.device) + first_index) % len(self.groups)
+        group = self.group_of(torch.arange(len(rows), device=rows.device) + first_index)
         for g, part in enumerate(self.groups):
             part.update(rows[group == g])
 

@@ -24,6 +24,7 @@ class Selection(StrEnum):
 
 class DataSource(StrEnum):
     toy = "toy"
+    english = "english"  # English prose every Debian system has offline (sources/data.english_texts)
     files = "files"
     hub = "hub"
 

@@ -1,6 +1,7 @@
 """Probe texts: the sequences whose last-token representations are measured.
 
-``data.source=toy`` draws held-out documents of the embedded synthetic language; ``files`` reads local text,
+``data.source=toy`` draws held-out documents of the embedded synthetic language; ``english`` cuts the English prose
+every Debian system has (its licence texts) into windows, for a real model offline; ``files`` reads local text,
 JSON(L), CSV or Parquet files through `datasets`; ``hub`` streams a hub dataset (needs network), so a probe set
 of 15,000 FineWeb documents never downloads the whole 10B-token sample. Texts are taken in the dataset's own
 order, so every checkpoint (and every job) sees the same ones; ``data.min_tokens`` keeps only texts longer than
@@ -31,6 +32,8 @@ def probe_texts(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=No
     if source == "toy":  # the default world's language (toy_cfg None: the default ToyConfig)
         texts = probe_documents(ToyConfig.from_cfg(toy_cfg), n_sequences, seed=seed)
         return list(islice(usable(texts, data_cfg, tokenizer), n_sequences))
+    if source == "english":  # real prose, offline: a real model's default when the hub is out of reach
+        return list(islice(usable(english_texts(), data_cfg, tokenizer), n_sequences))
     if source == "files":
         dataset = _load_files(str(data_cfg.path))
     elif source == "hub":

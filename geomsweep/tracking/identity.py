@@ -3,7 +3,8 @@
 Two runs are the same cell exactly when their identities match; that is how a finished cell is found again and
 skipped. Identities must not move when code moves: dotted paths into geomsweep's own packages are hashed as they
 were first spelled (post-training lived in a top-level ``post_training`` package before it moved inside
-geomsweep), so cells finished before a move keep their hash.
+geomsweep), so cells finished before a move keep their hash; a field added later is left out at the value that
+computes what earlier cells computed (``ADDED_FIELDS``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch", "plan", "tflo
 # Where a dotted path in the config now starts -> how it was spelled when identities were first made.
 FIRST_SPELLING = {"geomsweep.post_training.": "post_training."}
 MAX_PARAM_CHARS = 6000
+# Config fields added after cells were first made -> the value that computes what cells made before them computed:
+# left out of the identity at that value, so those cells are found again (and a new default makes new cells).
+ADDED_FIELDS = {("probe", "jackknife_groups"): "interleaved"}
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -58,6 +62,9 @@ def config_hash(cfg: DictConfig, without: tuple[str, ...] = (), data: str = "") 
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in (*LOGISTICS_KEYS, *without):
         container.pop(key, None)
+    for (section, key), before in ADDED_FIELDS.items():
+        if isinstance(container.get(section), dict) and container[section].get(key) == before:
+            container[section].pop(key)
     canonical = OmegaConf.to_yaml(OmegaConf.create(first_spelling(container)))
     return hashlib.sha256((canonical + data).encode()).hexdigest()[:16]
 

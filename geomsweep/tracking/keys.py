@@ -13,6 +13,7 @@ TAG_REUSED_PREFIX = "geomsweep.reused."  # on a sweep parent: a cell already FIN
 TAG_TRACE_MEMBERS = "geomsweep.trace_members"  # on a trace run: the job runs it rolls up
 TAG_PHASES, TAG_PHASE_BOUNDARIES = "geomsweep.core.phases", "geomsweep.phase_boundaries"
 TAG_ABLATION = "geomsweep.core.ablation"  # why the spectral-tail ablation was skipped
+TAG_ALPHA_FIT = "geomsweep.core.alpha_fit"  # why alpha-ReQ is NaN: a spectrum shorter than its fit range
 TAG_STAGE_PREFIX = "geomsweep.stage."  # a stage trace: geomsweep.stage.<step> = the stage measured at that step
 TAG_NONFINITE = "geomsweep.nonfinite"  # checkpoints whose representations held NaN or inf (their metrics: NaN)
 TAG_PROBE_DIGEST = "geomsweep.probe_digest"  # sha256 of the probe texts: the same digest, the same texts

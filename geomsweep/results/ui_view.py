@@ -1,0 +1,260 @@
+"""A saved view of MLflow's runs page per trace and per sweep, so the link geomsweep prints opens on the comparison.
+
+MLflow's runs page (3.17) restores a whole page state, the table's columns, the grouping and each chart's
+configuration, from the experiment tag ``mlflow.sharedViewState.<key>`` when its URL carries
+``?viewStateShareKey=<key>``. The tag's value is what the page's own "Views > Save as new view" writes, learned by
+pressing it in Chromium: a JSON envelope ``{"name", "createdAt", "updatedAt", "state"}`` whose ``state`` is the page
+state as a JSON string (the page compresses it as ``deflate;<base64>``; plain JSON is read too). An MLflow whose page
+does not know the parameter ignores it and opens the plain runs table, so a view can never make a job fail.
+
+The key is a digest of the runs the view shows, so running the same sweep again rewrites its view, and another
+sweep gets one of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+import zlib
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+SHARE_PARAM = "viewStateShareKey"
+SEED = "seed"
+NAME_LENGTH = 60  # what the page's Views menu shows of a name
+TRACE_CHARTS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss")
+POST_TRAINING_LINES = ("geometry/rankme", "geometry/alpha_req")
+CHANGES = ("geometry/rankme_change", "geometry/alpha_req_change")
+PASS_AT = re.compile(r"behavior/pass_at_(\d+)")
+
+
+def view_key(run_ids) -> str:
+    return "geomsweep-" + hashlib.sha256(",".join(sorted(run_ids)).encode()).hexdigest()[:16]
+
+
+def runs_page(experiment_id: str, key: str | None = None) -> str:
+    """The runs table of an experiment in MLflow 3's model-training view, opened on a saved view when ``key``."""
+    query = f"{SHARE_PARAM}={key}" if key else "workflowType=machine_learning"
+    return f"#/experiments/{experiment_id}/runs?{query}"
+
+
+def is_post_training(run) -> bool:
+    return run.data.params.get("cfg.method.name", "none") != "none"
+
+
+def pass_at_keys(runs) -> list[str]:
+    """pass@1 and the largest k any run sampled."""
+    ks = sorted({int(m.group(1)) for run in runs for key in run.data.metrics if (m := PASS_AT.fullmatch(key))})
+    return [f"behavior/pass_at_{k}" for k in dict.fromkeys([ks[0], ks[-1]])] if ks else []
+
+
+def swept_param(runs, key: str) -> str | None:
+    """The param a swept key sets on its cells: ``cfg.probe.norm``, or a config group's choice ``cfg.method.name``."""
+    for param in (f"cfg.{key}", f"cfg.{key}.name"):
+        if any(param in run.data.params for run in runs):
+            return param
+    return None
+
+
+def column(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"
+
+
+def line_chart(metric: str, section: str, log_x: bool) -> dict:
+    return {
+        "uuid": chart_id(section, metric),
+        "type": "LINE",
+        "runsCountToCompare": 100,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "displayName": metric,
+        "metricKey": metric,
+        "lineSmoothness": 0,
+        "xAxisScaleType": "log" if log_x else "linear",
+        "scaleType": "linear",
+        "range": {},
+        "xAxisKey": "step",
+        "selectedXAxisMetricKey": "",
+        "yAxisKey": "metric",
+        "yAxisExpressions": [],
+        "ignoreOutliers": False,
+        "useGlobalXaxisKey": False,
+        "useGlobalLineSmoothing": True,
+    }
+
+
+def bar_chart(metric: str, section: str) -> dict:
+    return {
+        "uuid": chart_id(section, metric),
+        "type": "BAR",
+        "runsCountToCompare": 100,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "displayName": metric,
+        "metricKey": metric,
+    }
+
+
+def parallel_chart(params: list[str], metrics: list[str], section: str) -> dict:
+    return {
+        "uuid": chart_id(section, "parallel"),
+        "type": "PARALLEL",
+        "runsCountToCompare": 100,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "displayName": "swept values against the changes",
+        "selectedParams": params,
+        "selectedMetrics": metrics,
+        "showAllRuns": False,
+    }
+
+
+def chart_id(section: str, name: str) -> str:
+    return hashlib.sha256(f"{section}/{name}".encode()).hexdigest()[:16]
+
+
+def section(name: str) -> dict:
+    return {
+        "uuid": chart_id("section", name),
+        "name": name,
+        "display": True,
+        "isReordered": True,
+        "deleted": False,
+        "isGenerated": False,
+    }
+
+
+def page_state(run_ids, columns: list[str], sections: list[dict], charts: list[dict], group_by: list[str]) -> dict:
+    """The page state the runs page restores: its search facets and its UI state, as the page itself writes them."""
+    grouping = None
+    expanded = {}
+    if group_by:
+        keys = [{"mode": "param", "groupByData": param} for param in group_by]
+        grouping = {"aggregateFunction": "average", "groupByKeys": keys}
+        # groups open by default; the runs without the grouping params (the sweep parent) open only when asked
+        expanded = {",".join(f"param.{param}" for param in group_by): True}
+    ids = ", ".join(f"'{run_id}'" for run_id in run_ids)
+    return {
+        "searchFilter": f"attributes.run_id IN ({ids})",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": True,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        "columnOrder": ["run_name", *columns],
+        "columnWidths": {"run_name": 260},
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": charts,
+        "compareRunSections": sections,
+        "viewMaximized": False,
+        "runListHidden": False,
+        "isAccordionReordered": True,
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+        "groupBy": grouping,
+        "groupsExpanded": expanded,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+
+
+def trace_view(cells, parent=None) -> dict:
+    """Traces: RankMe, α-ReQ and their SEs in the table, and each against pretraining step on a log axis, one line
+    per run (the swept values, other than ``seed``, group them)."""
+    group_by = [p for key in swept_keys(parent) if key != SEED and (p := swept_param(cells, key))]
+    metrics = [key for key in ("geometry/rankme", "geometry/alpha_req") for key in (key, f"{key}_se")]
+    columns = [column("metrics", key) for key in [*metrics, "eval/probe_loss"]]
+    columns += [column("params", param) for param in group_by]
+    lines = section("geomsweep: geometry against pretraining step (log)")
+    charts = [line_chart(key, lines["uuid"], log_x=True) for key in TRACE_CHARTS if has_metric(cells, key)]
+    ids = [run.info.run_id for run in cells] + ([parent.info.run_id] if parent is not None and group_by else [])
+    return page_state(ids, columns, [lines], charts, group_by)
+
+
+def post_training_view(cells, parent=None) -> dict:
+    """Post-training: the paired changes of RankMe and α-ReQ with their SEs, pass@1 and pass@n and their changes in
+    the table; the changes as bars grouped by the swept values (averaged over seeds); RankMe and α-ReQ against
+    post-training step on a log axis (the base, at step 0, is what the bars measure from); for an ablation (a
+    swept value beside method and seed), parallel coordinates of the swept params against the changes."""
+    swept = [key for key in swept_keys(parent) if key != SEED]
+    group_by = [p for key in swept if (p := swept_param(cells, key))] or ["cfg.method.name"]
+    passes = pass_at_keys(cells)
+    changes = [*CHANGES, *(f"{key}_change" for key in passes)]
+    metrics = [
+        *(key for change in CHANGES for key in (change, f"{change}_se")),
+        *(key for passed in passes for key in (passed, f"{passed}_change")),
+    ]
+    columns = [column("metrics", key) for key in metrics] + [column("params", param) for param in group_by]
+    if parent is not None:  # the parent's row: each group's change and its uncertainty
+        columns += [column("metrics", key) for key in sorted(parent.data.metrics) if key.endswith("_change")]
+    bars, lines = (
+        section("geomsweep: changes by group"),
+        section("geomsweep: geometry against post-training step (log)"),
+    )
+    charts = [bar_chart(key, bars["uuid"]) for key in changes if has_metric(cells, key)]
+    ablation = [p for key in swept if key != "method" and (p := swept_param(cells, key))]
+    if ablation:
+        charts.append(parallel_chart(ablation, [key for key in CHANGES if has_metric(cells, key)], bars["uuid"]))
+    charts += [line_chart(key, lines["uuid"], log_x=True) for key in POST_TRAINING_LINES if has_metric(cells, key)]
+    ids = [run.info.run_id for run in cells] + ([parent.info.run_id] if parent is not None else [])
+    return page_state(ids, columns, [bars, lines], charts, group_by)
+
+
+def swept_keys(parent) -> list[str]:
+    if parent is None:
+        return []
+    return [key for key in parent.data.tags.get("geomsweep.swept_keys", "").split(",") if key]
+
+
+def has_metric(runs, key: str) -> bool:
+    return any(key in run.data.metrics for run in runs)
+
+
+def views_for(cells, parent=None) -> list[tuple[str, str, dict]]:
+    """(key, name, page state) for the runs: one view for traces and one for post-training runs, never both on one
+    step axis; named after the sweep (or the run) they show, keyed by the cells (not the parent, which a re-run
+    makes anew)."""
+    name = (parent or cells[0]).info.run_name if cells else ""
+    name = name if len(name) <= NAME_LENGTH else name[: NAME_LENGTH - 1] + "…"
+    traces = [run for run in cells if not is_post_training(run)]
+    trained = [run for run in cells if is_post_training(run)]
+    views = []
+    if trained:
+        label = name if not traces else f"{name} · post-training"
+        views.append((view_key(r.info.run_id for r in trained), label, post_training_view(trained, parent)))
+    if traces:
+        label = name if not trained else f"{name} · traces"
+        views.append((view_key(r.info.run_id for r in traces), label, trace_view(traces, parent)))
+    return views
+
+
+def envelope(name: str, state: dict, now_ms: int | None = None) -> str:
+    """The tag value: the envelope the runs page's "Save as new view" writes, its state compressed as the page
+    compresses it (``deflate;`` and the base64 of zlib's stream)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
+    return json.dumps({"name": name, "createdAt": now_ms, "updatedAt": now_ms, "state": packed})
+
+
+def read_envelope(value: str) -> tuple[str, dict]:
+    """(name, page state) of a saved view's tag value, compressed or not."""
+    saved = json.loads(value)
+    state = saved["state"]
+    if state.startswith("deflate;"):
+        state = zlib.decompress(base64.b64decode(state.split(";", 1)[1])).decode()
+    return saved["name"], json.loads(state)
+
+
+def save_views(client, experiment_id: str, cells, parent=None) -> list[tuple[str, str]]:
+    """Write the views of these runs as experiment tags; returns (name, key) of each."""
+    saved = []
+    for key, name, state in views_for(cells, parent):
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, envelope(name, state))
+        saved.append((name, key))
+    return saved
