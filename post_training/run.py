@@ -22,6 +22,7 @@ from transformers.integrations import MLflowCallback
 from geomsweep.app.memory import GIB, PeakMeter, plan_memory
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.core import processes
+from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import change_metrics
 from geomsweep.post_training.callbacks import GeometryCallback, MethodMLflowCallback
@@ -163,9 +164,9 @@ class Measurer:
         """The probe geometry, and its change since the first measurement (the base model) with paired SEs."""
         probe = self.settings.probe
         measured = measure_model(model, self.tokenizer, self.texts, probe, progress=False)
-        now = measured.geometry[probe.layers[0]]
+        now = measured.geometry[headline_layer(probe.layers)]
         self.base, self.latest = self.base or now, now
-        return measured.metrics(probe.layers[0], probe.loss) | change_metrics(self.base, now)
+        return measured.metrics(headline_layer(probe.layers), probe.loss) | change_metrics(self.base, now)
 
     def log_spectra(self, last_step: int) -> None:
         """The base model's eigenspectrum and the post-trained one's, as a table and one overlaid plot: how the

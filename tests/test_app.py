@@ -170,3 +170,29 @@ def test_a_model_narrower_than_the_fit_range_logs_rankme_and_says_why_alpha_is_m
     assert run.data.tags["geomsweep.core.alpha_fit"].startswith(
         "no alpha-ReQ: 32 eigenvalues, fewer than the fit range 2..40"
     )
+
+
+def test_every_layer_and_the_whole_suite_in_one_pass_keep_the_final_layers_rankme(
+    tmp_path, cache_dir, tiny_checkpoints, store
+):
+    suite = "probe.metrics=[rankme,alpha_req,participation_ratio,stable_rank,anisotropy,twonn]"
+    base = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
+    run_app(base, tmp_path, cache_dir, store)
+    run_app([*base, "probe.layers=all", suite, "probe.reservoir=48"], tmp_path, cache_dir, store)
+    client = client_for(store)
+    default, every = sorted(only_run(client), key=lambda r: r.info.start_time)
+    for key in ("geometry/rankme", "geometry/alpha_req"):
+        one = {m.step: m.value for m in client.get_metric_history(default.info.run_id, key)}
+        all_layers = {m.step: m.value for m in client.get_metric_history(every.info.run_id, key)}
+        assert all_layers == pytest.approx(one, rel=1e-9), key  # the final layer's values stay the run's
+    assert {"geometry/participation_ratio", "geometry/anisotropy", "geometry/twonn"} <= set(every.data.metrics)
+    table = client.download_artifacts(every.info.run_id, "spectra/metrics_by_layer.csv", str(tmp_path))
+    import pandas as pd
+
+    frame = pd.read_csv(table)
+    assert list(frame.columns) == ["step", "revision", "tokens", "layer", "metric", "value", "se"]
+    # the tiny toy's 2 blocks: the embeddings (0), the first block's output (1), the final layer after its norm (-1)
+    assert sorted(frame["layer"].unique()) == [-1, 0, 1]
+    assert {"rankme", "participation_ratio", "twonn"} <= set(frame["metric"])
+    plots = {a.path for a in client.list_artifacts(every.info.run_id, "plots")}
+    assert {"plots/layers_rankme.png", "plots/layers_anisotropy.png"} <= plots

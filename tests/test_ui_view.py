@@ -207,3 +207,15 @@ def test_a_finished_job_prints_its_view_as_a_table_and_as_charts(experiment, mon
     page = f"http://127.0.0.1:5000/#/experiments/{exp}/runs?viewStateShareKey={key}&workflowType=machine_learning"
     assert f"then the view 'probe.norm=post': {page}\n" in message
     assert message.endswith(f"its charts: {page}&compareRunsMode=CHART")
+
+
+def test_a_trace_view_carries_whichever_suite_measures_the_run_logged(experiment):
+    client, exp = experiment
+    metrics = {"geometry/rankme": {1: 9.0, 100: 12.0}, "geometry/participation_ratio": {1: 4.0, 100: 6.0}}
+    cell = make_run(client, exp, "suite", {"cfg.method.name": "none"}, metrics)
+    ((_, key),) = ui_view.save_views(client, exp, [cell])
+    state = views_in(client, exp)[key][1]
+    assert "metrics.`geometry/participation_ratio`" in state["selectedColumns"]
+    assert "metrics.`geometry/twonn`" not in state["selectedColumns"]  # not logged, not shown
+    charts = {c["metricKey"]: c["xAxisScaleType"] for c in state["compareRunCharts"]}
+    assert charts == {"geometry/rankme": "log", "geometry/participation_ratio": "log"}

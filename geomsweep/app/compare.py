@@ -15,15 +15,20 @@ import re
 
 import pandas as pd
 
+from geomsweep.core.definitions import METRICS
+
 SEED = "seed"
 GEOMETRY = {"rankme": "geometry/rankme", "alpha_req": "geometry/alpha_req"}
+# the suite's other measures (probe.metrics), compared the same way where a sweep measured them
+SUITE = {name: f"geometry/{name}" for name in METRICS if name not in GEOMETRY}
 PASS_AT = re.compile(r"behavior/pass_at_(\d+)(_lo|_hi|_change|_change_lo|_change_hi)?")
 
 
 def cell_row(client, run, swept: list[str]) -> dict:
     """One cell's values: its swept keys, geometry first/last/change with SEs, and its latest pass@k figures."""
     row = {key: swept_value(run, key) for key in swept}
-    for name, key in GEOMETRY.items():
+    measured = GEOMETRY | {name: key for name, key in SUITE.items() if key in run.data.metrics}
+    for name, key in measured.items():
         values = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         errors = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"{key}_se")}
         if not values:
@@ -75,7 +80,7 @@ def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
             row[column] = group[column].mean()
             if not column.endswith(("_se", "_lo", "_hi")):  # an interval's ends and SEs are averaged only
                 row[f"{column}_sd"] = group[column].std(ddof=1) if len(group) > 1 else math.nan
-        for name in GEOMETRY:
+        for name in [*GEOMETRY, *SUITE]:
             change = f"{name}_change"
             if change not in group:
                 continue
@@ -173,11 +178,14 @@ def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:
     keys = [key for key in swept if key != SEED and key in folded]
     ks = sorted({int(m.group(1)) for c in folded.columns if (m := re.fullmatch(r"pass_at_(\d+)_change", c))})
     passes = ks[:1] + ks[-1:] if len(ks) > 1 else ks
-    header = ["group", "seeds", "RankMe change", "α-ReQ change", *(f"pass@{k} change" for k in passes)]
+    suite = [name for name in SUITE if f"{name}_change_verdict" in folded]
+    names = [*GEOMETRY, *suite]
+    header = ["group", "seeds", "RankMe change", "α-ReQ change", *(f"{n} change" for n in suite)]
+    header += [f"pass@{k} change" for k in passes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in folded.iterrows():
         cells = [" ".join(f"{key}={row[key]}" for key in keys) or "all cells", str(row["seeds"])]
-        for name in GEOMETRY:
+        for name in names:
             if f"{name}_change_verdict" in row:
                 cells.append(
                     f"{row[f'{name}_change']:+.3g} ± {row[f'{name}_change_uncertainty']:.2g} "

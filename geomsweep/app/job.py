@@ -25,6 +25,7 @@ from geomsweep.app.messages import results_message
 from geomsweep.app.trace import ablation_plan, trace
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.config.schema import Config
+from geomsweep.core.definitions import headline_layer
 from geomsweep.results import artifacts, plots
 from geomsweep.sources import checkpoints as ckpts
 from geomsweep.sources.data import probe_texts
@@ -217,7 +218,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
     with sampling_probe(settings) as sampling:
         for point in trace(settings, selected, texts, sampling, ablation_k):
             log.metrics(point.metrics, step=point.checkpoint.step)
-            headline = point.geometry[settings.probe.layers[0]]
+            headline = point.geometry[headline_layer(settings.probe.layers)]
             if not headline.finite:
                 nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
                 log.tags({TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
@@ -228,7 +229,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
             points.append(point)
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
-    layer, probe = settings.probe.layers[0], settings.probe
+    layer, probe = headline_layer(settings.probe.layers), settings.probe
     steps = [p.checkpoint.step for p in points]
     stages = [p.checkpoint.stage for p in points] if settings.model.stages else None
     if stages:
@@ -247,7 +248,12 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
         log.history(summary.phase_history())
         log.tags(summary.phase_tags())
     log.table(artifacts.spectra_table(points, layer), "spectra/eigenspectra.csv")
-    log.table(artifacts.layers_table(points), "spectra/metrics_by_layer.csv")
+    by_layer = artifacts.layers_table(points)
+    log.table(by_layer, "spectra/metrics_by_layer.csv")
+    if by_layer["layer"].nunique() > 1:  # a layer x step heatmap per measure
+        for metric in by_layer["metric"].unique():
+            if metric != "n_eigs":
+                log.figure(plots.layer_heatmap(by_layer, metric, log.name), f"plots/layers_{metric}.png")
     log.figure(
         plots.eigenspectra(
             {p.checkpoint.step: p.geometry[layer].eigs for p in points},

@@ -16,6 +16,7 @@ from geomsweep.app.memory import BYTES, model_shape
 from geomsweep.behavior.sample_eval import SamplingProbe
 from geomsweep.behavior.toy_eval import ToyEvaluation
 from geomsweep.core.ablation import tail_ablation
+from geomsweep.core.definitions import ALL_LAYERS, headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import Geometry
 from geomsweep.sources import checkpoints as ckpts
@@ -53,7 +54,8 @@ def ablation_plan(settings) -> tuple[list[int], str | None]:
     if settings.model.source != "toy" or not settings.eval.toy_n_docs:
         return [], None
     ks = list(settings.eval.ablation_k)
-    if ks and (-1 not in settings.probe.layers or settings.probe.norm != "post"):
+    final = settings.probe.layers == ALL_LAYERS or -1 in settings.probe.layers
+    if ks and (not final or settings.probe.norm != "post"):
         reason = (
             f"skipped: eval.ablation_k={ks} projects the unembedding's input, measured only with "
             f"probe.norm=post and -1 in probe.layers (got norm={settings.probe.norm}, "
@@ -83,7 +85,7 @@ def trace(
     dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
     toy = toy_evaluation(settings)
     sample_at = {c.step for c in selected} if settings.sampler.at == "all" else {selected[-1].step}
-    layer = settings.probe.layers[0]
+    layer = headline_layer(settings.probe.layers)
     cache = revision_cache(settings)
     stream = ckpts.loaded(
         selected,

@@ -18,6 +18,7 @@ import numpy as np
 from geomsweep.behavior.diversity import prompt_diversity
 from geomsweep.behavior.passk import bootstrap_interval, default_ks, per_problem_pass_at_k
 from geomsweep.behavior.sampling import Samples, SampleSettings, make_sampler
+from geomsweep.core.definitions import headline_layer
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
 from geomsweep.core.spectra import eigenspectrum, rankme
 from geomsweep.sources.tasks import answer_of, load_task
@@ -51,8 +52,8 @@ def sample_rankme(model, tokenizer, samples: Samples, probe) -> float:
     texts = [p + t for p, ts in zip(samples.prompts, samples.texts) for t in ts]
     with eval_mode(model, tokenizer):
         batches = encode_batches(tokenizer, texts, probe.batch_size, probe.max_length, probe.padding_side)
-        reps = accumulate(model, batches, [probe.layers[0]], probe.norm, progress=False, with_loss=False)
-    return rankme(eigenspectrum(reps.covariances[probe.layers[0]].compute()), probe.rankme)
+        reps = accumulate(model, batches, [headline_layer(probe.layers)], probe.norm, progress=False, with_loss=False)
+    return rankme(eigenspectrum(reps.covariances[headline_layer(probe.layers)].compute()), probe.rankme)
 
 
 def score(samples: Samples, references: list[str], extractor: str, ks: list[int]):

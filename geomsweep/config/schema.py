@@ -26,6 +26,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from geomsweep.behavior.choices import VLLM_ENGINES, Backend, SampleAt, Split
 from geomsweep.config.overrides import without
 from geomsweep.core.definitions import (
+    ALL_LAYERS,
+    METRICS,
+    PAPER_METRICS,
     REFERENCE_FIT,
     REFERENCE_MAX_EIGS,
     Dtype,
@@ -166,7 +169,9 @@ class ProbeConfig:
     max_length: int = 64
     batch_size: int = 64
     padding_side: PaddingSide = PaddingSide.right
-    layers: list[int] = field(default_factory=lambda: [-1])  # indices into hidden_states; the first is the headline
+    # indices into hidden_states, the first being the headline; or "all": every layer (embeddings included) in the
+    # same passes, the final one the headline
+    layers: Any = field(default_factory=lambda: [-1])
     norm: Norm = Norm.post
     rankme: RankMeVariant = RankMeVariant.eigen
     fit_start: int = REFERENCE_FIT[0]  # alpha-ReQ fit over 1-based ranks fit_start..fit_end, weights 1/k
@@ -175,11 +180,23 @@ class ProbeConfig:
     loss: bool = True  # also log eval/probe_loss from the same forward passes
     jackknife: int = 10  # K disjoint groups -> geometry/rankme_se, geometry/alpha_req_se (0: no error bars)
     jackknife_groups: JackknifeGroups = JackknifeGroups.block  # contiguous runs of the probe order, or i mod K
+    metrics: list[str] = field(default_factory=lambda: list(PAPER_METRICS))  # the suite's measures (core/suite.py)
+    reservoir: int = 2048  # representations kept (seeded) for TwoNN, when probe.metrics names it
 
     def __post_init__(self) -> None:
         for name in ("n_sequences", "max_length", "batch_size"):
             _require(getattr(self, name) >= 1, f"probe.{name}={getattr(self, name)} must be >= 1")
-        _require(bool(self.layers), "probe.layers=[] must name at least one layer (-1: the final one)")
+        _require(
+            self.layers == ALL_LAYERS
+            or (
+                not isinstance(self.layers, str) and bool(self.layers) and all(isinstance(i, int) for i in self.layers)
+            ),
+            f"probe.layers={self.layers!r}; valid: a non-empty list of hidden_states indices (-1: the final one) "
+            f"or {ALL_LAYERS!r}",
+        )
+        unknown = [name for name in self.metrics if name not in METRICS]
+        _require(not unknown, f"probe.metrics names {unknown}; valid: {', '.join(METRICS)}")
+        _require(self.reservoir >= 3, f"probe.reservoir={self.reservoir} must be >= 3")
         _require(
             1 <= self.fit_start < self.fit_end,
             f"probe.fit_start={self.fit_start}, probe.fit_end={self.fit_end}: the alpha-ReQ fit range must "

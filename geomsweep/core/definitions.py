@@ -19,6 +19,27 @@ class Norm(StrEnum):
     pre = "pre"  # the residual stream before the final norm
 
 
+ALL_LAYERS = "all"  # probe.layers=all: every hidden state, embeddings included
+
+
+def headline_layer(layers) -> int:
+    """The layer whose values are the run's metrics: the first named, or the final one for ``all``."""
+    return -1 if layers == ALL_LAYERS else layers[0]
+
+
+# The measures probe.metrics may name (core/suite.py); RankMe and alpha-ReQ are always measured.
+PAPER_METRICS = ("rankme", "alpha_req")
+METRICS = (
+    *PAPER_METRICS,
+    "participation_ratio",
+    "participation_ratio_corrected",
+    "stable_rank",
+    "top10_variance",
+    "anisotropy",
+    "twonn",
+)
+
+
 class JackknifeGroups(StrEnum):
     block = "block"  # contiguous runs of the probe order: overlapping windows and neighbours share a group
     interleaved = "interleaved"  # sequence i in group i mod K: right only when neighbouring texts are independent

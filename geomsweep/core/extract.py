@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from geomsweep.core.definitions import Norm, PaddingSide
+from geomsweep.core.definitions import ALL_LAYERS, Norm, PaddingSide
 from geomsweep.core.spectra import StreamingCovariance
-from geomsweep.core.states import LastTokenCovariance, NextTokenLoss
+from geomsweep.core.states import DirectionSum, LastTokenCovariance, NextTokenLoss, Reservoir
 
 FINAL_NORM_NAMES = ("final_layer_norm", "norm", "ln_f", "final_layernorm")
 
@@ -93,6 +93,8 @@ class Representations:
 
     layers: dict[int, LastTokenCovariance]
     next_token: NextTokenLoss | None = None
+    directions: dict[int, DirectionSum] = field(default_factory=dict)  # for anisotropy, when asked for
+    reservoirs: dict[int, Reservoir] = field(default_factory=dict)  # for TwoNN, when asked for
 
     @property
     def covariances(self) -> dict[int, StreamingCovariance]:
@@ -117,9 +119,20 @@ class Representations:
         """Fold in the representations of other sequences (another process's share); returns self."""
         for layer, state in self.layers.items():
             state.merge(other.layers[layer])
+        for mine, theirs in ((self.directions, other.directions), (self.reservoirs, other.reservoirs)):
+            for layer, state in mine.items():
+                state.merge(theirs[layer])
         if self.next_token is not None:
             self.next_token.merge(other.next_token)
         return self
+
+
+def resolve_layers(model, layers) -> list[int]:
+    """The hidden_states indices to measure: as named, or for ``all`` the final one (the headline) then every
+    other from the embeddings (0) up."""
+    if layers == ALL_LAYERS:
+        return [-1, *range(model.config.num_hidden_layers)]
+    return list(layers)
 
 
 def check_layers(model, layers: Sequence[int]) -> int:
@@ -171,17 +184,23 @@ def accumulate(
     start: int = 0,
     n_sequences: int | None = None,
     group_rule: str = "block",
+    directions: bool = False,
+    reservoir: int = 0,
+    seed: int = 0,
 ) -> Representations:
     """Stream last-token representations of the given layers into one covariance state per layer (with ``groups=K``
     > 1, split into K jackknife groups by ``group_rule`` over the ``n_sequences`` of the whole probe set) and the
     next-token loss of the same passes. ``start``: the index of the first sequence in the whole probe set, when
-    ``batches`` are one process's share of it."""
+    ``batches`` are one process's share of it. ``directions`` also keeps each layer's sum of unit vectors
+    (anisotropy), ``reservoir=R`` a seeded sample of R of its representations (TwoNN)."""
     if norm not in Norm.__members__:
         raise ValueError(f"probe.norm must be one of {', '.join(Norm)}, got {norm!r}")
     n_states = check_layers(model, layers)
     reps = Representations(
         {layer: LastTokenCovariance(groups, n_sequences, group_rule) for layer in layers},
         NextTokenLoss() if with_loss else None,
+        {layer: DirectionSum() for layer in layers} if directions else {},
+        {layer: Reservoir(reservoir, seed) for layer in layers} if reservoir else {},
     )
     device, seen = next(model.parameters()).device, start
     with eval_mode(model), final_norm_inputs(model, norm == "pre") as pre_norm:
@@ -193,7 +212,11 @@ def accumulate(
             for layer, state in reps.layers.items():
                 final = layer in (-1, n_states - 1)
                 states = pre_norm[-1] if (norm == "pre" and final) else out.hidden_states[layer]
-                state.update(last_token_states(states, last), seen)
+                rows = last_token_states(states, last)
+                state.update(rows, seen)
+                for extra in (reps.directions.get(layer), reps.reservoirs.get(layer)):
+                    if extra is not None:
+                        extra.update(rows, seen)
             if reps.next_token is not None:
                 reps.next_token.update(out.logits, batch["input_ids"].to(device), mask)
             seen += len(mask)

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from geomsweep.core import processes
+from geomsweep.core import processes, suite
 from geomsweep.core.definitions import Dtype
-from geomsweep.core.extract import accumulate, encode_batches, eval_mode
+from geomsweep.core.extract import accumulate, encode_batches, eval_mode, resolve_layers
 from geomsweep.core.spectra import Geometry, StreamingCovariance, spectral_geometry, with_errors
 
 
@@ -63,7 +63,7 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
         reps = accumulate(
             model,
             batches,
-            list(probe.layers),
+            resolve_layers(model, probe.layers),
             probe.norm,
             progress=progress,
             total=-(-len(mine) // size),
@@ -72,12 +72,29 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
             start=start,
             n_sequences=len(texts),
             group_rule=probe.jackknife_groups,
+            directions="anisotropy" in probe.metrics,
+            reservoir=probe.reservoir if "twonn" in probe.metrics else 0,
         )
     reps = processes.merged(reps)
     args = {"rankme_variant": probe.rankme, "fit_start": probe.fit_start, "fit_end": probe.fit_end}
     args["max_eigs"] = probe.max_eigs
-    geometry = {layer: spectral_geometry(cov, **args) for layer, cov in reps.covariances.items()}
+    covariances = reps.covariances
+    geometry = {layer: spectral_geometry(cov, **args) for layer, cov in covariances.items()}
+    for layer, g in geometry.items():  # the suite's other measures (probe.metrics), from the states kept
+        geometry[layer] = replace(g, measures=suite_measures(reps, layer, covariances[layer], g, probe.metrics))
     for layer, groups in reps.groups.items():  # probe.jackknife=K: error bars from K disjoint groups
         if geometry[layer].finite:
-            geometry[layer] = with_errors(geometry[layer], groups, **args)
-    return Measurement(geometry, reps.loss, reps.covariances)
+            geometry[layer] = with_errors(geometry[layer], groups, list(probe.metrics), **args)
+    return Measurement(geometry, reps.loss, covariances)
+
+
+def suite_measures(reps, layer: int, cov: StreamingCovariance, geometry: Geometry, names) -> dict[str, float]:
+    """``geometry/<name>`` of each measure in ``names`` beyond RankMe and alpha-ReQ (core/suite.py)."""
+    if not geometry.finite or not names:
+        return {}
+    values = suite.covariance_measures(cov.compute(), geometry.eigs, cov.count, names)
+    if "anisotropy" in names:
+        values["geometry/anisotropy"] = suite.anisotropy(*reps.directions[layer].compute())
+    if "twonn" in names:
+        values["geometry/twonn"] = suite.two_nn(reps.reservoirs[layer].compute())
+    return values

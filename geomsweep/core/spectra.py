@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from geomsweep.core.definitions import REFERENCE_FIT, REFERENCE_MAX_EIGS, RankMeVariant
+from geomsweep.core.suite import COVARIANCE_MEASURES, covariance_measures
 
 RANKME_EPS = 1e-7
 R2_WIDE_LAST = 500  # the wide R^2 window ends at min(500, kept - 10)
@@ -189,6 +190,7 @@ class Geometry:
     n_samples: int
     errors: dict[str, float] = field(default_factory=dict)  # jackknife standard errors: geometry/<metric>_se
     replicates: torch.Tensor | None = None  # (K, 2): RankMe and alpha of the probe set less each group in turn
+    measures: dict[str, float] = field(default_factory=dict)  # the suite's other measures: geometry/<name>
 
     @property
     def finite(self) -> bool:
@@ -196,13 +198,17 @@ class Geometry:
         return math.isfinite(self.rankme)
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "geometry/rankme": self.rankme,
-            "geometry/alpha_req": self.fit.alpha,
-            "geometry/alpha_r2": self.fit.r2,
-            "geometry/alpha_r2_wide": self.fit.r2_wide,
-            "geometry/n_eigs": float(len(self.eigs)),
-        } | self.errors
+        return (
+            {
+                "geometry/rankme": self.rankme,
+                "geometry/alpha_req": self.fit.alpha,
+                "geometry/alpha_r2": self.fit.r2,
+                "geometry/alpha_r2_wide": self.fit.r2_wide,
+                "geometry/n_eigs": float(len(self.eigs)),
+            }
+            | self.measures
+            | self.errors
+        )
 
 
 def spectral_geometry(
@@ -243,9 +249,10 @@ def spectral_geometry(
     return Geometry(eigs, rankme(eigs, rankme_variant), fit, cov.count)
 
 
-def leave_one_out(groups: list[StreamingCovariance], **geometry_args) -> torch.Tensor:
-    """(K, 2): RankMe and alpha-ReQ of every group but i, for each of the K disjoint groups of the probe set. Each
-    comes from merged covariance states, so the probe set is passed over only once."""
+def leave_one_out(groups: list[StreamingCovariance], measures=(), **geometry_args) -> torch.Tensor:
+    """(K, 2 + M): RankMe, alpha-ReQ and the covariance ``measures`` of the suite (core/suite.py) of every group
+    but i, for each of the K disjoint groups of the probe set. Each comes from merged covariance states, so the
+    probe set is passed over only once."""
     estimates = []
     for left_out in range(len(groups)):
         rest = StreamingCovariance()
@@ -253,7 +260,8 @@ def leave_one_out(groups: list[StreamingCovariance], **geometry_args) -> torch.T
             if i != left_out:
                 rest.merge(group)
         geometry = spectral_geometry(rest, **geometry_args)
-        estimates.append((geometry.rankme, geometry.fit.alpha))
+        extra = covariance_measures(rest.compute(), geometry.eigs, rest.count, measures)
+        estimates.append((geometry.rankme, geometry.fit.alpha, *extra.values()))
     return torch.tensor(estimates, dtype=torch.float64)
 
 
@@ -272,10 +280,14 @@ def jackknife_errors(groups: list[StreamingCovariance], **geometry_args) -> dict
     return _errors(jackknife_se(leave_one_out(groups, **geometry_args)))
 
 
-def with_errors(geometry: Geometry, groups: list[StreamingCovariance], **geometry_args) -> Geometry:
-    """``geometry`` (of the groups' union) with its jackknife standard errors and the replicates behind them."""
-    replicates = leave_one_out(groups, **geometry_args)
-    return replace(geometry, errors=_errors(jackknife_se(replicates)), replicates=replicates)
+def with_errors(geometry: Geometry, groups: list[StreamingCovariance], measures=(), **geometry_args) -> Geometry:
+    """``geometry`` (of the groups' union) with its jackknife standard errors and the replicates behind them,
+    for RankMe, alpha-ReQ and the suite's covariance ``measures``."""
+    replicates = leave_one_out(groups, measures, **geometry_args)
+    se = jackknife_se(replicates)
+    names = [name for name in measures if name in COVARIANCE_MEASURES]
+    errors = _errors(se) | {f"geometry/{name}_se": float(value) for name, value in zip(names, se[2:])}
+    return replace(geometry, errors=errors, replicates=replicates[:, :2])
 
 
 def change_metrics(before: Geometry, after: Geometry) -> dict[str, float]:

@@ -73,3 +73,66 @@ class NextTokenLoss:
         self.total += other.total
         self.count += other.count
         return self
+
+
+class DirectionSum:
+    """The sum of the unit vectors of one layer's raw last-token representations and their count: what the mean
+    pairwise cosine similarity (anisotropy, core/suite.py) needs, exactly and in O(D)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def update(self, rows: torch.Tensor, first_index: int = 0) -> None:
+        x = rows.detach().to(device="cpu", dtype=torch.float64)
+        norms = x.norm(dim=1, keepdim=True)
+        units = (x / norms)[norms[:, 0] > 0]
+        self.total = units.sum(dim=0) if self.total is None else self.total + units.sum(dim=0)
+        self.count += len(units)
+
+    def compute(self) -> tuple[torch.Tensor, int]:
+        return self.total, self.count
+
+    def merge(self, other: DirectionSum) -> DirectionSum:
+        if other.total is not None:
+            self.total = other.total.clone() if self.total is None else self.total + other.total
+            self.count += other.count
+        return self
+
+
+def reservoir_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """A pseudo-random key in [0, 1) for each probe index, fixed by the index and the seed alone: the reservoir
+    keeps the rows of smallest keys, so any split of the probe set keeps the same rows."""
+    x = (index.to(torch.float64) + 1.0) * 12.9898 + (seed + 1) * 78.233
+    return torch.frac(torch.sin(x) * 43758.5453).abs()
+
+
+class Reservoir:
+    """A seeded uniform sample of at most ``capacity`` of one layer's representations (priority sampling by
+    ``reservoir_keys``): bounded memory for measures that need points, not moments (TwoNN). Merging shards keeps
+    exactly the rows one pass would have kept."""
+
+    def __init__(self, capacity: int, seed: int = 0):
+        if capacity < 3:
+            raise ValueError(f"probe.reservoir={capacity} must be >= 3 representations")
+        self.capacity, self.seed = capacity, seed
+        self.keys = torch.empty(0, dtype=torch.float64)
+        self.rows: torch.Tensor | None = None
+
+    def update(self, rows: torch.Tensor, first_index: int) -> None:
+        keys = reservoir_keys(torch.arange(first_index, first_index + len(rows)), self.seed)
+        self._keep(keys, rows.detach().to(device="cpu", dtype=torch.float32))
+
+    def _keep(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
+        keys = torch.cat([self.keys, keys])
+        rows = rows if self.rows is None else torch.cat([self.rows, rows])
+        order = keys.argsort()[: self.capacity]
+        self.keys, self.rows = keys[order], rows[order]
+
+    def compute(self) -> torch.Tensor:
+        return self.rows
+
+    def merge(self, other: Reservoir) -> Reservoir:
+        if other.rows is not None:
+            self._keep(other.keys, other.rows)
+        return self

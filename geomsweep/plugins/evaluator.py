@@ -13,6 +13,7 @@ from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvalu
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from geomsweep.config.schema import ProbeConfig
+from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model
 from geomsweep.results import plots
 from geomsweep.results.artifacts import spectrum_table
@@ -36,7 +37,7 @@ def geometry_defaults() -> dict:
     probe = ProbeConfig()
     return {
         "text_column": "text",
-        "layer": probe.layers[0],
+        "layer": headline_layer(probe.layers),
         **{key: getattr(probe, key) for key in EVALUATOR_KEYS if hasattr(probe, key)},
     }
 

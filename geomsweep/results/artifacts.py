@@ -40,22 +40,22 @@ def spectra_table(points, layer: int) -> pd.DataFrame:
 
 
 def layers_table(points) -> pd.DataFrame:
-    """One row per (checkpoint, layer): every spectral metric, for layers beyond the headline one."""
-    return pd.DataFrame(
-        [
-            {
-                "step": p.checkpoint.step,
-                "revision": p.checkpoint.revision,
-                "tokens": p.checkpoint.tokens,
-                "layer": layer,
-                "n_sequences": g.n_samples,
-                "probe_loss": p.loss,
-                **g.metrics(),
-            }
-            for p in points
-            for layer, g in p.geometry.items()
-        ]
-    )
+    """Every measure at every layer of every checkpoint, long: step, revision, tokens, layer, metric, value, se
+    (NaN where the measure has no jackknife SE)."""
+    rows = []
+    for p in points:
+        for layer, g in p.geometry.items():
+            values = g.metrics()
+            for key, value in values.items():
+                if key.endswith("_se") or not key.startswith("geometry/"):
+                    continue
+                metric = key.removeprefix("geometry/")
+                se = values.get(f"{key}_se", float("nan"))
+                rows.append(
+                    {"step": p.checkpoint.step, "revision": p.checkpoint.revision, "tokens": p.checkpoint.tokens}
+                    | {"layer": layer, "metric": metric, "value": value, "se": se}
+                )
+    return pd.DataFrame(rows, columns=["step", "revision", "tokens", "layer", "metric", "value", "se"])
 
 
 @dataclass

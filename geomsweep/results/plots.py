@@ -154,3 +154,23 @@ def pass_at_k(curves: dict[str, dict[int, float]], n: int, title: str = ""):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def layer_heatmap(table, metric: str, title: str = ""):
+    """One measure over layer x step (``table``: artifacts.layers_table), steps evenly spaced in their order
+    (checkpoints are log-spaced) and labelled; the final layer listed as -1 sits on top."""
+    rows = table[table["metric"] == metric]
+    grid = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="first")
+    grid = grid.reindex(sorted(grid.index, key=lambda layer: (layer == -1, layer)))
+    fig = Figure(figsize=(max(5.0, 0.35 * grid.shape[1] + 2.5), max(3.0, 0.3 * grid.shape[0] + 1.5)))
+    ax = fig.subplots()
+    image = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(grid.index)), [str(layer) for layer in grid.index])
+    ticks = list(range(0, grid.shape[1], max(1, grid.shape[1] // 12)))
+    ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks], rotation=45)
+    ax.set_xlabel("step")
+    ax.set_ylabel("layer (hidden_states index; -1: the final one)")
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(_titled(title, f"{metric} by layer and step"))
+    fig.tight_layout()
+    return fig

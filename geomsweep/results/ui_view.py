@@ -20,6 +20,8 @@ import re
 import time
 import zlib
 
+from geomsweep.core.definitions import METRICS, PAPER_METRICS
+
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 SHARE_PARAM = "viewStateShareKey"
 SEED = "seed"
@@ -28,6 +30,7 @@ TRACE_CHARTS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss")
 POST_TRAINING_LINES = ("geometry/rankme", "geometry/alpha_req")
 CHANGES = ("geometry/rankme_change", "geometry/alpha_req_change")
 PASS_AT = re.compile(r"behavior/pass_at_(\d+)")
+SUITE = tuple(f"geometry/{name}" for name in METRICS if name not in PAPER_METRICS)
 
 
 def view_key(run_ids) -> str:
@@ -169,10 +172,12 @@ def trace_view(cells, parent=None) -> dict:
     per run (the swept values, other than ``seed``, group them)."""
     group_by = [p for key in swept_keys(parent) if key != SEED and (p := swept_param(cells, key))]
     metrics = [key for key in ("geometry/rankme", "geometry/alpha_req") for key in (key, f"{key}_se")]
-    columns = [column("metrics", key) for key in [*metrics, "eval/probe_loss"]]
+    extra = suite_metrics(cells)
+    columns = [column("metrics", key) for key in [*metrics, "eval/probe_loss", *extra]]
     columns += [column("params", param) for param in group_by]
     lines = section("geomsweep: geometry against pretraining step (log)")
-    charts = [line_chart(key, lines["uuid"], log_x=True) for key in TRACE_CHARTS if has_metric(cells, key)]
+    shown = [key for key in [*TRACE_CHARTS, *extra] if has_metric(cells, key)]
+    charts = [line_chart(key, lines["uuid"], log_x=True) for key in shown]
     ids = [run.info.run_id for run in cells] + ([parent.info.run_id] if parent is not None and group_by else [])
     return page_state(ids, columns, [lines], charts, group_by)
 
@@ -201,9 +206,15 @@ def post_training_view(cells, parent=None) -> dict:
     ablation = [p for key in swept if key != "method" and (p := swept_param(cells, key))]
     if ablation:
         charts.append(parallel_chart(ablation, [key for key in CHANGES if has_metric(cells, key)], bars["uuid"]))
-    charts += [line_chart(key, lines["uuid"], log_x=True) for key in POST_TRAINING_LINES if has_metric(cells, key)]
+    shown = [key for key in [*POST_TRAINING_LINES, *suite_metrics(cells)] if has_metric(cells, key)]
+    charts += [line_chart(key, lines["uuid"], log_x=True) for key in shown]
     ids = [run.info.run_id for run in cells] + ([parent.info.run_id] if parent is not None else [])
     return page_state(ids, columns, [bars, lines], charts, group_by)
+
+
+def suite_metrics(runs) -> list[str]:
+    """The suite's measures beyond RankMe and alpha-ReQ that these runs logged (probe.metrics)."""
+    return [key for key in SUITE if has_metric(runs, key)]
 
 
 def swept_keys(parent) -> list[str]:

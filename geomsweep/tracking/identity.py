@@ -24,7 +24,11 @@ FIRST_SPELLING = {"geomsweep.post_training.": "post_training."}
 MAX_PARAM_CHARS = 6000
 # Config fields added after cells were first made -> the value that computes what cells made before them computed:
 # left out of the identity at that value, so those cells are found again (and a new default makes new cells).
-ADDED_FIELDS = {("probe", "jackknife_groups"): "interleaved"}
+ADDED_FIELDS = {
+    ("probe", "jackknife_groups"): "interleaved",
+    ("probe", "metrics"): ["rankme", "alpha_req"],
+    ("probe", "reservoir"): 2048,
+}
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
