@@ -19,42 +19,40 @@ pytestmark = pytest.mark.slow
 FAST = GEOMETRY_ONLY + ["checkpoint=final"]
 
 
-# probe.fit_end=40 is a valid config that fails at run time: the width-32 model has 32 eigenvalues.
+# probe.layers=[9] is a valid config that fails at run time: the 2-layer toy has hidden_states -3..2.
 def test_a_failed_cell_fails_the_sweep_and_is_named_in_its_summary(tmp_path, cache_dir, tiny_checkpoints, store):
-    proc = run_app(["-m", *FAST, "probe.fit_end=20,40"], tmp_path, cache_dir, store, check=False)
+    proc = run_app(["-m", *FAST, "probe.layers=[-1],[9]"], tmp_path, cache_dir, store, check=False)
     assert proc.returncode == 1
-    assert "1 of 2 cells did not finish" in proc.stderr and "probe.fit_end=40" in proc.stderr
+    assert "1 of 2 cells did not finish" in proc.stderr and "probe.layers=[9]" in proc.stderr
     (parent,) = runs_of(store, "sweep")
-    jobs = {r.data.params["cfg.probe.fit_end"]: r for r in runs_of(store, "job")}
-    assert parent.info.status == "FAILED" and "probe.fit_end=40" in parent.data.tags["geomsweep.failed_cells"]
-    assert jobs["20"].info.status == "FINISHED" and jobs["40"].info.status == "FAILED"
-    assert (
-        "the spectrum has 32 eigenvalues but the alpha-ReQ fit range 2..40" in jobs["40"].data.tags["geomsweep.error"]
-    )
+    jobs = {r.data.params["cfg.probe.layers"]: r for r in runs_of(store, "job")}
+    assert parent.info.status == "FAILED" and "probe.layers=[9]" in parent.data.tags["geomsweep.failed_cells"]
+    assert jobs["[-1]"].info.status == "FINISHED" and jobs["[9]"].info.status == "FAILED"
+    assert "layers [9] out of range" in jobs["[9]"].data.tags["geomsweep.error"]
     client = mlflow.MlflowClient(store)
-    assert "Traceback" in open(client.download_artifacts(jobs["40"].info.run_id, "error.txt", str(tmp_path))).read()
+    assert "Traceback" in open(client.download_artifacts(jobs["[9]"].info.run_id, "error.txt", str(tmp_path))).read()
     summary = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path)))
     assert sorted(summary["status"]) == ["FAILED", "FINISHED"]
     finished = summary[summary["status"] == "FINISHED"].iloc[0]
-    assert finished["geometry/rankme"] == pytest.approx(jobs["20"].data.metrics["geometry/rankme"])
+    assert finished["geometry/rankme"] == pytest.approx(jobs["[-1]"].data.metrics["geometry/rankme"])
 
 
 def test_a_rerun_skips_finished_cells_and_reruns_failed_ones(tmp_path, cache_dir, tiny_checkpoints, store):
-    args = ["-m", *FAST, "probe.fit_end=20,40"]
+    args = ["-m", *FAST, "probe.layers=[-1],[9]"]
     run_app(args, tmp_path, cache_dir, store, check=False)
     proc = run_app(args, tmp_path, cache_dir, store, check=False)
-    assert "already FINISHED" in proc.stdout and proc.returncode == 1  # fit_end=40 fails again
+    assert "already FINISHED" in proc.stdout and proc.returncode == 1  # layers=[9] fails again
     jobs = runs_of(store, "job")
     by_cell = {}
     for run in jobs:
-        by_cell.setdefault(run.data.params["cfg.probe.fit_end"], []).append(run.info.status)
-    assert by_cell == {"20": ["FINISHED"], "40": ["FAILED", "FAILED"]}
+        by_cell.setdefault(run.data.params["cfg.probe.layers"], []).append(run.info.status)
+    assert by_cell == {"[-1]": ["FINISHED"], "[9]": ["FAILED", "FAILED"]}
     client = mlflow.MlflowClient(store)
     second = max(runs_of(store, "sweep"), key=lambda r: r.info.start_time)
     summary = pd.read_csv(client.download_artifacts(second.info.run_id, "summary.csv", str(tmp_path)))
     assert sorted(summary["source"]) == ["earlier run", "this sweep"]
-    run_app([*args[:-1], "probe.fit_end=20", "tracking.force=true"], tmp_path, cache_dir, store)
-    assert sum(r.data.params["cfg.probe.fit_end"] == "20" for r in runs_of(store, "job")) == 2
+    run_app([*args[:-1], "probe.layers=[-1]", "tracking.force=true"], tmp_path, cache_dir, store)
+    assert sum(r.data.params["cfg.probe.layers"] == "[-1]" for r in runs_of(store, "job")) == 2
 
 
 def test_a_sweep_killed_mid_way_resumes_without_duplicates_or_gaps(tmp_path, cache_dir, tiny_checkpoints, store):

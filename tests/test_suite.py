@@ -119,3 +119,15 @@ def test_the_suite_on_a_real_pass_gets_rankmes_value_and_error_bars_for_its_cova
     assert measured["geometry/participation_ratio_se"] > 0 and measured["geometry/stable_rank_se"] > 0
     assert -1 <= measured["geometry/anisotropy"] <= 1 and math.isfinite(measured["geometry/twonn"])
     assert "geometry/participation_ratio" not in plain
+
+
+@pytest.mark.parametrize("d", [2, 5, 10])
+def test_two_nn_agrees_with_scikit_dimension(d):
+    """In an environment with scikit-dimension (a test-only one: pip install scikit-dimension), its TwoNN (a
+    linear fit with 10% of the ratios discarded) and ours (maximum likelihood) agree within 3% on the same points."""
+    skdim = pytest.importorskip("skdim", reason="a test-only environment with scikit-dimension installed")
+    g = torch.Generator().manual_seed(d)
+    basis = torch.linalg.qr(torch.randn(64, d, generator=g, dtype=torch.float64))[0]
+    points = torch.randn(2000, d, generator=g, dtype=torch.float64) @ basis.T
+    theirs = float(skdim.id.TwoNN().fit(points.numpy()).dimension_)
+    assert suite.two_nn(points) == pytest.approx(theirs, rel=0.03)

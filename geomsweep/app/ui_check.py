@@ -69,6 +69,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WAIT_MS = 60_000
+VIEWPORT, TALL = {"width": 1600, "height": 1000}, {"width": 1600, "height": 2400}
 CHANGE_COLUMNS = ("geometry/rankme_change", "geometry/alpha_req_change", "behavior/pass_at_1_change")
 
 
@@ -159,6 +160,7 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
         assert page.get_by_text(f"Group: {method}").count(), f"the table is not grouped by method: no Group: {method}"
     shots = [out / f"view-{key}-table.png", out / f"view-{key}-charts.png"]
     page.screenshot(path=str(shots[0]), full_page=True)
+    page.set_viewport_size(TALL)  # the page draws only the chart cards in view: all of them, below the bars too
     page.goto(charts)
     page.locator(".js-plotly-plot").first.wait_for(timeout=WAIT_MS)
     page.wait_for_timeout(3000)
@@ -170,6 +172,7 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
     rankme = [c for c in cards if c["text"].split("\n", 1)[0].strip() == "geometry/rankme"]
     assert rankme and rankme[0]["xaxis"] == "log", "the post-training view has no geometry/rankme chart on a log axis"
     page.screenshot(path=str(shots[1]), full_page=True)
+    page.set_viewport_size(VIEWPORT)
     return shots
 
 
@@ -258,7 +261,7 @@ def check_browser(uri: str, exp: dict, sweep: dict, out: Path, break_view: bool)
         views = saved_views(rest(uri, f"experiments/get?experiment_id={exp['experiment_id']}")["experiment"])
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        viewport = {"width": 1600, "height": 1000}
+        viewport = VIEWPORT
         shots = [] if break_view else check_entry_points(browser.new_context(viewport=viewport), uri, exp, sweep, out)
         views_shots, failures = check_views(browser.new_context(viewport=viewport).new_page(), uri, exp, views, out)
         shots += views_shots

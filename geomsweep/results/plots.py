@@ -169,8 +169,9 @@ def layer_heatmap(table, metric: str, title: str = ""):
     ticks = list(range(0, grid.shape[1], max(1, grid.shape[1] // 12)))
     ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks], rotation=45)
     ax.set_xlabel("step")
-    ax.set_ylabel("layer (hidden_states index; -1: the final one)")
+    ax.set_ylabel("layer (-1: final)")
     fig.colorbar(image, ax=ax, label=metric)
-    ax.set_title(_titled(title, f"{metric} by layer and step"))
+    short = title if len(title) <= 70 else title[:69] + "…"
+    ax.set_title(_titled(short, f"{metric} by layer and step"), fontsize=9)
     fig.tight_layout()
     return fig
