@@ -79,7 +79,8 @@ bench-gpu: install-vllm
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
-# The MLflow UI in headless Chromium over a short sweep's store; screenshots in ui-check/.
+# What a person sees in the MLflow UI, in headless Chromium: the saved views of a trace and of a post-training
+# sweep, the Experiments list, a sweep's Overview (~2.5 minutes); screenshots in ui-check/.
 ui-check: install
 	@command -v chromium >/dev/null || { echo "ui-check needs Debian's chromium: apt-get install chromium"; exit 1; }
 	$(BIN)/pip install -q "playwright>=1.40"
