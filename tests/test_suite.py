@@ -83,6 +83,15 @@ def test_anisotropy_is_the_mean_pairwise_cosine_and_its_state_merges_exactly():
     assert suite.anisotropy(*whole.compute()) == pytest.approx(brute, abs=1e-12)
     assert suite.anisotropy(*merged.compute()) == pytest.approx(suite.anisotropy(*whole.compute()), abs=1e-12)
     assert brute > 0.25  # the common offset makes them point alike (0.33; about 0 without it)
+    # in jackknife groups (contiguous blocks of 100): each group left out is the anisotropy of the other 200 rows
+    grouped = DirectionSum(3, 300, "block")
+    for first in range(0, 300, 64):
+        grouped.update(x[first : first + 64], first)
+    assert suite.anisotropy(*grouped.compute()) == pytest.approx(brute, abs=1e-12)
+    for left_out, rest in enumerate(grouped.leave_one_out()):
+        kept = torch.cat([units[: left_out * 100], units[(left_out + 1) * 100 :]])
+        pairs = kept @ kept.T
+        assert suite.anisotropy(*rest) == pytest.approx(float((pairs.sum() - 200) / (200 * 199)), abs=1e-12)
 
 
 def test_a_reservoir_keeps_the_same_rows_however_the_probe_set_is_split():
@@ -95,7 +104,8 @@ def test_a_reservoir_keeps_the_same_rows_however_the_probe_set_is_split():
         shard.update(x[start:stop], start)
     merged = shards[2].merge(shards[0]).merge(shards[1])  # in any order
     assert whole.compute().shape == (64, 8)
-    assert torch.equal(merged.compute(), whole.compute())
+    assert torch.equal(merged.compute(), whole.compute()) and torch.equal(merged.indices, whole.indices)
+    assert torch.equal(whole.compute(), x[whole.indices])  # each kept row with its probe index
     other_seed = Reservoir(64, seed=4)
     other_seed.update(x, 0)
     assert not torch.equal(other_seed.compute(), whole.compute())
@@ -117,6 +127,7 @@ def test_the_suite_on_a_real_pass_gets_rankmes_value_and_error_bars_for_its_cova
         assert measured[key] == pytest.approx(value, rel=1e-12), key  # the paper's two are untouched
     assert 1 <= measured["geometry/participation_ratio"] <= measured["geometry/stable_rank"] * 10
     assert measured["geometry/participation_ratio_se"] > 0 and measured["geometry/stable_rank_se"] > 0
+    assert measured["geometry/anisotropy_se"] > 0 and measured["geometry/twonn_se"] > 0
     assert -1 <= measured["geometry/anisotropy"] <= 1 and math.isfinite(measured["geometry/twonn"])
     assert "geometry/participation_ratio" not in plain
 

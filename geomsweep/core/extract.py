@@ -199,7 +199,7 @@ def accumulate(
     reps = Representations(
         {layer: LastTokenCovariance(groups, n_sequences, group_rule) for layer in layers},
         NextTokenLoss() if with_loss else None,
-        {layer: DirectionSum() for layer in layers} if directions else {},
+        {layer: DirectionSum(groups, n_sequences, group_rule) for layer in layers} if directions else {},
         {layer: Reservoir(reservoir, seed) for layer in layers} if reservoir else {},
     )
     device, seen = next(model.parameters()).device, start

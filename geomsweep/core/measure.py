@@ -10,7 +10,8 @@ import torch
 from geomsweep.core import processes, suite
 from geomsweep.core.definitions import Dtype
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode, resolve_layers
-from geomsweep.core.spectra import Geometry, StreamingCovariance, spectral_geometry, with_errors
+from geomsweep.core.spectra import Geometry, StreamingCovariance, jackknife_se, spectral_geometry, with_errors
+from geomsweep.core.states import group_index
 
 
 def resolve_device(device: str) -> str:
@@ -85,6 +86,17 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
     for layer, groups in reps.groups.items():  # probe.jackknife=K: error bars from K disjoint groups
         if geometry[layer].finite:
             geometry[layer] = with_errors(geometry[layer], groups, list(probe.metrics), **args)
+            if layer in reps.directions:
+                replicates = [suite.anisotropy(*rest) for rest in reps.directions[layer].leave_one_out()]
+                se = float(jackknife_se(torch.tensor(replicates, dtype=torch.float64)[:, None])[0])
+                errors = geometry[layer].errors | {"geometry/anisotropy_se": se}
+                geometry[layer] = replace(geometry[layer], errors=errors)
+            if layer in reps.reservoirs:  # TwoNN of the kept rows outside each group in turn
+                kept = reps.reservoirs[layer]
+                group = group_index(kept.indices, len(groups), len(texts), probe.jackknife_groups)
+                replicates = [suite.two_nn(kept.rows[group != g]) for g in range(len(groups))]
+                se = float(jackknife_se(torch.tensor(replicates, dtype=torch.float64)[:, None])[0])
+                geometry[layer] = replace(geometry[layer], errors=geometry[layer].errors | {"geometry/twonn_se": se})
     return Measurement(geometry, reps.loss, covariances)
 
 

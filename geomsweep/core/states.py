@@ -10,6 +10,11 @@ from geomsweep.core.definitions import JackknifeGroups
 from geomsweep.core.spectra import StreamingCovariance
 
 
+def group_index(index: torch.Tensor, groups: int, n_sequences: int | None, rule: str) -> torch.Tensor:
+    """The jackknife group of each probe index: i * K // N (block) or i mod K (interleaved)."""
+    return index * groups // n_sequences if rule == JackknifeGroups.block else index % groups
+
+
 class LastTokenCovariance:
     """The streaming covariance of one layer's last-token representations, held as K disjoint groups so
     delete-one-group jackknife errors come from the same pass. ``block`` groups are contiguous runs of the probe
@@ -27,8 +32,7 @@ class LastTokenCovariance:
 
     def group_of(self, index: torch.Tensor) -> torch.Tensor:
         """The group of each probe index."""
-        k = len(self.groups)
-        return index * k // self.n_sequences if self.rule == JackknifeGroups.block else index % k
+        return group_index(index, len(self.groups), self.n_sequences, self.rule)
 
     def update(self, rows: torch.Tensor, first_index: int) -> None:
         """``rows``: one representation per sequence, the first being probe sequence ``first_index``."""
@@ -76,27 +80,46 @@ class NextTokenLoss:
 
 
 class DirectionSum:
-    """The sum of the unit vectors of one layer's raw last-token representations and their count: what the mean
-    pairwise cosine similarity (anisotropy, core/suite.py) needs, exactly and in O(D)."""
+    """The sum of the unit vectors of one layer's raw last-token representations and their count, per jackknife
+    group (as ``LastTokenCovariance`` groups them): what the mean pairwise cosine similarity (anisotropy,
+    core/suite.py) needs, exactly and in O(K D), with its delete-one-group replicates."""
 
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.count = 0
+    def __init__(self, groups: int = 1, n_sequences: int | None = None, rule: str = JackknifeGroups.block):
+        self.totals: list[torch.Tensor | None] = [None] * groups
+        self.counts = [0] * groups
+        self.n_sequences, self.rule = n_sequences, rule
 
     def update(self, rows: torch.Tensor, first_index: int = 0) -> None:
         x = rows.detach().to(device="cpu", dtype=torch.float64)
         norms = x.norm(dim=1, keepdim=True)
-        units = (x / norms)[norms[:, 0] > 0]
-        self.total = units.sum(dim=0) if self.total is None else self.total + units.sum(dim=0)
-        self.count += len(units)
+        keep = norms[:, 0] > 0
+        units = x[keep] / norms[keep]
+        index = torch.arange(first_index, first_index + len(x))[keep]
+        group = group_index(index, len(self.totals), self.n_sequences, self.rule) if len(self.totals) > 1 else None
+        for g in range(len(self.totals)):
+            part = units if group is None else units[group == g]
+            if len(part):
+                self.totals[g] = part.sum(dim=0) if self.totals[g] is None else self.totals[g] + part.sum(dim=0)
+                self.counts[g] += len(part)
 
-    def compute(self) -> tuple[torch.Tensor, int]:
-        return self.total, self.count
+    def compute(self) -> tuple[torch.Tensor | None, int]:
+        """(the sum of every unit vector seen, their count)."""
+        seen = [t for t in self.totals if t is not None]
+        return (sum(seen[1:], seen[0].clone()) if seen else None), sum(self.counts)
+
+    def leave_one_out(self) -> list[tuple[torch.Tensor, int]]:
+        """(sum, count) of every group but i, for each group i."""
+        total, count = self.compute()
+        return [
+            (total - part if part is not None else total, count - n)
+            for part, n in zip(self.totals, self.counts, strict=True)
+        ]
 
     def merge(self, other: DirectionSum) -> DirectionSum:
-        if other.total is not None:
-            self.total = other.total.clone() if self.total is None else self.total + other.total
-            self.count += other.count
+        for g, (theirs, n) in enumerate(zip(other.totals, other.counts, strict=True)):
+            if theirs is not None:
+                self.totals[g] = theirs.clone() if self.totals[g] is None else self.totals[g] + theirs
+                self.counts[g] += n
         return self
 
 
@@ -109,30 +132,32 @@ def reservoir_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
 
 class Reservoir:
     """A seeded uniform sample of at most ``capacity`` of one layer's representations (priority sampling by
-    ``reservoir_keys``): bounded memory for measures that need points, not moments (TwoNN). Merging shards keeps
-    exactly the rows one pass would have kept."""
+    ``reservoir_keys``), with their probe indices: bounded memory for measures that need points, not moments
+    (TwoNN), and the indices that place each kept row in its jackknife group. Merging shards keeps exactly the
+    rows one pass would have kept."""
 
     def __init__(self, capacity: int, seed: int = 0):
         if capacity < 3:
             raise ValueError(f"probe.reservoir={capacity} must be >= 3 representations")
         self.capacity, self.seed = capacity, seed
         self.keys = torch.empty(0, dtype=torch.float64)
+        self.indices = torch.empty(0, dtype=torch.long)
         self.rows: torch.Tensor | None = None
 
     def update(self, rows: torch.Tensor, first_index: int) -> None:
-        keys = reservoir_keys(torch.arange(first_index, first_index + len(rows)), self.seed)
-        self._keep(keys, rows.detach().to(device="cpu", dtype=torch.float32))
+        index = torch.arange(first_index, first_index + len(rows))
+        self._keep(reservoir_keys(index, self.seed), index, rows.detach().to(device="cpu", dtype=torch.float32))
 
-    def _keep(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
-        keys = torch.cat([self.keys, keys])
+    def _keep(self, keys: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> None:
+        keys, indices = torch.cat([self.keys, keys]), torch.cat([self.indices, indices])
         rows = rows if self.rows is None else torch.cat([self.rows, rows])
         order = keys.argsort()[: self.capacity]
-        self.keys, self.rows = keys[order], rows[order]
+        self.keys, self.indices, self.rows = keys[order], indices[order], rows[order]
 
     def compute(self) -> torch.Tensor:
         return self.rows
 
     def merge(self, other: Reservoir) -> Reservoir:
         if other.rows is not None:
-            self._keep(other.keys, other.rows)
+            self._keep(other.keys, other.indices, other.rows)
         return self
