@@ -65,15 +65,21 @@ def column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"
 
 
-def line_chart(metric: str, section: str, log_x: bool) -> dict:
+def card(kind: str, name: str, section: str, display: str) -> dict:
+    """The fields every chart card of the page carries (its base card config), placed in ``section``."""
     return {
-        "uuid": chart_id(section, metric),
-        "type": "LINE",
+        "uuid": chart_id(section, name),
+        "type": kind,
         "runsCountToCompare": 100,
         "metricSectionId": section,
         "deleted": False,
         "isGenerated": False,
-        "displayName": metric,
+        "displayName": display,
+    }
+
+
+def line_chart(metric: str, section: str, log_x: bool) -> dict:
+    return card("LINE", metric, section, metric) | {
         "metricKey": metric,
         "lineSmoothness": 0,
         "xAxisScaleType": "log" if log_x else "linear",
@@ -90,27 +96,12 @@ def line_chart(metric: str, section: str, log_x: bool) -> dict:
 
 
 def bar_chart(metric: str, section: str) -> dict:
-    return {
-        "uuid": chart_id(section, metric),
-        "type": "BAR",
-        "runsCountToCompare": 100,
-        "metricSectionId": section,
-        "deleted": False,
-        "isGenerated": False,
-        "displayName": metric,
-        "metricKey": metric,
-    }
+    return card("BAR", metric, section, metric) | {"metricKey": metric}
 
 
 def parallel_chart(params: list[str], metrics: list[str], section: str) -> dict:
-    return {
-        "uuid": chart_id(section, "parallel"),
-        "type": "PARALLEL",
-        "runsCountToCompare": 100,
-        "metricSectionId": section,
-        "deleted": False,
-        "isGenerated": False,
-        "displayName": "swept values against the changes",
+    display = "swept values against the changes"
+    return card("PARALLEL", "parallel", section, display) | {
         "selectedParams": params,
         "selectedMetrics": metrics,
         "showAllRuns": False,
