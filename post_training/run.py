@@ -25,6 +25,7 @@ from geomsweep.core import processes
 from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import change_metrics
+from geomsweep.core.weights import weight_metrics, weight_spectra
 from geomsweep.post_training.callbacks import GeometryCallback, MethodMLflowCallback
 from geomsweep.post_training.evaluate import evaluate_split
 from geomsweep.post_training.launch import in_worker, launch
@@ -166,7 +167,8 @@ class Measurer:
         measured = measure_model(model, self.tokenizer, self.texts, probe, progress=False)
         now = measured.geometry[headline_layer(probe.layers)]
         self.base, self.latest = self.base or now, now
-        return measured.metrics(headline_layer(probe.layers), probe.loss) | change_metrics(self.base, now)
+        weights = weight_metrics(weight_spectra(model)) if probe.weights else {}  # data-free, beside the geometry
+        return measured.metrics(headline_layer(probe.layers), probe.loss) | change_metrics(self.base, now) | weights
 
     def log_spectra(self, last_step: int) -> None:
         """The base model's eigenspectrum and the post-trained one's, as a table and one overlaid plot: how the

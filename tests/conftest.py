@@ -26,6 +26,10 @@ GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
 def cache_dir(tmp_path_factory) -> Path:
     """One toy-model cache for the whole session (the first user pretrains it, ~5 s, and converts SmolLM2's GGUF,
     ~50 s)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: the workers share one cache (pretraining is locked)
+        shared = tmp_path_factory.getbasetemp().parent / "geomsweep-cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("geomsweep-cache")
 
 

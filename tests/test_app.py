@@ -178,7 +178,7 @@ def test_every_layer_and_the_whole_suite_in_one_pass_keep_the_final_layers_rankm
     suite = "probe.metrics=[rankme,alpha_req,participation_ratio,stable_rank,anisotropy,twonn]"
     base = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
     run_app(base, tmp_path, cache_dir, store)
-    run_app([*base, "probe.layers=all", suite, "probe.reservoir=48"], tmp_path, cache_dir, store)
+    run_app([*base, "probe.layers=all", suite, "probe.reservoir=48", "probe.weights=true"], tmp_path, cache_dir, store)
     client = client_for(store)
     default, every = sorted(only_run(client), key=lambda r: r.info.start_time)
     for key in ("geometry/rankme", "geometry/alpha_req"):
@@ -196,3 +196,12 @@ def test_every_layer_and_the_whole_suite_in_one_pass_keep_the_final_layers_rankm
     assert {"rankme", "participation_ratio", "twonn"} <= set(frame["metric"])
     plots = {a.path for a in client.list_artifacts(every.info.run_id, "plots")}
     assert {"plots/layers_rankme.png", "plots/layers_anisotropy.png"} <= plots
+    # probe.weights=true: each block's weight spectra on the same step axis, tabled and plotted by block
+    steps = {m.step for m in client.get_metric_history(every.info.run_id, "geometry/rankme")}
+    assert {m.step for m in client.get_metric_history(every.info.run_id, "weights/alpha")} == steps
+    assert "weights/alpha" not in default.data.metrics
+    weights = pd.read_csv(client.download_artifacts(every.info.run_id, "spectra/weights_by_layer.csv", str(tmp_path)))
+    assert list(weights.columns) == ["step", "revision", "tokens", "layer", "matrix", "metric", "value"]
+    assert sorted(weights["layer"].unique()) == [1, 2] and set(weights["step"]) == steps
+    assert {"alpha", "alpha_weighted", "stable_rank", "log_spectral_norm"} == set(weights["metric"])
+    assert {"plots/weights_alpha.png", "plots/weights_stable_rank.png"} <= plots

@@ -1,7 +1,7 @@
 """Metric parity with the study's own code, re-implemented here from shared/PAPER.md (numpy, as the authors'
 scripts): PCA with svd_solver='full' keeping min(2048, N, D) components, explained-variance ratios, RankMe with
 p = ratio / sum|ratio| + 1e-7, and Stringer's power-law fit over ranks 12..100 with float32 weights 1/k whose
-R^2 windows start one rank later (13..100 and 13..min(500, kept - 10))."""
+R^2 windows start one rank later (13..100, and 13..500 or 13..kept - 10 when fewer than 512 are kept)."""
 
 import warnings
 
@@ -37,7 +37,7 @@ def reference_metrics(x: np.ndarray) -> dict[str, float]:
         "rankme": rankme,
         "alpha": float(alpha),
         "r2": r2(13, 100),
-        "r2_wide": r2(13, min(500, len(ratio) - 10)),
+        "r2_wide": r2(13, 500 if len(ratio) >= 512 else len(ratio) - 10),  # its len: the positive ratios kept
         "n_eigs": len(ratio),
     }
 
@@ -79,6 +79,14 @@ def test_rankme_alpha_and_r2_match_the_reference(n, d, alpha, dtype):
     assert got["rankme"] == pytest.approx(expected["rankme"], rel=1e-9)
     assert got["alpha"] == pytest.approx(expected["alpha"], rel=1e-6)  # float32 weights in the reference
     assert got["r2"] == pytest.approx(expected["r2"], rel=1e-6)
+    assert got["r2_wide"] == pytest.approx(expected["r2_wide"], rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [510, 511, 512, 513])
+def test_the_wide_r2_window_ends_where_the_references_does_around_512_eigenvalues(n):
+    """The reference ends it at len - 10 below 512 positive eigenvalues and at 500 from 512 on: 501 at 511."""
+    x = planted(n, 600, 0.8, seed=n)
+    expected, got = reference_metrics(x.numpy()), ours(x)
     assert got["r2_wide"] == pytest.approx(expected["r2_wide"], rel=1e-6)
 
 

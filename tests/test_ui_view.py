@@ -193,7 +193,7 @@ def test_a_view_that_cannot_be_written_leaves_the_plain_runs_table_link(experime
     client.delete_experiment(exp)  # MLflow refuses tags on a deleted experiment
     monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
     assert saved_views(client, cell) == []
-    message = results_message(cell)
+    message = results_message(cell, [])
     assert f"the runs table: http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning" in message
     assert "viewStateShareKey" not in message
 
@@ -202,7 +202,7 @@ def test_a_finished_job_prints_its_view_as_a_table_and_as_charts(experiment, mon
     client, exp = experiment
     (cell,) = trace_cells(client, exp, norms=("post",))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
-    message = results_message(cell)
+    message = results_message(cell, saved_views(client, cell))
     ((key, (name, _)),) = views_in(client, exp).items()
     page = f"http://127.0.0.1:5000/#/experiments/{exp}/runs?viewStateShareKey={key}&workflowType=machine_learning"
     assert f"then the view 'probe.norm=post': {page}\n" in message
@@ -212,10 +212,11 @@ def test_a_finished_job_prints_its_view_as_a_table_and_as_charts(experiment, mon
 def test_a_trace_view_carries_whichever_suite_measures_the_run_logged(experiment):
     client, exp = experiment
     metrics = {"geometry/rankme": {1: 9.0, 100: 12.0}, "geometry/participation_ratio": {1: 4.0, 100: 6.0}}
+    metrics["weights/alpha"] = {1: 5.1, 100: 3.2}  # probe.weights
     cell = make_run(client, exp, "suite", {"cfg.method.name": "none"}, metrics)
     ((_, key),) = ui_view.save_views(client, exp, [cell])
     state = views_in(client, exp)[key][1]
     assert "metrics.`geometry/participation_ratio`" in state["selectedColumns"]
     assert "metrics.`geometry/twonn`" not in state["selectedColumns"]  # not logged, not shown
     charts = {c["metricKey"]: c["xAxisScaleType"] for c in state["compareRunCharts"]}
-    assert charts == {"geometry/rankme": "log", "geometry/participation_ratio": "log"}
+    assert charts == {"geometry/rankme": "log", "geometry/participation_ratio": "log", "weights/alpha": "log"}

@@ -15,12 +15,17 @@
     time ratio, target <= 1.3x.
 (h) plan=true's time (2 x parameters x tokens over the matrix-product throughput it measures) against the measured
     time of the same work: (e)'s trace on the toy and (f)'s measurement on SmolLM2; a ratio of 1 is exact.
+(i) the geometry suite on SmolLM2 (probe.layers=all: every covariance measure and anisotropy at every layer, with
+    error bars) against RankMe + alpha-ReQ on the final layer, the same texts: time ratio, target <= 1.5x; TwoNN's
+    cost apart; probe.weights' cost (every block matrix's spectrum and power-law fit) against the same baseline, and
+    the fit against powerlaw.Fit's on the same spectra where powerlaw is installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import resource
@@ -34,9 +39,12 @@ from hydra import compose, initialize_config_module
 from geomsweep.app.plan import measure_tflops
 from geomsweep.behavior.choices import VLLM_ENGINES
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
-from geomsweep.config.schema import check
+from geomsweep.config.schema import ProbeConfig, check
+from geomsweep.core.definitions import METRICS
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
+from geomsweep.core.measure import measure_model
 from geomsweep.core.spectra import jackknife_errors, rankme, spectral_geometry
+from geomsweep.core.weights import power_law_fit, weight_spectra
 from geomsweep.sources.checkpoints import available, loaded, local_revisions
 from geomsweep.sources.data import english_texts
 from geomsweep.sources.tasks import arithmetic_task
@@ -158,6 +166,7 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
         t_paper = timed(paper_procedure, model, tokenizer, texts, max_length, repeat=1)
         jackknife = jackknife_ratio(model, batches)
         tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
+        suite = suite_ratios(model, tokenizer, texts, max_length)
     planned = 2 * model.num_parameters() * tokens / (measure_tflops("cpu") * 1e12)
     return (
         f"(f) SmolLM2-135M (d={model.config.hidden_size}), {n} English texts x {max_length} tokens: "
@@ -165,7 +174,51 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
         f"vs the authors' procedure {t_paper / t_ours:5.1f}x sequences/s ({t_paper:.1f}s)\n"
         f"(g) SmolLM2-135M with jackknife error bars (probe.jackknife=10) vs without: {jackknife:6.3f}x time"
         f"   target <= 1.3x\n"
-        f"(h) SmolLM2-135M: measured over plan=true's time {t_ours / planned:6.2f}x ({t_ours:.1f}s vs {planned:.1f}s)"
+        f"(h) SmolLM2-135M: measured over plan=true's time {t_ours / planned:6.2f}x ({t_ours:.1f}s vs {planned:.1f}s)\n"
+        f"{suite}"
+    )
+
+
+def suite_ratios(model, tokenizer, texts, max_length: int) -> str:
+    """(i): the suite at every layer, TwoNN and the weight spectra, each against the paper's two on the final layer
+    (same texts, error bars on, best of 2)."""
+    base = ProbeConfig(n_sequences=len(texts), max_length=max_length, batch_size=32, loss=False)
+    covariance = [name for name in METRICS if name != "twonn"]
+    settings = {
+        "paper": base,
+        "suite": dataclasses.replace(base, layers="all", metrics=covariance),
+        "twonn": dataclasses.replace(base, metrics=["rankme", "alpha_req", "twonn"]),
+    }
+    seconds = {}
+    for _ in range(2):
+        for name, probe in settings.items():
+            t = timed(measure_model, model, tokenizer, texts, probe, False, repeat=1)
+            seconds[name] = min(seconds.get(name, float("inf")), t)
+    start = time.perf_counter()
+    spectra = weight_spectra(model)
+    t_weights = time.perf_counter() - start
+    line = (
+        f"(i) SmolLM2-135M suite, {model.config.num_hidden_layers + 1} layers x {len(covariance)} measures with error "
+        f"bars vs RankMe + alpha on the final layer: {seconds['suite'] / seconds['paper']:6.3f}x time   target <= "
+        f"1.5x\n    TwoNN on the final layer (reservoir {base.reservoir}) adds "
+        f"{(seconds['twonn'] - seconds['paper']) / seconds['paper']:6.3f}x; probe.weights ({len(spectra)} matrices) "
+        f"adds {t_weights / seconds['paper']:6.3f}x ({t_weights:.1f}s)"
+    )
+    try:
+        import powerlaw  # noqa: PLC0415  optional: the dev extra's
+    except ImportError:
+        return line + "\n    (powerlaw not installed: the fit is not compared with powerlaw.Fit)"
+    sample = spectra[: min(len(spectra), 7)]  # one block's matrices: the library takes seconds each
+    start = time.perf_counter()
+    theirs = [powerlaw.Fit(s.eigs.numpy(), verbose=False, parameter_ranges={"alpha": [1, 1000]}) for s in sample]
+    t_theirs = time.perf_counter() - start
+    start = time.perf_counter()
+    mine = [power_law_fit(s.eigs) for s in sample]
+    t_mine = time.perf_counter() - start
+    worst = max(abs(a.alpha - b.alpha) / b.alpha for a, b in zip(mine, theirs))
+    return line + (
+        f"\n    power-law fit vs powerlaw.Fit on {len(sample)} of its spectra: {t_theirs / t_mine:6.1f}x faster, "
+        f"alpha within {worst:.1e}"
     )
 
 

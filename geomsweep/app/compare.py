@@ -21,6 +21,7 @@ SEED = "seed"
 GEOMETRY = {"rankme": "geometry/rankme", "alpha_req": "geometry/alpha_req"}
 # the suite's other measures (probe.metrics), compared the same way where a sweep measured them
 SUITE = {name: f"geometry/{name}" for name in METRICS if name not in GEOMETRY}
+SUITE["weights_alpha"] = "weights/alpha"  # probe.weights: the mean power-law alpha of the block matrices
 PASS_AT = re.compile(r"behavior/pass_at_(\d+)(_lo|_hi|_change|_change_lo|_change_hi)?")
 
 

@@ -21,7 +21,7 @@ import mlflow
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from geomsweep.app.messages import results_message
+from geomsweep.app.messages import results_message, saved_views
 from geomsweep.app.trace import ablation_plan, trace
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.config.schema import Config
@@ -82,7 +82,7 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
             f"geomsweep: skipped {name}: this cell (config hash {identity}) already FINISHED in run "
             f"{done.info.run_id}; tracking.force=true runs it again"
         )
-        print(results_message(done, own_view(done)))
+        print(results_message(done, saved_views(mlflow.MlflowClient(), done, own_view(done))))
         return
     with sigterm_ends_run(), job_run(experiment_id, identity, name, parent, cfg, settings, data) as run:
         log = RunLogger(run.info.run_id)
@@ -106,11 +106,12 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
             )
             return
     done = mlflow.MlflowClient().get_run(run.info.run_id)
-    print(results_message(done, own_view(done)))
+    print(results_message(done, saved_views(mlflow.MlflowClient(), done, own_view(done))))
 
 
 def own_view(run) -> list:
-    """The runs a job's saved view shows: the job alone, or none in a sweep (the sweep's view shows its cells)."""
+    """The runs a job's saved view shows (written as it ends): the job alone, or none in a sweep (the sweep's view
+    shows its cells)."""
     return [] if in_multirun() else [run]
 
 
@@ -254,6 +255,11 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
         for metric in by_layer["metric"].unique():
             if metric != "n_eigs":
                 log.figure(plots.layer_heatmap(by_layer, metric, log.name), f"plots/layers_{metric}.png")
+    if probe.weights:  # each block matrix's weight spectrum, on the same step axis
+        weights = artifacts.weights_table(points)
+        log.table(weights, "spectra/weights_by_layer.csv")
+        for metric in weights["metric"].unique():
+            log.figure(plots.layer_heatmap(weights, metric, log.name, of="block"), f"plots/weights_{metric}.png")
     log.figure(
         plots.eigenspectra(
             {p.checkpoint.step: p.geometry[layer].eigs for p in points},

@@ -15,10 +15,10 @@ from geomsweep.tracking.keys import ROLE_JOB, ROLE_TRACE, TAG_PHASES, TAG_ROLE
 logger = logging.getLogger(__name__)
 
 
-def results_message(run, cells=None) -> str:
-    """The run's headline results and where to see the rest: the saved view of ``cells`` (default: the run itself)
-    as a table and as charts, or the experiment's runs table when no view could be saved (MLflow 3 otherwise lands
-    on its GenAI overview)."""
+def results_message(run, views: list[tuple[str, str]]) -> str:
+    """The run's headline results and where to see the rest: each saved view (``saved_views``: (name, key)) as a
+    table and as charts, or the experiment's runs table when there is none (MLflow 3 otherwise lands on its GenAI
+    overview)."""
     uri = mlflow_uri_for_ui()
     client = mlflow.MlflowClient()
     lines = []
@@ -33,7 +33,6 @@ def results_message(run, cells=None) -> str:
     if not served:
         where.append(f"open the UI with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     then = "" if served else "then "
-    views = saved_views(client, run, cells)
     for name, key in views:
         table, charts = view_pages(run.info.experiment_id, key)
         where += [f"{then}the view {name!r}: {host}/{table}", f"its charts: {host}/{charts}"]

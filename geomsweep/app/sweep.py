@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from geomsweep.app import plan
 from geomsweep.app.cli import check_memory, check_vllm
 from geomsweep.app.compare import headline, rounded
-from geomsweep.app.messages import results_message
+from geomsweep.app.messages import results_message, saved_views
 from geomsweep.app.report import log_comparison, summary
 from geomsweep.app.rollup import roll_up_traces
 from geomsweep.config.overrides import override_key, swept_keys, varied
@@ -185,7 +185,8 @@ def end_sweep(config: DictConfig) -> None:
     client = mlflow.MlflowClient()
     roll_up_traces(client, experiment_id, parent, PhaseRule(**config.phases))
     table = close_sweep(client, experiment_id, parent)
-    print(results_message(client.get_run(parent), cells_of(client, experiment_id, parent)))
+    closed = client.get_run(parent)
+    print(results_message(closed, saved_views(client, closed, cells_of(client, experiment_id, parent))))
     failed = table[table["status"] != "FINISHED"] if len(table) else table
     if len(failed):
         raise SystemExit(

@@ -19,6 +19,7 @@ from geomsweep.core.ablation import tail_ablation
 from geomsweep.core.definitions import ALL_LAYERS, headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import Geometry
+from geomsweep.core.weights import MatrixSpectrum, weight_metrics, weight_spectra
 from geomsweep.sources import checkpoints as ckpts
 from geomsweep.sources.hub_cache import RevisionCache, evicts
 from geomsweep.sources.toy.config import ToyConfig
@@ -34,6 +35,7 @@ class Point:
     metrics: dict[str, float] = field(default_factory=dict)  # every metric logged at this step
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # MLflow tables by artifact path (samples)
     ablation: dict[str, float] | None = None  # spectral-tail ablation results (geomsweep/ablation.py)
+    weights: list[MatrixSpectrum] = field(default_factory=list)  # probe.weights: each block matrix's spectrum
 
 
 def toy_evaluation(settings) -> ToyEvaluation | None:
@@ -103,6 +105,9 @@ def trace(
         point = Point(checkpoint, measured.geometry, measured.loss, measured.metrics(layer, settings.probe.loss))
         if checkpoint.tokens is not None:
             point.metrics["tokens_seen"] = float(checkpoint.tokens)
+        if settings.probe.weights:
+            point.weights = weight_spectra(model)
+            point.metrics.update(weight_metrics(point.weights))
         if toy is not None:
             point.metrics.update(toy.behavior(model, tokenizer))
         if ablation_k:

@@ -182,6 +182,7 @@ class ProbeConfig:
     jackknife_groups: JackknifeGroups = JackknifeGroups.block  # contiguous runs of the probe order, or i mod K
     metrics: list[str] = field(default_factory=lambda: list(PAPER_METRICS))  # the suite's measures (core/suite.py)
     reservoir: int = 2048  # representations kept (seeded) for TwoNN, when probe.metrics names it
+    weights: bool = False  # also the power-law spectra of each block's weight matrices (data-free; core/weights.py)
 
     def __post_init__(self) -> None:
         for name in ("n_sequences", "max_length", "batch_size"):

@@ -17,7 +17,14 @@ from geomsweep.core.definitions import REFERENCE_FIT, REFERENCE_MAX_EIGS, RankMe
 from geomsweep.core.suite import COVARIANCE_MEASURES, covariance_measures
 
 RANKME_EPS = 1e-7
-R2_WIDE_LAST = 500  # the wide R^2 window ends at min(500, kept - 10)
+R2_WIDE_LAST = 500  # the wide R^2 window ends at rank 500 when 512 or more eigenvalues are kept, else at kept - 10
+
+
+def wide_window_last(kept: int) -> int:
+    """The last 1-based rank of the reference's wide R^2 window: its ``500 if len >= 512 else len - 10`` (so 501 at
+    511 eigenvalues, 500 again at 512), len being the eigenvalues kept (its PCA's are all positive, round-off
+    included)."""
+    return R2_WIDE_LAST if kept >= R2_WIDE_LAST + 12 else kept - 10
 
 
 class StreamingCovariance:
@@ -112,7 +119,7 @@ class PowerLawFit:
     alpha: float  # decay exponent: lambda_k ~ k^-alpha
     intercept: float  # log-lambda at k = 1 of the fitted line
     r2: float  # R^2 of log-lambda vs the fit over ranks fit_start + 1 .. fit_end (the reference's window)
-    r2_wide: float  # R^2 over ranks fit_start + 1 .. min(500, kept - 10) (the reference's wide window)
+    r2_wide: float  # R^2 over ranks fit_start + 1 .. wide_window_last(kept) (the reference's wide window)
 
 
 def _r2(log_eigs: torch.Tensor, log_ranks: torch.Tensor, alpha: float, intercept: float) -> float:
@@ -129,7 +136,8 @@ def alpha_req(
     fit_start .. fit_end inclusive (Stringer et al. 2019; 12 .. 100 in the study).
 
     R^2 is scored over the reference code's windows, which start one rank later than the fit (it increments its
-    rank array in place before scoring): ranks fit_start + 1 .. fit_end, and fit_start + 1 .. min(500, kept - 10).
+    rank array in place before scoring): ranks fit_start + 1 .. fit_end, and fit_start + 1 .. 500 (kept - 10 when
+    fewer than 512 positive eigenvalues are kept).
     A spectrum shorter than the window raises; zero eigenvalues inside the window (fewer samples than ranks)
     give NaN with a warning rather than a number computed from log(0); so does a wide window that reaches past
     rank ``n_samples - 1``, where the eigenvalues are round-off.
@@ -166,7 +174,7 @@ def alpha_req(
         k = torch.arange(first, last + 1, dtype=torch.float64)
         return _r2(eigs[first - 1 : last].log(), k.log(), alpha, intercept)
 
-    wide_last = min(R2_WIDE_LAST, n - 10)
+    wide_last = wide_window_last(n)
     if n_samples is not None and wide_last > n_samples - 1:
         warnings.warn(
             f"the wide R^2 window {fit_start + 1}..{wide_last} reaches past rank {n_samples - 1}, the last non-zero "

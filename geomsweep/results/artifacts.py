@@ -58,6 +58,19 @@ def layers_table(points) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "revision", "tokens", "layer", "metric", "value", "se"])
 
 
+def weights_table(points) -> pd.DataFrame:
+    """Every block matrix's weight-spectrum measures at every checkpoint (probe.weights), long: step, revision,
+    tokens, layer (the block's output in hidden_states), matrix, metric, value."""
+    rows = [
+        {"step": p.checkpoint.step, "revision": p.checkpoint.revision, "tokens": p.checkpoint.tokens}
+        | {"layer": s.layer, "matrix": s.matrix, "metric": metric, "value": value}
+        for p in points
+        for s in p.weights
+        for metric, value in s.metrics().items()
+    ]
+    return pd.DataFrame(rows, columns=["step", "revision", "tokens", "layer", "matrix", "metric", "value"])
+
+
 @dataclass
 class TraceSummary:
     """Phases read off a RankMe trajectory, and the figure of it (RankMe, alpha, loss; shaded by phase)."""

@@ -156,11 +156,12 @@ def pass_at_k(curves: dict[str, dict[int, float]], n: int, title: str = ""):
     return fig
 
 
-def layer_heatmap(table, metric: str, title: str = ""):
-    """One measure over layer x step (``table``: artifacts.layers_table), steps evenly spaced in their order
-    (checkpoints are log-spaced) and labelled; the final layer listed as -1 sits on top."""
+def layer_heatmap(table, metric: str, title: str = "", of: str = "layer"):
+    """One measure over layer x step (``table``: artifacts.layers_table or weights_table, several rows of a cell
+    averaged: a block's matrices), steps evenly spaced in their order (checkpoints are log-spaced) and labelled;
+    the final layer listed as -1 sits on top."""
     rows = table[table["metric"] == metric]
-    grid = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="first")
+    grid = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="mean")
     grid = grid.reindex(sorted(grid.index, key=lambda layer: (layer == -1, layer)))
     fig = Figure(figsize=(max(5.0, 0.35 * grid.shape[1] + 2.5), max(3.0, 0.3 * grid.shape[0] + 1.5)))
     ax = fig.subplots()
@@ -169,9 +170,14 @@ def layer_heatmap(table, metric: str, title: str = ""):
     ticks = list(range(0, grid.shape[1], max(1, grid.shape[1] // 12)))
     ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks], rotation=45)
     ax.set_xlabel("step")
-    ax.set_ylabel("layer (-1: final)")
+    ax.set_ylabel("layer (-1: final)" if of == "layer" else "block (its output's layer)")
     fig.colorbar(image, ax=ax, label=metric)
     short = title if len(title) <= 70 else title[:69] + "…"
-    ax.set_title(_titled(short, f"{metric} by layer and step"), fontsize=9)
+    what = (
+        f"{metric} by layer and step"
+        if of == "layer"
+        else f"weights' {metric} by block and step (mean of its matrices)"
+    )
+    ax.set_title(_titled(short, what), fontsize=9)
     fig.tight_layout()
     return fig

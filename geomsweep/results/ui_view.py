@@ -30,7 +30,7 @@ TRACE_CHARTS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss")
 POST_TRAINING_LINES = ("geometry/rankme", "geometry/alpha_req")
 CHANGES = ("geometry/rankme_change", "geometry/alpha_req_change")
 PASS_AT = re.compile(r"behavior/pass_at_(\d+)")
-SUITE = tuple(f"geometry/{name}" for name in METRICS if name not in PAPER_METRICS)
+SUITE = (*(f"geometry/{name}" for name in METRICS if name not in PAPER_METRICS), "weights/alpha")  # probe.weights
 
 
 def view_key(run_ids) -> str:

@@ -28,6 +28,7 @@ ADDED_FIELDS = {
     ("probe", "jackknife_groups"): "interleaved",
     ("probe", "metrics"): ["rankme", "alpha_req"],
     ("probe", "reservoir"): 2048,
+    ("probe", "weights"): False,
 }
 
 
