@@ -47,7 +47,12 @@ def migrated_store(tmp_path_factory) -> Path:
     import mlflow
 
     path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    here = os.getcwd()
+    os.chdir(path.parent)  # the Default experiment's artifact root is ./mlruns where the store is made: not the repo
+    try:
+        mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    finally:
+        os.chdir(here)
     return path
 
 

@@ -103,3 +103,21 @@ def test_a_model_without_a_block_list_is_refused_by_name():
 
     with pytest.raises(ValueError, match=r"no list of 3 blocks .* in Flat; valid: a transformers decoder"):
         weight_spectra(Flat())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "olmo2"])
+def test_every_blocks_linear_maps_are_found_in_other_families(family):
+    """GPT-2's Conv1D maps (weights stored in x out), Llama's and OLMo-2's seven projections per block."""
+    import transformers
+
+    shape = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "vocab_size": 64}
+    config, model_class, per_block = {
+        "gpt2": (transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64), "GPT2LMHeadModel", 4),
+        "llama": (transformers.LlamaConfig(**shape, intermediate_size=64), "LlamaForCausalLM", 7),
+        "olmo2": (transformers.Olmo2Config(**shape, intermediate_size=64), "Olmo2ForCausalLM", 7),
+    }[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config)
+    spectra = weight_spectra(model)
+    assert len(spectra) == 2 * per_block and {s.layer for s in spectra} == {1, 2}
+    assert all(len(s.eigs) == min(s.shape) and math.isfinite(s.fit.alpha) for s in spectra)
