@@ -85,41 +85,35 @@ class DirectionSum:
     core/suite.py) needs, exactly and in O(K D), with its delete-one-group replicates."""
 
     def __init__(self, groups: int = 1, n_sequences: int | None = None, rule: str = JackknifeGroups.block):
-        self.totals: list[torch.Tensor | None] = [None] * groups
-        self.counts = [0] * groups
+        self.totals: torch.Tensor | None = None  # (K, D), made at the first update
+        self.counts = torch.zeros(groups, dtype=torch.long)
         self.n_sequences, self.rule = n_sequences, rule
 
     def update(self, rows: torch.Tensor, first_index: int = 0) -> None:
         x = rows.detach().to(device="cpu", dtype=torch.float64)
         norms = x.norm(dim=1, keepdim=True)
         keep = norms[:, 0] > 0
-        units = x[keep] / norms[keep]
         index = torch.arange(first_index, first_index + len(x))[keep]
-        group = group_index(index, len(self.totals), self.n_sequences, self.rule) if len(self.totals) > 1 else None
-        for g in range(len(self.totals)):
-            part = units if group is None else units[group == g]
-            if len(part):
-                self.totals[g] = part.sum(dim=0) if self.totals[g] is None else self.totals[g] + part.sum(dim=0)
-                self.counts[g] += len(part)
+        k = len(self.counts)
+        group = group_index(index, k, self.n_sequences, self.rule) if k > 1 else torch.zeros_like(index)
+        if self.totals is None:
+            self.totals = torch.zeros(k, x.shape[1], dtype=torch.float64)
+        self.totals.index_add_(0, group, x[keep] / norms[keep])
+        self.counts += torch.bincount(group, minlength=k)
 
     def compute(self) -> tuple[torch.Tensor | None, int]:
         """(the sum of every unit vector seen, their count)."""
-        seen = [t for t in self.totals if t is not None]
-        return (sum(seen[1:], seen[0].clone()) if seen else None), sum(self.counts)
+        return (None if self.totals is None else self.totals.sum(dim=0)), int(self.counts.sum())
 
     def leave_one_out(self) -> list[tuple[torch.Tensor, int]]:
         """(sum, count) of every group but i, for each group i."""
         total, count = self.compute()
-        return [
-            (total - part if part is not None else total, count - n)
-            for part, n in zip(self.totals, self.counts, strict=True)
-        ]
+        return [(total - part, count - int(n)) for part, n in zip(self.totals, self.counts, strict=True)]
 
     def merge(self, other: DirectionSum) -> DirectionSum:
-        for g, (theirs, n) in enumerate(zip(other.totals, other.counts, strict=True)):
-            if theirs is not None:
-                self.totals[g] = theirs.clone() if self.totals[g] is None else self.totals[g] + theirs
-                self.counts[g] += n
+        if other.totals is not None:
+            self.totals = other.totals.clone() if self.totals is None else self.totals + other.totals
+        self.counts += other.counts
         return self
 
 

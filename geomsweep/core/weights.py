@@ -5,9 +5,10 @@ checkpoint.
 Each matrix W's empirical spectral density is the squared singular values of W (the eigenvalues of W^T W). Its tail
 is fit by a power law p(x) ~ x^-alpha above x_min by the method of Clauset, Shalizi & Newman (2009): for each
 candidate x_min the maximum-likelihood alpha = 1 + n / sum log(x_i / x_min), and the x_min kept is the one whose
-fit is nearest the data in Kolmogorov-Smirnov distance. That is what ``powerlaw.Fit`` (the library WeightWatcher
-fits with) does by default; here it is vectorised in torch, so a 4096-wide matrix takes milliseconds, not the
-seconds per matrix of the library's loop over candidates (tests/test_weights.py checks the two agree).
+fit is nearest the data in Kolmogorov-Smirnov distance. That is WeightWatcher's own default fit (for 20 or more
+eigenvalues) and ``powerlaw.Fit``'s with its alpha range opened (its default caps alpha at 3); here it is vectorised
+in torch, so a matrix takes tens of milliseconds, not the seconds of the library's loop over candidates
+(tests/test_weights.py checks the two agree).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ CHUNK = 512  # x_min candidates scored at once: CHUNK x len(eigenvalues) doubles
 
 
 @dataclass(frozen=True)
-class PowerLawFit:
+class TailFit:
     """The power law fit to the tail of a spectrum: p(x) ~ x^-alpha for x >= xmin."""
 
     alpha: float
@@ -31,10 +32,10 @@ class PowerLawFit:
     n_tail: int  # eigenvalues at or above xmin
 
 
-NO_FIT = PowerLawFit(math.nan, math.nan, math.nan, 0)
+NO_FIT = TailFit(math.nan, math.nan, math.nan, 0)
 
 
-def power_law_fit(values: torch.Tensor) -> PowerLawFit:
+def power_law_fit(values: torch.Tensor) -> TailFit:
     """The Clauset-Shalizi-Newman fit of ``values`` (non-positive values left out): every distinct value but the
     largest is an x_min candidate; NaN with fewer than three distinct values, as ``powerlaw.Fit``."""
     x = values.detach().to("cpu", torch.float64)
@@ -60,7 +61,7 @@ def power_law_fit(values: torch.Tensor) -> PowerLawFit:
     distance = torch.cat(distances)
     distance = torch.where(torch.isfinite(alphas) & (alphas > 1), distance, math.inf)
     best = int(distance.argmin())
-    return PowerLawFit(float(alphas[best]), float(x[candidates[best]]), float(distance[best]), int(tail[best]))
+    return TailFit(float(alphas[best]), float(x[candidates[best]]), float(distance[best]), int(tail[best]))
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class MatrixSpectrum:
     matrix: str  # its module's name inside the block, e.g. attention.query_key_value
     shape: tuple[int, int]
     eigs: torch.Tensor  # squared singular values, descending
-    fit: PowerLawFit
+    fit: TailFit
 
     def metrics(self) -> dict[str, float]:
         """WeightWatcher's per-matrix measures: alpha; alpha weighted by log10 of the largest eigenvalue; the
