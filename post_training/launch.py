@@ -20,6 +20,8 @@ from pathlib import Path
 
 import mlflow
 
+from geomsweep.sources.data import ProbeSet
+
 WORKER = "geomsweep.post_training.worker"
 HISTORY = "history.json"
 
@@ -29,13 +31,13 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def launch(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
+def launch(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
     """Run ``settings``' post-training in ``method.processes`` processes on this machine; returns rank 0's history
     (step -> metrics). A failed process fails the job, its output above."""
     n = settings.method.processes
     with tempfile.TemporaryDirectory(prefix="geomsweep-processes-") as work:
         job = Path(work) / "job.pkl"
-        job.write_bytes(pickle.dumps({"settings": settings, "texts": texts, "run_id": log.run_id}))
+        job.write_bytes(pickle.dumps({"settings": settings, "probe": probe, "run_id": log.run_id}))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
         env = os.environ | {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "OMP_NUM_THREADS": _threads(n)}
         started = time.perf_counter()

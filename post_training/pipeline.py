@@ -16,10 +16,11 @@ from geomsweep.config.schema import stage_configs
 from geomsweep.core.measure import resolve_device
 from geomsweep.post_training.run import Measurer, load_base, log_pass_at_k, log_peak, train_stage
 from geomsweep.results.artifacts import STAGE_KEY
+from geomsweep.sources.data import ProbeSet
 from geomsweep.tracking.keys import TAG_STAGE_PREFIX
 
 
-def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
+def run_pipeline(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
     """Every stage trained and measured in turn; returns the history (step on the job's axis -> metrics)."""
     stages = stage_configs(settings)
     device = resolve_device(settings.device)
@@ -27,7 +28,7 @@ def run_pipeline(settings, texts: list[str], log) -> dict[int, dict[str, float]]
     history: dict[int, dict[str, float]] = {}
     offset = 0
     with sampling_probe(settings) as sampling:
-        measure = Measurer(settings, tokenizer, texts, log, sampling)
+        measure = Measurer(settings, tokenizer, probe, log, sampling)
         for index, (name, stage) in enumerate(stages):
             log.tags({f"{TAG_STAGE_PREFIX}{offset}": name})
             log.metrics({STAGE_KEY: index}, step=offset)

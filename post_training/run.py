@@ -32,6 +32,7 @@ from geomsweep.post_training.launch import in_worker, launch
 from geomsweep.results import plots
 from geomsweep.results.artifacts import spectrum_table
 from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources.data import ProbeSet
 from geomsweep.sources.tasks import load_task
 from geomsweep.tracking.keys import TAG_BASE_REVISION, TAG_BASE_STEP
 
@@ -113,18 +114,18 @@ def save_model(model, tokenizer, directory: Path, log) -> None:
     log.directory(directory, "model")
 
 
-def post_train(settings, texts: list[str], log) -> dict[int, dict[str, float]]:
+def post_train(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
     """Train, measuring as configured; returns the callback's history (post-training step -> metrics). With
     ``method.processes`` > 1, in that many processes (geomsweep.post_training.launch), each of which runs this again."""
     if settings.method.processes > 1 and not in_worker():
-        return launch(settings, texts, log)
+        return launch(settings, probe, log)
     if not settings.progress:
         datasets.disable_progress_bars()
     device = resolve_device(settings.device)
     model, tokenizer, meter = load_base(settings, device, log)
     # one sampler (one vLLM engine) before, during and after training, in the process that logs
     with sampling_probe(settings) if processes.is_main() else nullcontext() as sampling:
-        measure = Measurer(settings, tokenizer, texts, log, sampling)
+        measure = Measurer(settings, tokenizer, probe, log, sampling)
         history, _ = train_stage(settings, model, tokenizer, measure, log, device)
         measure.log_spectra(max(history))
     log_peak(log, meter)
@@ -155,8 +156,8 @@ class Measurer:
     """The probe geometry of a model, and its ID/OOD behavior on ``settings.task`` (greedy evaluation and, with a
     sampling probe, pass@k and diversity; completions logged as tables)."""
 
-    def __init__(self, settings, tokenizer, texts: list[str], log, sampling):
-        self.settings, self.tokenizer, self.texts, self.log, self.sampling = settings, tokenizer, texts, log, sampling
+    def __init__(self, settings, tokenizer, probe: ProbeSet, log, sampling):
+        self.settings, self.tokenizer, self.probe, self.log, self.sampling = settings, tokenizer, probe, log, sampling
         self.task = load_task(settings.task, seed=settings.seed)
         self.base = None  # the first measurement's geometry: changes are measured from it
         self.latest = None  # the last measurement's
@@ -164,10 +165,12 @@ class Measurer:
     def geometry(self, model) -> dict[str, float]:
         """The probe geometry, and its change since the first measurement (the base model) with paired SEs."""
         probe = self.settings.probe
-        measured = measure_model(model, self.tokenizer, self.texts, probe, progress=False)
+        texts, documents = self.probe.texts, self.probe.documents
+        measured = measure_model(model, self.tokenizer, texts, probe, progress=False, documents=documents)
         now = measured.geometry[headline_layer(probe.layers)]
         self.base, self.latest = self.base or now, now
-        weights = weight_metrics(weight_spectra(model)) if probe.weights else {}  # data-free, beside the geometry
+        # data-free, beside the geometry: one process computes them (every one holds the same whole weights)
+        weights = weight_metrics(weight_spectra(model)) if probe.weights and processes.is_main() else {}
         return measured.metrics(headline_layer(probe.layers), probe.loss) | change_metrics(self.base, now) | weights
 
     def log_spectra(self, last_step: int) -> None:

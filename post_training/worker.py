@@ -39,11 +39,11 @@ def main(job_path: str) -> None:
     state = PartialState(cpu=not on_gpu)
     try:
         if not state.is_main_process:
-            post_train(settings, job["texts"], Unlogged())
+            post_train(settings, job["probe"], Unlogged())
             return
         # the run is active here too, so the trainer's own MLflow reporting joins it instead of opening another
         mlflow.start_run(run_id=job["run_id"])
-        history = post_train(settings, job["texts"], RunLogger(job["run_id"]))
+        history = post_train(settings, job["probe"], RunLogger(job["run_id"]))
         (Path(job_path).parent / HISTORY).write_text(json.dumps(history))
     finally:
         state.destroy_process_group()

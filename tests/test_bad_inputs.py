@@ -402,6 +402,23 @@ def test_a_folder_of_texts_beside_a_readme_is_read_and_hashed_by_its_texts_alone
     assert data_files_digest(settings) != before
 
 
+def test_the_english_windows_are_part_of_a_cells_identity(monkeypatch):
+    """data=english reads this system's licence texts: the windows it cuts join the digest, so other windows (a
+    changed cut, another system's licences) make another cell; the toy world adds nothing."""
+    from types import SimpleNamespace
+
+    from geomsweep.sources import data
+    from geomsweep.tracking import identity
+
+    def settings(source):
+        return SimpleNamespace(data=SimpleNamespace(source=source), task=SimpleNamespace(source="arithmetic", ood=None))
+
+    english, toy = identity.data_files_digest(settings("english")), identity.data_files_digest(settings("toy"))
+    assert english != toy and identity.data_files_digest(settings("english")) == english
+    monkeypatch.setattr(identity, "english_windows", lambda: data.english_windows(words_per_text=110))
+    assert identity.data_files_digest(settings("english")) not in (english, toy)
+
+
 def test_a_model_folder_without_a_tokenizer_is_named(tmp_path, cache_dir, tiny_checkpoints, store):
     folder = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_checkpoints / "step40", folder)

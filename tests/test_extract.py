@@ -5,6 +5,7 @@ import torch
 
 from geomsweep.core.extract import accumulate, encode_batches, final_norm, last_token_index
 from geomsweep.core.spectra import StreamingCovariance
+from geomsweep.core.states import jackknife_groups
 from geomsweep.sources.checkpoints import Checkpoint
 from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 from tests.conftest import TINY_TOY
@@ -103,7 +104,7 @@ def test_jackknife_groups_are_disjoint_parts_whose_merge_is_the_whole(lm, rule):
     model, tokenizer, texts = lm
     batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48))
     whole = accumulate(model, batches, progress=False).covariances[-1]
-    reps = accumulate(model, batches, progress=False, groups=4, n_sequences=len(texts), group_rule=rule)
+    reps = accumulate(model, batches, progress=False, groups=jackknife_groups(len(texts), 4, rule))
     groups = reps.groups[-1]
     reference, _ = one_at_a_time(model, tokenizer, texts, -1)
     n = len(texts)
@@ -118,13 +119,41 @@ def test_jackknife_groups_are_disjoint_parts_whose_merge_is_the_whole(lm, rule):
     torch.testing.assert_close(reps.covariances[-1].compute(), whole.compute(), rtol=1e-10, atol=1e-12)
 
 
-def test_block_groups_need_the_size_of_the_probe_set():
-    from geomsweep.core.states import LastTokenCovariance
-
-    with pytest.raises(ValueError, match="number of probe sequences"):
-        LastTokenCovariance(4, None, "block")
+def test_a_bad_group_rule_or_count_is_refused_by_name():
     with pytest.raises(ValueError, match="block, interleaved, got 'random'"):
-        LastTokenCovariance(4, 10, "random")
+        jackknife_groups(10, 4, "random")
+    with pytest.raises(ValueError, match="probe.jackknife=11 groups of 10 probe sequences; valid: 1..10"):
+        jackknife_groups(10, 11)
+    with pytest.raises(ValueError, match="3 document names for 10 probe sequences"):
+        jackknife_groups(10, 2, documents=["a", "b", "c"])
+
+
+def test_block_groups_move_their_boundaries_onto_document_starts():
+    """Windows cut from documents of 3 to 10 texts, 8 block groups of 20: every boundary falls on a document start
+    (no document is split) and each group keeps 1/2..3/2 of its share. A document longer than half a group is cut
+    only where no start lies within a quarter group of the boundary, at the plain rule's place."""
+    sizes = [7, 3, 10, 5, 9, 4, 8, 6, 10, 9, 5, 7, 10, 3, 8, 6, 10, 9, 8, 9, 7, 7]
+    documents = [f"doc{d}" for d, size in enumerate(sizes) for _ in range(size)]
+    n, k = len(documents), 8
+
+    def split(groups, documents):
+        return {d for d in set(documents) if len({int(g) for g, e in zip(groups, documents) if e == d}) > 1}
+
+    groups = jackknife_groups(n, k, "block", documents)
+    assert groups.tolist() == sorted(groups.tolist()) and set(groups.tolist()) == set(range(k))  # contiguous runs
+    assert split(groups, documents) == set()
+    counts = torch.bincount(groups, minlength=k)
+    assert (counts >= n / k / 2).all() and (counts <= 1.5 * n / k).all(), counts
+    plain = jackknife_groups(n, k)  # without documents, the plain rule i * K // N: here it splits documents
+    assert plain.tolist() == [i * k // n for i in range(n)] and split(plain, documents)
+    # a document of 70 texts (76..145) among them: groups of 28.75, boundaries at 86.25, 115 and 143.75 by the
+    # plain rule; the last moves to its end (146: within 7.2), the two others have no start near and cut it
+    long = documents[:76] + ["long"] * 70 + documents[76:]
+    groups = jackknife_groups(len(long), k, "block", long)
+    assert [i for i in range(76, 147) if groups[i] != groups[i - 1]] == [86, 115, 146]
+    assert split(groups, long) == {"long"}
+    assert jackknife_groups(n, k, "block", ["one"] * n).tolist() == jackknife_groups(n, k).tolist()
+    assert jackknife_groups(n, k, "interleaved", documents).tolist() == [i % k for i in range(n)]  # ignores them
 
 
 def test_shares_of_whole_batches_merge_into_the_one_pass_state(lm):
@@ -133,9 +162,10 @@ def test_shares_of_whole_batches_merge_into_the_one_pass_state(lm):
     model, tokenizer, texts = lm
     batches = list(encode_batches(tokenizer, texts, batch_size=5, max_length=48))
     n = len(texts)  # block groups by the index in the whole set, which each share knows from its start
-    whole = accumulate(model, batches, progress=False, groups=4, n_sequences=n)
-    first = accumulate(model, batches[:2], progress=False, groups=4, n_sequences=n)
-    second = accumulate(model, batches[2:], progress=False, groups=4, start=10, n_sequences=n)
+    groups = jackknife_groups(n, 4)
+    whole = accumulate(model, batches, progress=False, groups=groups)
+    first = accumulate(model, batches[:2], progress=False, groups=groups)
+    second = accumulate(model, batches[2:], progress=False, groups=groups, start=10)
     merged = first.merge(second)
     assert merged.loss_tokens == whole.loss_tokens
     assert merged.loss == pytest.approx(whole.loss, rel=1e-12)

@@ -57,7 +57,8 @@ def _measure_in_group(rank: int, world: int, port: int, checkpoint_dir: str, out
         model, tokenizer = Checkpoint("final", 40, None, checkpoint_dir).load()
         texts = probe_documents(ToyConfig(**TINY_TOY), 40)
         probe = ProbeConfig(n_sequences=40, batch_size=8, fit_start=2, fit_end=20, jackknife=4)
-        metrics = measure_model(model, tokenizer, texts, probe, progress=False).metrics(-1)
+        documents = [f"d{i // 9}" for i in range(40)]  # documents of 9 texts: groups 0..8, 9..17, 18..29, 30..39
+        metrics = measure_model(model, tokenizer, texts, probe, progress=False, documents=documents).metrics(-1)
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"share": processes.share(len(texts), probe.batch_size), "metrics": metrics}, f)
     finally:
@@ -66,7 +67,8 @@ def _measure_in_group(rank: int, world: int, port: int, checkpoint_dir: str, out
 
 def test_processes_measure_disjoint_shares_of_whole_batches_and_agree_with_one(tmp_path, tiny_checkpoints):
     """Three gloo processes over 40 texts in batches of 8 (5 batches): shares of 1, 2 and 2 batches, and every
-    process gets the one-process figures, error bars and loss included."""
+    process gets the one-process figures, error bars and loss included: each fills the global jackknife groups,
+    here moved onto the starts of named documents."""
     import json
 
     import torch.multiprocessing as mp
@@ -84,8 +86,11 @@ def test_processes_measure_disjoint_shares_of_whole_batches_and_agree_with_one(t
     assert [r["share"] for r in results] == [[0, 8], [8, 24], [24, 40]]
     model, tokenizer = Checkpoint("final", 40, None, directory).load()
     probe = ProbeConfig(n_sequences=40, batch_size=8, fit_start=2, fit_end=20, jackknife=4)
-    alone = measure_model(model, tokenizer, probe_documents(ToyConfig(**TINY_TOY), 40), probe, progress=False)
-    expected = alone.metrics(-1)
+    texts, documents = probe_documents(ToyConfig(**TINY_TOY), 40), [f"d{i // 9}" for i in range(40)]
+    expected = measure_model(model, tokenizer, texts, probe, progress=False, documents=documents).metrics(-1)
+    plain = measure_model(model, tokenizer, texts, probe, progress=False).metrics(-1)
+    assert expected["geometry/rankme"] == plain["geometry/rankme"]  # the same texts: only the groups differ
+    assert expected["geometry/rankme_se"] != pytest.approx(plain["geometry/rankme_se"], rel=1e-3)
     assert {"geometry/rankme_se", "eval/probe_loss"} <= expected.keys()
     for result in results:
         assert result["metrics"].keys() == expected.keys()

@@ -3,6 +3,7 @@ post-training stages traced as one run. Tested offline on files and locally save
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -10,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from geomsweep.config.schema import DataConfig, check
 from geomsweep.sources.checkpoints import local_revisions
-from geomsweep.sources.data import english_texts, probe_texts
+from geomsweep.sources.data import english_texts, english_windows, probe_set, probe_texts
 from tests.conftest import REPO, TINY_PROBE, run_app, runs_of
 
 
@@ -35,6 +36,38 @@ def test_a_local_fineweb_copy_passes_the_token_filter_in_order(tmp_path, tiny_ch
         probe_texts(data, None, 10)
     with pytest.raises(ValueError, match="no text of at least 1 characters and more than 500 tokens"):
         probe_texts(DataConfig(source="files", path=str(path), min_tokens=500), None, 10, tokenizer=tokenizer)
+
+
+def test_the_english_texts_are_windows_of_one_licence_each_with_no_licence_twice():
+    """data=english names each window's licence, so block jackknife groups keep a licence whole; a window never
+    spans two licences, and a licence under two names (GPL, GPL-3) is read once."""
+    windows = english_windows()
+    licences = {}
+    for path in sorted(Path("/usr/share/common-licenses").glob("*")):
+        if path.is_file():
+            licences.setdefault(path.read_text(), path.resolve().name)  # one name per distinct text
+    assert [name for name, _ in windows] == sorted([name for name, _ in windows], key=[*licences.values()].index)
+    assert {name for name, _ in windows} == set(licences.values())
+    texts = [text for _, text in windows]
+    assert len(set(texts)) == len(texts)  # no window twice
+    by_name = {name: " ".join(text.split()) for text, name in licences.items()}
+    assert all(text in by_name[name] for name, text in windows)  # inside its own licence
+    probe = probe_set(DataConfig(source="english"), None, 300)
+    assert probe.texts == texts[:300] and probe.documents == [name for name, _ in windows[:300]]
+
+
+def test_a_document_column_names_the_document_of_each_text(tmp_path):
+    """data.document_field: the column saying which document each text was cut from reaches the probe set, in
+    order and after the text filters; a column the data does not have is refused by name."""
+    rows = [{"text": "x" * (1 + i % 4), "doc": f"d{i // 3}"} for i in range(30)]
+    path = tmp_path / "chunks.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    kept = [r for r in rows if len(r["text"]) >= 2][:12]
+    probe = probe_set(DataConfig(source="files", path=str(path), min_chars=2, document_field="doc"), None, 12)
+    assert probe.texts == [r["text"] for r in kept] and probe.documents == [r["doc"] for r in kept]
+    assert probe_set(DataConfig(source="files", path=str(path)), None, 12).documents is None
+    with pytest.raises(ValueError, match="data.document_field 'source' is not a column of the dataset"):
+        probe_set(DataConfig(source="files", path=str(path), document_field="source"), None, 12)
 
 
 @pytest.mark.parametrize(

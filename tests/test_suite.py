@@ -8,7 +8,7 @@ import torch
 
 from geomsweep.core import suite
 from geomsweep.core.spectra import StreamingCovariance, eigenspectrum
-from geomsweep.core.states import DirectionSum, Reservoir
+from geomsweep.core.states import DirectionSum, Reservoir, jackknife_groups
 from geomsweep.sources.checkpoints import Checkpoint
 from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 from tests.conftest import TINY_TOY
@@ -84,7 +84,7 @@ def test_anisotropy_is_the_mean_pairwise_cosine_and_its_state_merges_exactly():
     assert suite.anisotropy(*merged.compute()) == pytest.approx(suite.anisotropy(*whole.compute()), abs=1e-12)
     assert brute > 0.25  # the common offset makes them point alike (0.33; about 0 without it)
     # in jackknife groups (contiguous blocks of 100): each group left out is the anisotropy of the other 200 rows
-    grouped = DirectionSum(3, 300, "block")
+    grouped = DirectionSum(jackknife_groups(300, 3))
     for first in range(0, 300, 64):
         grouped.update(x[first : first + 64], first)
     assert suite.anisotropy(*grouped.compute()) == pytest.approx(brute, abs=1e-12)

@@ -121,3 +121,17 @@ def test_every_blocks_linear_maps_are_found_in_other_families(family):
     spectra = weight_spectra(model)
     assert len(spectra) == 2 * per_block and {s.layer for s in spectra} == {1, 2}
     assert all(len(s.eigs) == min(s.shape) and math.isfinite(s.fit.alpha) for s in spectra)
+
+
+@pytest.mark.parametrize("parallel, name", [("fsdp", "FSDP"), ("zero3", "ZeRO-3")])
+def test_weight_spectra_under_sharded_weights_are_refused_by_name(parallel, name):
+    """Under FSDP or ZeRO-3 each process holds a shard of every matrix: its spectra would be a shard's."""
+    from hydra import compose, initialize
+
+    from geomsweep.config.schema import ConfigError, check
+
+    with initialize(version_base="1.3", config_path="../conf"):
+        with pytest.raises(ConfigError, match=f"probe.weights=true under {name}: .* valid: probe.weights=false"):
+            check(compose("config", overrides=["method=dpo", f"parallel={parallel}", "probe.weights=true"]))
+        assert check(compose("config", overrides=["method=dpo", "parallel=ddp", "probe.weights=true"])).probe.weights
+        assert not check(compose("config", overrides=["method=dpo", f"parallel={parallel}"])).probe.weights

@@ -44,6 +44,7 @@ from geomsweep.core.definitions import METRICS
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
 from geomsweep.core.measure import measure_model
 from geomsweep.core.spectra import jackknife_errors, rankme, spectral_geometry
+from geomsweep.core.states import jackknife_groups
 from geomsweep.core.weights import power_law_fit, weight_spectra
 from geomsweep.sources.checkpoints import available, loaded, local_revisions
 from geomsweep.sources.data import english_texts
@@ -231,7 +232,8 @@ def jackknife_ratio(model, batches, groups: int = 10) -> float:
 
     def with_errors():
         n_sequences = sum(len(batch["input_ids"]) for batch in batches)
-        reps = accumulate(model, batches, progress=False, with_loss=False, groups=groups, n_sequences=n_sequences)
+        assignment = jackknife_groups(n_sequences, groups)
+        reps = accumulate(model, batches, progress=False, with_loss=False, groups=assignment)
         spectral_geometry(reps.covariances[-1])
         jackknife_errors(reps.groups[-1])
 

@@ -28,7 +28,7 @@ from geomsweep.config.schema import Config
 from geomsweep.core.definitions import headline_layer
 from geomsweep.results import artifacts, plots
 from geomsweep.sources import checkpoints as ckpts
-from geomsweep.sources.data import probe_texts
+from geomsweep.sources.data import ProbeSet, probe_set
 from geomsweep.sources.toy.config import ToyConfig
 from geomsweep.sources.toy.pretrain import ensure_pretrained
 from geomsweep.tracking.context import in_multirun, job_context, job_run
@@ -175,22 +175,22 @@ def measure_and_report(settings: Config, log: RunLogger) -> None:
     # data.min_tokens counts tokens the way the measured model does (its checkpoints share one tokenizer)
     trust = settings.model.trust_remote_code
     tokenizer = selected[0].load_tokenizer(trust) if settings.data.min_tokens else None
-    texts = probe_texts(settings.data, settings.model.toy, settings.probe.n_sequences, settings.seed, tokenizer)
-    if len(texts) < settings.probe.n_sequences:
+    probe = probe_set(settings.data, settings.model.toy, settings.probe.n_sequences, settings.seed, tokenizer)
+    if len(probe.texts) < settings.probe.n_sequences:
         raise ValueError(
-            f"the probe dataset has {len(texts)} usable texts, fewer than probe.n_sequences="
+            f"the probe dataset has {len(probe.texts)} usable texts, fewer than probe.n_sequences="
             f"{settings.probe.n_sequences}"
         )
-    log.probe_input(texts, name=str(settings.data.name or settings.data.path or "toy"))
+    log.probe_input(probe.texts, name=str(settings.data.name or settings.data.path or "toy"))
     if settings.method.name != "none":
-        history = get_method(settings.method.runner)(settings, texts, log)
+        history = get_method(settings.method.runner)(settings, probe, log)
         frame = artifacts.post_training_history(history)
         log.table(frame, "post_training/history.csv")
         figure = artifacts.post_training_figure(frame, settings.method.name, settings.method.stages, log.name)
         if figure is not None:
             log.figure(figure, "plots/trajectory.png")
         return
-    trace_checkpoints(settings, selected, texts, log)
+    trace_checkpoints(settings, selected, probe, log)
 
 
 def no_fit_reason(n_eigs: int, probe) -> str:
@@ -209,7 +209,7 @@ def errors(points, layer: int) -> tuple[list[float], list[float]]:
     )
 
 
-def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts: list[str], log: RunLogger) -> None:
+def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe: ProbeSet, log: RunLogger) -> None:
     """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
     phases, spectra, figures and tables."""
     ablation_k, skipped = ablation_plan(settings)
@@ -217,7 +217,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], texts:
         log.tags({TAG_ABLATION: skipped})
     points, nonfinite = [], []
     with sampling_probe(settings) as sampling:
-        for point in trace(settings, selected, texts, sampling, ablation_k):
+        for point in trace(settings, selected, probe, sampling, ablation_k):
             log.metrics(point.metrics, step=point.checkpoint.step)
             headline = point.geometry[headline_layer(settings.probe.layers)]
             if not headline.finite:

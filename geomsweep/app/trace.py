@@ -21,6 +21,7 @@ from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import Geometry
 from geomsweep.core.weights import MatrixSpectrum, weight_metrics, weight_spectra
 from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources.data import ProbeSet
 from geomsweep.sources.hub_cache import RevisionCache, evicts
 from geomsweep.sources.toy.config import ToyConfig
 
@@ -79,7 +80,7 @@ def resolve_prefetch(prefetch, device: str) -> bool:
 
 
 def trace(
-    settings, selected: list[ckpts.Checkpoint], texts: list[str], sampling: SamplingProbe | None, ablation_k: list[int]
+    settings, selected: list[ckpts.Checkpoint], probe: ProbeSet, sampling: SamplingProbe | None, ablation_k: list[int]
 ) -> Iterator[Point]:
     """Measure each checkpoint of ``selected`` in order: geometry and probe loss, toy behavior and the tail
     ablation (toy models), sampled behavior at the last (or every) checkpoint."""
@@ -101,7 +102,9 @@ def trace(
     for checkpoint, model, tokenizer in tqdm(
         stream, total=len(selected), desc="checkpoints", unit="ckpt", disable=not settings.progress
     ):
-        measured = measure_model(model, tokenizer, texts, settings.probe, progress=settings.progress)
+        measured = measure_model(
+            model, tokenizer, probe.texts, settings.probe, settings.progress, documents=probe.documents
+        )
         point = Point(checkpoint, measured.geometry, measured.loss, measured.metrics(layer, settings.probe.loss))
         if checkpoint.tokens is not None:
             point.metrics["tokens_seen"] = float(checkpoint.tokens)

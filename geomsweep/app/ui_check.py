@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -162,9 +163,7 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
     page.screenshot(path=str(shots[0]), full_page=True)
     page.set_viewport_size(TALL)  # the page draws only the chart cards in view: all of them, below the bars too
     page.goto(charts)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=WAIT_MS)
-    page.wait_for_timeout(3000)
-    cards = page.evaluate(CARDS)
+    cards = settled_cards(page)
     bars = [c for c in cards if "bar" in c["types"] and "geometry/rankme_change" in c["text"]]
     assert bars, "the post-training view's charts have no bar chart of geometry/rankme_change"
     missing = [m for m in ("sft", "dpo", "rlvr") if not re.search(rf"\b{m}\b", bars[0]["text"])]
@@ -176,13 +175,25 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
     return shots
 
 
+def settled_cards(page, most_s: float = 30) -> list[dict]:
+    """The chart cards once the page has drawn them: the first plot drawn, then polled until two
+    polls 2 s apart agree (a loaded machine draws slowly: a fixed wait read half-drawn pages), at most ``most_s``."""
+    page.locator(".js-plotly-plot").first.wait_for(timeout=WAIT_MS)
+    cards, deadline = None, time.monotonic() + most_s
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(2000)
+        now = page.evaluate(CARDS)
+        if now == cards:
+            break
+        cards = now
+    return cards
+
+
 def check_trace_view(page, uri: str, experiment_id: str, key: str, out: Path) -> list[Path]:
     """The charts: geometry/rankme against a logarithmic step axis."""
     charts = f"{uri}/{view_pages(experiment_id, key)[1]}"
     page.goto(charts)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=WAIT_MS)
-    page.wait_for_timeout(3000)
-    cards = page.evaluate(CARDS)
+    cards = settled_cards(page)
     rankme = [c for c in cards if c["text"].split("\n", 1)[0].strip() == "geometry/rankme"]
     assert rankme, "the trace view has no geometry/rankme chart"
     assert rankme[0]["xaxis"] == "log", f"the trace view's geometry/rankme step axis is {rankme[0]['xaxis']}, not log"

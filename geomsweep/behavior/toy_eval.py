@@ -44,7 +44,7 @@ def next_word_accuracy(model, tokenizer, items: NextWordItems, batch_size: int =
     if not items.prefixes:
         return float("nan")
     device = next(model.parameters()).device
-    firsts = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in items.targets])
+    firsts = torch.tensor([ids[0] for ids in tokenizer(items.targets, add_special_tokens=False)["input_ids"]])
     correct = 0
     with eval_mode(model, tokenizer, padding_side="right"):
         for i in range(0, len(items.prefixes), batch_size):

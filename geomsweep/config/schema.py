@@ -13,6 +13,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Union
@@ -149,6 +150,9 @@ class DataConfig:
     config: str | None = None
     split: str = "train"
     text_field: str = "text"
+    # a column naming the document each text was cut from (chunks of long documents): block jackknife groups keep
+    # each document's texts together; None: the texts are independent
+    document_field: str | None = None
     min_chars: int = 1
     min_tokens: int = 0  # keep texts with more than this many tokens (the measured model's tokenizer); 0: all
 
@@ -436,6 +440,19 @@ class Config:
                 f"device_map={self.device_map} applies to measurement (method=none) "
                 f"only; post-training places the model itself (device=...)",
             )
+            sharded = sharded_by(self.method.args or {})
+            _require(
+                not (self.probe.weights and sharded),
+                f"probe.weights=true under {sharded}: each process holds a shard of every weight matrix, so its "
+                f"spectra would be a shard's; valid: probe.weights=false, or parallel=ddp (whole weights)",
+            )
+
+
+def sharded_by(args) -> str | None:
+    """What shards the weights over processes in these trainer arguments (FSDP, DeepSpeed ZeRO-3), if anything."""
+    deepspeed = args.get("deepspeed")
+    zero = (deepspeed.get("zero_optimization") or {}) if isinstance(deepspeed, Mapping) else {}
+    return "FSDP" if args.get("fsdp") else "ZeRO-3" if zero.get("stage") == 3 else None
 
 
 def register() -> None:

@@ -180,16 +180,14 @@ def accumulate(
     progress: bool = True,
     total: int | None = None,
     with_loss: bool = True,
-    groups: int = 1,
+    groups: torch.Tensor | None = None,
     start: int = 0,
-    n_sequences: int | None = None,
-    group_rule: str = "block",
     directions: bool = False,
     reservoir: int = 0,
     seed: int = 0,
 ) -> Representations:
-    """Stream last-token representations of the given layers into one covariance state per layer (with ``groups=K``
-    > 1, split into K jackknife groups by ``group_rule`` over the ``n_sequences`` of the whole probe set) and the
+    """Stream last-token representations of the given layers into one covariance state per layer (split into
+    jackknife groups by ``groups``, the group of each sequence of the whole probe set: ``jackknife_groups``) and the
     next-token loss of the same passes. ``start``: the index of the first sequence in the whole probe set, when
     ``batches`` are one process's share of it. ``directions`` also keeps each layer's sum of unit vectors
     (anisotropy), ``reservoir=R`` a seeded sample of R of its representations (TwoNN)."""
@@ -197,9 +195,9 @@ def accumulate(
         raise ValueError(f"probe.norm must be one of {', '.join(Norm)}, got {norm!r}")
     n_states = check_layers(model, layers)
     reps = Representations(
-        {layer: LastTokenCovariance(groups, n_sequences, group_rule) for layer in layers},
+        {layer: LastTokenCovariance(groups) for layer in layers},
         NextTokenLoss() if with_loss else None,
-        {layer: DirectionSum(groups, n_sequences, group_rule) for layer in layers} if directions else {},
+        {layer: DirectionSum(groups) for layer in layers} if directions else {},
         {layer: Reservoir(reservoir, seed) for layer in layers} if reservoir else {},
     )
     device, seen = next(model.parameters()).device, start

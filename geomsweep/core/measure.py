@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -11,7 +12,7 @@ from geomsweep.core import processes, suite
 from geomsweep.core.definitions import Dtype
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode, resolve_layers
 from geomsweep.core.spectra import Geometry, StreamingCovariance, jackknife_se, spectral_geometry, with_errors
-from geomsweep.core.states import group_index
+from geomsweep.core.states import jackknife_groups
 
 
 def resolve_device(device: str) -> str:
@@ -47,9 +48,12 @@ class Measurement:
         return self.geometry[layer].metrics() | ({"eval/probe_loss": self.loss} if with_loss else {})
 
 
-def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = True) -> Measurement:
-    """Every probe layer's spectral geometry of ``texts`` under ``model`` (``probe``: a ProbeConfig). Under
-    torch.distributed each process measures its share and every process gets the whole set's figures."""
+def measure_model(
+    model, tokenizer, texts: list[str], probe, progress: bool = True, documents: Sequence | None = None
+) -> Measurement:
+    """Every probe layer's spectral geometry of ``texts`` under ``model`` (``probe``: a ProbeConfig). ``documents``:
+    the document each text was cut from, where the source knows it (block jackknife groups keep documents whole).
+    Under torch.distributed each process measures its share and every process gets the whole set's figures."""
     context = getattr(model.config, "max_position_embeddings", None)
     if context and probe.max_length > context:  # longer inputs would index past the position table, or crawl
         raise ValueError(
@@ -57,6 +61,8 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
             f"(config.max_position_embeddings); valid: 1..{context}"
         )
     start, stop = processes.share(len(texts), probe.batch_size)
+    k = max(probe.jackknife, 1)
+    assignment = jackknife_groups(len(texts), k, probe.jackknife_groups, documents) if k > 1 else None
     with eval_mode(model, tokenizer):
         mine = texts[start:stop]  # none when there are more processes than batches
         size = probe.batch_size
@@ -69,10 +75,8 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
             progress=progress,
             total=-(-len(mine) // size),
             with_loss=probe.loss,
-            groups=max(probe.jackknife, 1),
+            groups=assignment,
             start=start,
-            n_sequences=len(texts),
-            group_rule=probe.jackknife_groups,
             directions="anisotropy" in probe.metrics,
             reservoir=probe.reservoir if "twonn" in probe.metrics else 0,
         )
@@ -93,8 +97,8 @@ def measure_model(model, tokenizer, texts: list[str], probe, progress: bool = Tr
                 geometry[layer] = replace(geometry[layer], errors=errors)
             if layer in reps.reservoirs:  # TwoNN of the kept rows outside each group in turn
                 kept = reps.reservoirs[layer]
-                group = group_index(kept.indices, len(groups), len(texts), probe.jackknife_groups)
-                replicates = [suite.two_nn(kept.rows[group != g]) for g in range(len(groups))]
+                kept_groups = assignment[kept.indices]
+                replicates = [suite.two_nn(kept.rows[kept_groups != g]) for g in range(len(groups))]
                 se = float(jackknife_se(torch.tensor(replicates, dtype=torch.float64)[:, None])[0])
                 geometry[layer] = replace(geometry[layer], errors=geometry[layer].errors | {"geometry/twonn_se": se})
     return Measurement(geometry, reps.loss, covariances)

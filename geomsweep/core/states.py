@@ -4,42 +4,58 @@ job or shard). Merging states in any split gives the state of one pass over all 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from geomsweep.core.definitions import JackknifeGroups
 from geomsweep.core.spectra import StreamingCovariance
 
 
-def group_index(index: torch.Tensor, groups: int, n_sequences: int | None, rule: str) -> torch.Tensor:
-    """The jackknife group of each probe index: i * K // N (block) or i mod K (interleaved)."""
-    return index * groups // n_sequences if rule == JackknifeGroups.block else index % groups
+def jackknife_groups(
+    n_sequences: int, groups: int, rule: str = JackknifeGroups.block, documents: Sequence | None = None
+) -> torch.Tensor:
+    """The jackknife group of each of the N probe sequences, as K groups (a LongTensor of N). ``block``: contiguous
+    runs of the probe order (sequence i in group i * K // N); where ``documents`` names the document each text was
+    cut from, each boundary moves onto the document start nearest it, within a quarter of a group, so a document's
+    windows leave together unless the document is too long for any start to be near. ``interleaved``: i mod K."""
+    if rule not in JackknifeGroups.__members__:
+        raise ValueError(f"probe.jackknife_groups must be one of {', '.join(JackknifeGroups)}, got {rule!r}")
+    if not 1 <= groups <= n_sequences:
+        raise ValueError(f"probe.jackknife={groups} groups of {n_sequences} probe sequences; valid: 1..{n_sequences}")
+    index = torch.arange(n_sequences)
+    if rule == JackknifeGroups.interleaved:
+        return index % groups
+    if documents is None:
+        return index * groups // n_sequences
+    if len(documents) != n_sequences:
+        raise ValueError(f"{len(documents)} document names for {n_sequences} probe sequences: one each is needed")
+    starts = torch.tensor([0] + [i for i in range(1, n_sequences) if documents[i] != documents[i - 1]])
+    cuts, size = [0], n_sequences / groups
+    for k in range(1, groups):
+        ideal = k * size
+        near = starts[((starts - ideal).abs() <= size / 4) & (starts > cuts[-1])]
+        cuts.append(int(near[(near - ideal).abs().argmin()]) if len(near) else max(round(ideal), cuts[-1] + 1))
+    return torch.bucketize(index, torch.tensor(cuts[1:]), right=True)
 
 
 class LastTokenCovariance:
     """The streaming covariance of one layer's last-token representations, held as K disjoint groups so
-    delete-one-group jackknife errors come from the same pass. ``block`` groups are contiguous runs of the probe
-    order (sequence i of N in group i * K // N), so texts that overlap or neighbour each other (windows of one
-    document) leave together and the errors count their correlation; ``interleaved`` puts sequence i in group
-    i mod K, which understates errors unless neighbouring texts are independent."""
+    delete-one-group jackknife errors come from the same pass. Which sequence is in which group is fixed for the
+    whole probe set before the pass (``jackknife_groups``), so every share of it (a batch range, a process) fills
+    the same global groups."""
 
-    def __init__(self, groups: int = 1, n_sequences: int | None = None, rule: str = JackknifeGroups.block):
-        if rule not in JackknifeGroups.__members__:
-            raise ValueError(f"probe.jackknife_groups must be one of {', '.join(JackknifeGroups)}, got {rule!r}")
-        if groups > 1 and rule == JackknifeGroups.block and not n_sequences:
-            raise ValueError("block jackknife groups need the number of probe sequences (n_sequences)")
-        self.groups = [StreamingCovariance() for _ in range(groups)]
-        self.n_sequences, self.rule = n_sequences, rule
-
-    def group_of(self, index: torch.Tensor) -> torch.Tensor:
-        """The group of each probe index."""
-        return group_index(index, len(self.groups), self.n_sequences, self.rule)
+    def __init__(self, groups: torch.Tensor | None = None):
+        """``groups``: the jackknife group of each probe sequence (``jackknife_groups``); None: one group."""
+        self.assignment = groups
+        self.groups = [StreamingCovariance() for _ in range(1 if groups is None else int(groups.max()) + 1)]
 
     def update(self, rows: torch.Tensor, first_index: int) -> None:
         """``rows``: one representation per sequence, the first being probe sequence ``first_index``."""
         if len(self.groups) == 1:
             self.groups[0].update(rows)
             return
-        group = self.group_of(torch.arange(len(rows), device=rows.device) + first_index)
+        group = self.assignment[first_index : first_index + len(rows)].to(rows.device)
         for g, part in enumerate(self.groups):
             part.update(rows[group == g])
 
@@ -84,10 +100,10 @@ class DirectionSum:
     group (as ``LastTokenCovariance`` groups them): what the mean pairwise cosine similarity (anisotropy,
     core/suite.py) needs, exactly and in O(K D), with its delete-one-group replicates."""
 
-    def __init__(self, groups: int = 1, n_sequences: int | None = None, rule: str = JackknifeGroups.block):
+    def __init__(self, groups: torch.Tensor | None = None):
+        self.assignment = groups  # the group of each probe sequence (jackknife_groups), or None: one group
         self.totals: torch.Tensor | None = None  # (K, D), made at the first update
-        self.counts = torch.zeros(groups, dtype=torch.long)
-        self.n_sequences, self.rule = n_sequences, rule
+        self.counts = torch.zeros(1 if groups is None else int(groups.max()) + 1, dtype=torch.long)
 
     def update(self, rows: torch.Tensor, first_index: int = 0) -> None:
         x = rows.detach().to(device="cpu", dtype=torch.float64)
@@ -95,7 +111,7 @@ class DirectionSum:
         keep = norms[:, 0] > 0
         index = torch.arange(first_index, first_index + len(x))[keep]
         k = len(self.counts)
-        group = group_index(index, k, self.n_sequences, self.rule) if k > 1 else torch.zeros_like(index)
+        group = torch.zeros_like(index) if self.assignment is None else self.assignment[index]
         if self.totals is None:
             self.totals = torch.zeros(k, x.shape[1], dtype=torch.float64)
         self.totals.index_add_(0, group, x[keep] / norms[keep])

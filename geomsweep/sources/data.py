@@ -11,6 +11,7 @@ that many tokens under the measured model's tokenizer (the study: more than 32).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -25,32 +26,60 @@ from geomsweep.sources.toy.pretrain import probe_documents
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def probe_texts(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=None) -> list[str]:
+@dataclass(frozen=True)
+class ProbeSet:
+    """The probe texts in their fixed order and, where the source knows it, the document each was cut from: block
+    jackknife groups keep a document's texts together (core/states.jackknife_groups). None: independent texts."""
+
+    texts: list[str]
+    documents: list[str] | None = None
+
+
+def probe_set(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=None) -> ProbeSet:
     """The first ``n_sequences`` usable texts of the configured source: at least ``data.min_chars`` characters
     and, with ``data.min_tokens``, more than that many tokens under ``tokenizer`` (the measured model's)."""
     source = data_cfg.source
-    if source == "toy":  # the default world's language (toy_cfg None: the default ToyConfig)
+    if source == "toy":  # the default world's language (toy_cfg None: the default ToyConfig): independent documents
         texts = probe_documents(ToyConfig.from_cfg(toy_cfg), n_sequences, seed=seed)
-        return list(islice(usable(texts, data_cfg, tokenizer), n_sequences))
+        return ProbeSet(list(islice(usable(texts, data_cfg, tokenizer), n_sequences)))
     if source == "english":  # real prose, offline: a real model's default when the hub is out of reach
-        return list(islice(usable(english_texts(), data_cfg, tokenizer), n_sequences))
+        return _probe_set(islice(usable_rows(english_windows(), data_cfg, tokenizer), n_sequences), True)
     if source == "files":
         dataset = _load_files(str(data_cfg.path))
     elif source == "hub":
         dataset = load_dataset(data_cfg.name, data_cfg.config, split=data_cfg.split, streaming=True)
     else:
         raise ValueError(f"unknown data.source {source!r}; valid: {', '.join(DataSource)}")
-    field = data_cfg.text_field
-    if dataset.column_names is not None and field not in dataset.column_names:
-        raise ValueError(f"data.text_field {field!r} is not a column of the dataset; columns: {dataset.column_names}")
-    texts = list(islice(usable((row[field] for row in dataset), data_cfg, tokenizer), n_sequences))
-    if not texts:
+    field, document = data_cfg.text_field, data_cfg.document_field
+    for name, key in ((field, "text_field"), (document, "document_field")):
+        if name is not None and dataset.column_names is not None and name not in dataset.column_names:
+            raise ValueError(f"data.{key} {name!r} is not a column of the dataset; columns: {dataset.column_names}")
+    rows = ((str(row[document]) if document else None, row[field]) for row in dataset)
+    chosen = _probe_set(islice(usable_rows(rows, data_cfg, tokenizer), n_sequences), document is not None)
+    if not chosen.texts:
         longer = f" and more than {data_cfg.min_tokens} tokens" if data_cfg.min_tokens else ""
         raise ValueError(
             f"the probe dataset {data_cfg.path or data_cfg.name!r} has no text of at "
             f"least {data_cfg.min_chars} characters{longer} in field {field!r}"
         )
-    return texts
+    return chosen
+
+
+def probe_texts(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=None) -> list[str]:
+    """``probe_set``'s texts alone."""
+    return probe_set(data_cfg, toy_cfg, n_sequences, seed, tokenizer).texts
+
+
+def _probe_set(rows: Iterable[tuple[str | None, str]], with_documents: bool) -> ProbeSet:
+    rows = list(rows)
+    return ProbeSet([text for _, text in rows], [document for document, _ in rows] if with_documents else None)
+
+
+def usable_rows(rows: Iterable[tuple], data_cfg, tokenizer=None) -> Iterable[tuple]:
+    """The (document, text) rows whose text is ``usable``."""
+    for row in rows:
+        if next(usable([row[1]], data_cfg, tokenizer), None) is not None:
+            yield row
 
 
 def usable(texts: Iterable, data_cfg, tokenizer=None) -> Iterable[str]:
@@ -69,15 +98,30 @@ def usable(texts: Iterable, data_cfg, tokenizer=None) -> Iterable[str]:
         yield text
 
 
-def english_texts(words_per_text: int = 110, stride: int = 40) -> list[str]:
+def english_windows(words_per_text: int = 120, stride: int = 40) -> list[tuple[str, str]]:
     """Real English prose available offline on every Debian system: the licence texts of base-files
-    (/usr/share/common-licenses, which may be copied verbatim), cut into overlapping windows of words. About 1,000
-    texts of 110 words: enough to smoke-test a real model without the hub (tests, ``make bench``)."""
-    files = sorted(p for p in Path("/usr/share/common-licenses").glob("*") if p.is_file())
+    (/usr/share/common-licenses, which may be copied verbatim), each cut into overlapping windows of words, as
+    (licence, window). About 900 windows of 120 words, each of more than 127 SmolLM2 tokens: enough to smoke-test
+    a real model without the hub (tests, ``make bench``). A window never spans two licences, and a licence present
+    under two names (GPL is GPL-3) is read once: duplicates would count one text twice."""
+    folder = Path("/usr/share/common-licenses")
+    files = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
     if not files:
         raise FileNotFoundError("no /usr/share/common-licenses here (Debian's base-files): no offline English text")
-    words = " ".join(p.read_text() for p in files).split()
-    return [" ".join(words[i : i + words_per_text]) for i in range(0, len(words) - words_per_text, stride)]
+    windows, seen = [], set()
+    for file in files:
+        words = file.read_text().split()
+        if tuple(words) in seen:
+            continue
+        seen.add(tuple(words))
+        starts = range(0, max(len(words) - words_per_text, 0) + 1, stride)
+        windows += [(file.resolve().name, " ".join(words[i : i + words_per_text])) for i in starts]
+    return windows
+
+
+def english_texts(words_per_text: int = 120, stride: int = 40) -> list[str]:
+    """``english_windows``' texts alone."""
+    return [text for _, text in english_windows(words_per_text, stride)]
 
 
 def data_files(path: str, key: str = "data.path") -> tuple[list[Path], str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from geomsweep.sources.data import data_files
+from geomsweep.sources.data import data_files, english_windows
 
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
 LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch", "plan", "tflops", "cache")  # results never differ
@@ -25,6 +25,7 @@ MAX_PARAM_CHARS = 6000
 # Config fields added after cells were first made -> the value that computes what cells made before them computed:
 # left out of the identity at that value, so those cells are found again (and a new default makes new cells).
 ADDED_FIELDS = {
+    ("data", "document_field"): None,
     ("probe", "jackknife_groups"): "interleaved",
     ("probe", "metrics"): ["rankme", "alpha_req"],
     ("probe", "reservoir"): 2048,
@@ -81,8 +82,9 @@ def trace_key(cfg: DictConfig, data: str = "") -> str:
 
 def data_files_digest(settings) -> str:
     """A digest of the content of the local files a cell reads (data.path: the files it will read; task.path and
-    task.ood.path: every file of a directory); hub datasets and the toy world are identified by their config
-    alone. A path that cannot be read adds nothing here: the job reports it, naming it."""
+    task.ood.path: every file of a directory), and for ``data=english`` the windows it cuts from this system's
+    licence texts; hub datasets and the toy world are identified by their config alone. A path that cannot be
+    read adds nothing here: the job reports it, naming it."""
     files: list[Path] = []
     if settings.data.source == "files":
         try:
@@ -94,6 +96,8 @@ def data_files_digest(settings) -> str:
         if path and (path := Path(str(path)).expanduser()).exists():
             files += [f for f in sorted(path.rglob("*")) if f.is_file()] if path.is_dir() else [path]
     digest = hashlib.sha256()
+    if settings.data.source == "english":
+        digest.update("\x00".join(f"{licence}\x01{text}" for licence, text in english_windows()).encode())
     for file in files:
         if file.is_file():
             digest.update(str(file).encode() + b"\x00" + hashlib.sha256(file.read_bytes()).digest())
