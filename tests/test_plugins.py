@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 
 import geomsweep
+from geomsweep.config.schema import ProbeConfig
 from geomsweep.core.extract import accumulate, encode_batches
+from geomsweep.core.measure import measure_model
 from geomsweep.core.spectra import spectral_geometry
+from geomsweep.core.weights import weight_metrics, weight_spectra
 from geomsweep.sources.checkpoints import Checkpoint
 from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 from geomsweep.tracking.current import CURRENT_JOB
@@ -55,6 +58,30 @@ def test_geometry_evaluator_on_a_logged_transformers_model(tracked, tiny_checkpo
     assert logged.data.metrics["geometry/rankme"] == pytest.approx(expected.rankme, rel=1e-5)
     assert {"spectra/eigenspectrum.csv"} <= {a.path for a in tracked.list_artifacts(run.info.run_id, "spectra")}
     assert {"plots/eigenspectrum.png"} <= {a.path for a in tracked.list_artifacts(run.info.run_id, "plots")}
+    assert "geometry/rankme_se" in result.metrics and "weights/alpha" not in result.metrics
+    # the weight spectra beside, and jackknife groups that keep named documents whole: the same figures as the job's
+    documents = [f"d{i // 9}" for i in range(len(texts))]
+    with mlflow.start_run():
+        more = mlflow.models.evaluate(
+            info.model_uri,
+            pd.DataFrame({"text": texts, "doc": documents}),
+            model_type="text",
+            evaluators=["geometry"],
+            evaluator_config={"geometry": {**config, "weights": True, "document_column": "doc"}},
+        )
+    probe = ProbeConfig(n_sequences=len(texts), weights=True, **config)
+    job = measure_model(model, tokenizer, texts, probe, progress=False, documents=documents).metrics(-1)
+    assert more.metrics["geometry/rankme_se"] == pytest.approx(job["geometry/rankme_se"], rel=1e-6)
+    assert more.metrics["geometry/rankme_se"] != pytest.approx(result.metrics["geometry/rankme_se"], rel=1e-3)
+    assert more.metrics["weights/alpha"] == pytest.approx(weight_metrics(weight_spectra(model))["weights/alpha"])
+    with mlflow.start_run(), pytest.raises(Exception, match="document_column 'source' is not in the data"):
+        mlflow.models.evaluate(
+            info.model_uri,
+            pd.DataFrame({"text": texts}),
+            model_type="text",
+            evaluators=["geometry"],
+            evaluator_config={"geometry": {**config, "document_column": "source"}},
+        )
     with mlflow.start_run(), pytest.raises(Exception, match="text_column 'prompt' is not in the data"):
         mlflow.models.evaluate(
             info.model_uri,

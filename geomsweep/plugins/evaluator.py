@@ -3,7 +3,8 @@
 ``mlflow.models.evaluate(model_uri, data, evaluators=["geometry"])`` on a logged transformers text-generation
 model and a text column logs RankMe, alpha-ReQ and the spectrum artifacts, measured exactly as geomsweep's probe
 does (last non-padding token, final layer after the norm). ``evaluator_config={"geometry": {...}}`` takes the
-keys of ``geometry_defaults()``: the probe's own defaults (ProbeConfig), and the text column.
+keys of ``geometry_defaults()``: the probe's own defaults (ProbeConfig; ``weights=True`` adds the weight spectra),
+the text column and, for chunks of longer documents, the column naming each one's document.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 from geomsweep.config.schema import ProbeConfig
 from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model
+from geomsweep.core.weights import weight_metrics, weight_spectra
 from geomsweep.results import plots
 from geomsweep.results.artifacts import spectrum_table
 from geomsweep.tracking.writer import RunLogger
@@ -29,6 +31,9 @@ EVALUATOR_KEYS = (
     "fit_start",
     "fit_end",
     "max_eigs",
+    "jackknife",
+    "jackknife_groups",
+    "weights",
 )
 
 
@@ -37,6 +42,7 @@ def geometry_defaults() -> dict:
     probe = ProbeConfig()
     return {
         "text_column": "text",
+        "document_column": None,  # names each text's document: block jackknife groups keep documents whole
         "layer": headline_layer(probe.layers),
         **{key: getattr(probe, key) for key in EVALUATOR_KEYS if hasattr(probe, key)},
     }
@@ -69,16 +75,18 @@ class GeometryEvaluator(ModelEvaluator):
             raise ValueError("the geometry evaluator measures a model's representations: pass model=")
         lm, tokenizer = transformers_components(model)
         features = dataset.features_data
-        if cfg["text_column"] not in features.columns:
-            raise ValueError(
-                f"text_column {cfg['text_column']!r} is not in the data; its columns: {list(features.columns)}"
-            )
-        probe_fields = {k: v for k, v in cfg.items() if k not in ("text_column", "layer")}
+        for key in ("text_column", "document_column"):
+            if cfg[key] is not None and cfg[key] not in features.columns:
+                raise ValueError(f"{key} {cfg[key]!r} is not in the data; its columns: {list(features.columns)}")
+        probe_fields = {k: v for k, v in cfg.items() if k not in ("text_column", "document_column", "layer")}
         probe = ProbeConfig(**probe_fields, layers=[cfg["layer"]], n_sequences=len(features))
         texts = [str(t) for t in features[cfg["text_column"]]]
-        measured = measure_model(lm, tokenizer, texts, probe, progress=False)
+        documents = [str(d) for d in features[cfg["document_column"]]] if cfg["document_column"] else None
+        measured = measure_model(lm, tokenizer, texts, probe, progress=False, documents=documents)
         geometry = measured.geometry[cfg["layer"]]
         metrics = measured.metrics(cfg["layer"])
+        if probe.weights:  # data-free: the spectra of the model's block matrices (core/weights.py)
+            metrics |= weight_metrics(weight_spectra(lm))
         log = RunLogger(run_id, mlflow.MlflowClient())
         log.metrics(metrics, step=0)
         table, figure = (
