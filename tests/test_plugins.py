@@ -74,22 +74,16 @@ def test_geometry_evaluator_on_a_logged_transformers_model(tracked, tiny_checkpo
     assert more.metrics["geometry/rankme_se"] == pytest.approx(job["geometry/rankme_se"], rel=1e-6)
     assert more.metrics["geometry/rankme_se"] != pytest.approx(result.metrics["geometry/rankme_se"], rel=1e-3)
     assert more.metrics["weights/alpha"] == pytest.approx(weight_metrics(weight_spectra(model))["weights/alpha"])
-    with mlflow.start_run(), pytest.raises(Exception, match="document_column 'source' is not in the data"):
-        mlflow.models.evaluate(
-            info.model_uri,
-            pd.DataFrame({"text": texts}),
-            model_type="text",
-            evaluators=["geometry"],
-            evaluator_config={"geometry": {**config, "document_column": "source"}},
-        )
-    with mlflow.start_run(), pytest.raises(Exception, match="text_column 'prompt' is not in the data"):
-        mlflow.models.evaluate(
-            info.model_uri,
-            pd.DataFrame({"text": texts}),
-            model_type="text",
-            evaluators=["geometry"],
-            evaluator_config={"geometry": {**config, "text_column": "prompt"}},
-        )
+    for bad in ({"document_column": "source"}, {"text_column": "prompt"}):  # each column named when missing
+        key, column = next(iter(bad.items()))
+        with mlflow.start_run(), pytest.raises(Exception, match=f"{key} '{column}' is not in the data"):
+            mlflow.models.evaluate(
+                info.model_uri,
+                pd.DataFrame({"text": texts}),
+                model_type="text",
+                evaluators=["geometry"],
+                evaluator_config={"geometry": {**config, **bad}},
+            )
 
 
 def test_run_context_tags_runs_started_in_a_job(tracked, monkeypatch):

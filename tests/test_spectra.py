@@ -207,30 +207,47 @@ def test_the_paired_jackknife_of_a_change_matches_its_spread_over_probe_sets_whe
     assert torch.tensor(quadrature).mean() / spread > 3
 
 
-def test_block_jackknife_errors_count_the_correlation_of_overlapping_windows_where_interleaved_do_not():
-    """Probe texts that are overlapping windows of one process (as chunks of long documents are): each row is the
-    mean of 24 consecutive draws of a planted power-law process, so neighbours share most of their draws. Over 60
-    independent redraws, the block jackknife SE (contiguous groups, the default) matches the spread of RankMe and
-    alpha within 1.5x; the interleaved one (i mod K) is at least 2x too small."""
+D, WINDOW = 48, 24
+SCALES = torch.arange(1, D + 1, dtype=torch.float64) ** -0.6
+
+
+def windows_of(draws: torch.Tensor) -> torch.Tensor:
+    """Row i: the mean of draws i .. i + WINDOW - 1 of the planted process, scaled to unit variance."""
+    sums = torch.cat([torch.zeros(1, D, dtype=torch.float64), (draws * SCALES).cumsum(0)])
+    return (sums[WINDOW:] - sums[:-WINDOW]) / WINDOW**0.5
+
+
+def se_over_spread(draw, seeds: int, n: int = 1024, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block, interleaved): the mean jackknife SE of RankMe and alpha over the spread of their values, across
+    ``seeds`` independent probe sets ``draw(seed) -> (rows, documents)``, each streamed in batches of 64."""
     from geomsweep.core.states import LastTokenCovariance, jackknife_groups
 
-    d, n, window, k = 48, 1024, 24, 10
-    scales = torch.arange(1, d + 1, dtype=torch.float64) ** -0.6
     args = {"fit_start": 2, "fit_end": 20}
     values, errors = [], {"block": [], "interleaved": []}
-    for seed in range(60):
-        draws = torch.randn(n + window - 1, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        sums = torch.cat([torch.zeros(1, d, dtype=torch.float64), (draws * scales).cumsum(0)])
-        rows = (sums[window:] - sums[:-window]) / window**0.5  # row i: draws i .. i + window - 1
+    for seed in range(seeds):
+        rows, documents = draw(seed)
         for rule in errors:
-            state = LastTokenCovariance(jackknife_groups(n, k, rule))
+            state = LastTokenCovariance(jackknife_groups(n, k, rule, documents))
             for first in range(0, n, 64):  # in batches, as a pass over the probe set streams them
                 state.update(rows[first : first + 64], first)
             errors[rule].append(list(jackknife_errors(state.groups, **args).values()))
         geometry = spectral_geometry(state.compute(), **args)
         values.append((geometry.rankme, geometry.fit.alpha))
     spread = torch.tensor(values).std(dim=0)
-    block, interleaved = (torch.tensor(errors[rule]).mean(dim=0) / spread for rule in ("block", "interleaved"))
+    return tuple(torch.tensor(errors[rule]).mean(dim=0) / spread for rule in ("block", "interleaved"))
+
+
+def test_block_jackknife_errors_count_the_correlation_of_overlapping_windows_where_interleaved_do_not():
+    """Probe texts that are overlapping windows of one process (as chunks of long documents are): each row is the
+    mean of 24 consecutive draws of a planted power-law process, so neighbours share most of their draws. Over 60
+    independent redraws, the block jackknife SE (contiguous groups, the default) matches the spread of RankMe and
+    alpha within 1.5x; the interleaved one (i mod K) is at least 2x too small."""
+
+    def draw(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return windows_of(torch.randn(1024 + WINDOW - 1, D, generator=generator, dtype=torch.float64)), None
+
+    block, interleaved = se_over_spread(draw, seeds=60)
     assert ((block > 1 / 1.5) & (block < 1.5)).all(), block
     assert (interleaved < 1 / 2).all(), interleaved
 
@@ -240,31 +257,17 @@ def test_block_groups_that_keep_documents_whole_stay_calibrated_when_documents_d
     (a topic shared by its windows): with the documents named, block groups keep each whole, and their SE of
     RankMe and alpha matches the spread over 40 independent redraws within 1.5x; interleaved groups are at least
     5x too small."""
-    from geomsweep.core.states import LastTokenCovariance, jackknife_groups
 
-    d, n, window, k = 48, 1024, 24, 10
-    scales = torch.arange(1, d + 1, dtype=torch.float64) ** -0.6
-    args = {"fit_start": 2, "fit_end": 20}
-    values, errors = [], {"block": [], "interleaved": []}
-    for seed in range(40):
+    def draw(seed):
         generator = torch.Generator().manual_seed(seed)
         rows, documents = [], []
-        while len(documents) < n:
+        while len(documents) < 1024:
             size = int(torch.randint(5, 60, (), generator=generator))
-            topic = 2 * scales * torch.randn(d, generator=generator, dtype=torch.float64)
-            draws = scales * torch.randn(size + window - 1, d, generator=generator, dtype=torch.float64)
-            sums = torch.cat([torch.zeros(1, d, dtype=torch.float64), draws.cumsum(0)])
-            rows.append((sums[window:] - sums[:-window]) / window**0.5 + topic)
+            topic = 2 * SCALES * torch.randn(D, generator=generator, dtype=torch.float64)
+            rows.append(windows_of(torch.randn(size + WINDOW - 1, D, generator=generator, dtype=torch.float64)) + topic)
             documents += [len(rows)] * size
-        rows, documents = torch.cat(rows)[:n], documents[:n]
-        for rule in errors:
-            state = LastTokenCovariance(jackknife_groups(n, k, rule, documents))
-            for first in range(0, n, 64):
-                state.update(rows[first : first + 64], first)
-            errors[rule].append(list(jackknife_errors(state.groups, **args).values()))
-        geometry = spectral_geometry(state.compute(), **args)
-        values.append((geometry.rankme, geometry.fit.alpha))
-    spread = torch.tensor(values).std(dim=0)
-    block, interleaved = (torch.tensor(errors[rule]).mean(dim=0) / spread for rule in ("block", "interleaved"))
+        return torch.cat(rows)[:1024], documents[:1024]
+
+    block, interleaved = se_over_spread(draw, seeds=40)
     assert ((block > 1 / 1.5) & (block < 1.5)).all(), block
     assert (interleaved < 1 / 5).all(), interleaved

@@ -76,26 +76,24 @@ def _probe_set(rows: Iterable[tuple[str | None, str]], with_documents: bool) -> 
 
 
 def usable_rows(rows: Iterable[tuple], data_cfg, tokenizer=None) -> Iterable[tuple]:
-    """The (document, text) rows whose text is ``usable``."""
-    for row in rows:
-        if next(usable([row[1]], data_cfg, tokenizer), None) is not None:
-            yield row
-
-
-def usable(texts: Iterable, data_cfg, tokenizer=None) -> Iterable[str]:
-    """The texts that pass ``data.min_chars`` and ``data.min_tokens`` (lazily: a stream is read only as far as
-    needed)."""
+    """The (document, text) rows whose text has at least ``data.min_chars`` characters and more than
+    ``data.min_tokens`` tokens (lazily: a stream is read only as far as needed)."""
     if data_cfg.min_tokens and tokenizer is None:
         raise ValueError(
             f"data.min_tokens={data_cfg.min_tokens} counts tokens under the measured model's "
             f"tokenizer, and none was given"
         )
-    for text in texts:
+    for document, text in rows:
         if not isinstance(text, str) or len(text.strip()) < data_cfg.min_chars:
             continue
         if data_cfg.min_tokens and len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= data_cfg.min_tokens:
             continue
-        yield text
+        yield document, text
+
+
+def usable(texts: Iterable, data_cfg, tokenizer=None) -> Iterable[str]:
+    """The texts that pass ``usable_rows``' filters."""
+    return (text for _, text in usable_rows(((None, text) for text in texts), data_cfg, tokenizer))
 
 
 def english_windows(words_per_text: int = 120, stride: int = 40) -> list[tuple[str, str]]:
