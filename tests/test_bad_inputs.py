@@ -45,15 +45,18 @@ def wait_for_a_running_job(proc: subprocess.Popen, store: str) -> None:
 def test_sigterm_ends_the_run_killed_and_a_rerun_completes_the_cell(tmp_path, cache_dir, tiny_checkpoints, store):
     env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
     with open(tmp_path / "job.log", "w") as log:
+        # a probe set long enough that the job is still measuring when the signal lands (at 64 texts it could
+        # finish between seeing the run RUNNING and the signal)
+        long = [*GEOMETRY, "probe.n_sequences=4096"]
         job = subprocess.Popen(
-            [sys.executable, "-m", "geomsweep", *GEOMETRY], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "geomsweep", *long], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         wait_for_a_running_job(job, store)
         job.send_signal(signal.SIGTERM)
         assert job.wait(timeout=120) == 128 + signal.SIGTERM
     (run,) = runs_of(store, "job")
     assert run.info.status == "KILLED" and "terminated by SIGTERM" in run.data.tags["geomsweep.error"]
-    run_app(GEOMETRY, tmp_path, cache_dir, store)
+    run_app(long, tmp_path, cache_dir, store)
     assert sorted(r.info.status for r in runs_of(store, "job")) == ["FINISHED", "KILLED"]
 
 
