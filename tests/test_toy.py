@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
-from geomsweep.behavior.toy_eval import NextWordItems, dependency_items, next_word_accuracy
+from geomsweep.behavior.toy_eval import NextWordItems, dependency_items, encode_items, next_word_accuracy
 from geomsweep.sources.toy.corpus import RECALL_MARKER, generate_documents, make_language
 from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
 
@@ -30,6 +30,20 @@ def test_every_story_recalls_its_subject():
         assert words[-3] == RECALL_MARKER and words[-2] == words[0] and words[0] in lang.subjects
 
 
+def test_document_lengths_follow_the_world_and_a_reversed_range_is_refused():
+    from geomsweep.sources.toy.pretrain import train_documents
+
+    short = ToyConfig(min_words=5, max_words=8, n_train_docs=300)
+    bodies = [len(d.split()) - 4 for d in train_documents(short) if not d.startswith("sum ")]  # subject, so, subject, .
+    assert min(bodies) == 5 and max(bodies) == 8
+    long_range, _ = dependency_items(ToyConfig(min_words=50, max_words=60), 20, seed=1)  # held out: cut to 30 words
+    assert max(len(p.split()) for p in long_range.prefixes) == 30 + 2
+    with pytest.raises(ValueError, match="max_words=4 must be >= model.toy.min_words=5"):
+        ToyConfig(min_words=5, max_words=4)
+    # at the lengths every world had before these fields, the key (and so the cached pretraining) is the old one
+    assert ToyConfig().key() == "010ba6c11521" and short.key() != ToyConfig(n_train_docs=300).key()
+
+
 def test_probe_documents_end_at_varied_words():
     docs = probe_documents(ToyConfig(), 200)
     assert len({d.split()[-1] for d in docs}) > 50
@@ -45,8 +59,7 @@ def test_checkpoint_steps_are_log_spaced_and_include_both_ends():
 def test_dependency_items_and_accuracy(tiny_checkpoints):
     from geomsweep.sources.checkpoints import Checkpoint
 
-    lang = make_language(seed=0)
-    long_range, short_range = dependency_items(lang, 100, seed=5)
+    long_range, short_range = dependency_items(ToyConfig(n_words=600), 100, seed=5)
     assert len(long_range.prefixes) == 100 and len(short_range.prefixes) > 10
     assert all(
         p.split()[-1] == RECALL_MARKER and t == p.split()[0] for p, t in zip(long_range.prefixes, long_range.targets)
@@ -63,5 +76,5 @@ def test_dependency_items_and_accuracy(tiny_checkpoints):
     other = [next(j for j in range(3, len(tokenizer)) if j != i and j not in special) for i in predicted]
     right = NextWordItems(prefixes, [tokenizer.decode([i]) for i in predicted])
     wrong = NextWordItems(prefixes, [tokenizer.decode([i]) for i in other])
-    assert next_word_accuracy(model, tokenizer, right, batch_size=7) == pytest.approx(1.0)
-    assert next_word_accuracy(model, tokenizer, wrong, batch_size=7) == 0.0
+    assert next_word_accuracy(model, encode_items(tokenizer, right, batch_size=7)) == pytest.approx(1.0)
+    assert next_word_accuracy(model, encode_items(tokenizer, wrong, batch_size=7)) == 0.0

@@ -111,11 +111,12 @@ def trace(
         if settings.probe.weights:
             point.weights = weight_spectra(model)
             point.metrics.update(weight_metrics(point.weights))
+        tasks = toy.tasks(model, tokenizer) if toy is not None else None
         if toy is not None:
-            point.metrics.update(toy.behavior(model, tokenizer))
+            point.metrics.update(toy.behavior(model, tokenizer, tasks))
         if ablation_k:
             point.ablation = tail_ablation(
-                model, measured.covariances[-1], ablation_k, lambda m=model, t=tokenizer: toy.tasks(m, t)
+                model, measured.covariances[-1], ablation_k, lambda m=model, t=tokenizer: toy.tasks(m, t), tasks
             )
             point.metrics.update(
                 {f"ablation/{key}": value for key, value in point.ablation.items() if not key.startswith("full/")}

@@ -11,8 +11,8 @@ import torch
 from geomsweep.behavior.ngram import KneserNeyLM, ngram_alignment
 from geomsweep.core.extract import eval_mode, last_token_index
 from geomsweep.sources.toy.config import ToyConfig
-from geomsweep.sources.toy.corpus import RECALL_MARKER, generate_documents
-from geomsweep.sources.toy.pretrain import language, train_documents
+from geomsweep.sources.toy.corpus import RECALL_MARKER
+from geomsweep.sources.toy.pretrain import documents, language, train_documents
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,20 @@ class NextWordItems:
     targets: list[str]
 
 
-def dependency_items(language, n_docs: int, seed: int) -> tuple[NextWordItems, NextWordItems]:
-    """(long-range, short-range) items from held-out documents: a prefix and the word that must follow.
-    Documents are kept short enough (<= 30 words) to fit the context the model was trained with."""
-    triggers = {language.words[t] for t in language.fixed_pairs}
+MAX_EVAL_WORDS = 30  # held-out documents short enough to fit the context the model was trained with
+
+
+def held_out_documents(toy: ToyConfig, n_docs: int, seed: int, **kwargs) -> list[str]:
+    lengths = {"min_words": min(toy.min_words, MAX_EVAL_WORDS), "max_words": min(toy.max_words, MAX_EVAL_WORDS)}
+    return documents(toy, n_docs, seed=seed, **lengths, **kwargs)
+
+
+def dependency_items(toy: ToyConfig, n_docs: int, seed: int) -> tuple[NextWordItems, NextWordItems]:
+    """(long-range, short-range) items from held-out documents: a prefix and the word that must follow."""
+    lang = language(toy)
+    triggers = {lang.words[t] for t in lang.fixed_pairs}
     long_p, long_t, short_p, short_t = [], [], [], []
-    for doc in generate_documents(language, n_docs, seed=seed, arithmetic_fraction=0.0, max_words=30):
+    for doc in held_out_documents(toy, n_docs, seed=seed, arithmetic_fraction=0.0):
         words = doc.split()
         for i, word in enumerate(words[:-1]):
             if word == RECALL_MARKER and i > 0:
@@ -38,22 +46,42 @@ def dependency_items(language, n_docs: int, seed: int) -> tuple[NextWordItems, N
     return NextWordItems(long_p, long_t), NextWordItems(short_p, short_t)
 
 
+@dataclass(frozen=True)
+class EncodedItems:
+    """Items tokenized once for every checkpoint that shares the tokenizer: right-padded batches and the first
+    token of each target word."""
+
+    batches: list
+    firsts: torch.Tensor
+
+
+def encode_items(tokenizer, items: NextWordItems, batch_size: int = 64) -> EncodedItems:
+    firsts = [ids[0] for ids in tokenizer(items.targets, add_special_tokens=False)["input_ids"]]
+    batches = [
+        tokenizer(items.prefixes[i : i + batch_size], padding=True, padding_side="right", return_tensors="pt")
+        for i in range(0, len(items.prefixes), batch_size)
+    ]
+    return EncodedItems(batches, torch.tensor(firsts, dtype=torch.long))
+
+
 @torch.inference_mode()
-def next_word_accuracy(model, tokenizer, items: NextWordItems, batch_size: int = 64) -> float:
-    """Fraction of items whose greedy next token is the first token of the target word."""
-    if not items.prefixes:
+def next_word_accuracy(model, encoded: EncodedItems) -> float:
+    """Fraction of items whose greedy next token is the first token of the target word. Only the last position
+    of each prefix is scored, so the unembedding runs on those rows alone (the width-16 toy spends most of a
+    full forward on its vocabulary-wide logits)."""
+    if not encoded.batches:
         return float("nan")
     device = next(model.parameters()).device
-    firsts = torch.tensor([ids[0] for ids in tokenizer(items.targets, add_special_tokens=False)["input_ids"]])
-    correct = 0
-    with eval_mode(model, tokenizer, padding_side="right"):
-        for i in range(0, len(items.prefixes), batch_size):
-            batch = tokenizer(items.prefixes[i : i + batch_size], padding=True, return_tensors="pt").to(device)
-            logits = model(**batch).logits
+    head, correct, start = model.get_output_embeddings(), 0, 0
+    with eval_mode(model):
+        for batch in encoded.batches:
+            batch = batch.to(device)
+            hidden = model.base_model(**batch).last_hidden_state
             last = last_token_index(batch["attention_mask"])
-            predicted = logits[torch.arange(len(last), device=device), last].argmax(-1).cpu()
-            correct += int((predicted == firsts[i : i + batch_size]).sum())
-    return correct / len(items.prefixes)
+            predicted = head(hidden[torch.arange(len(last), device=device), last]).argmax(-1).cpu()
+            correct += int((predicted == encoded.firsts[start : start + len(last)]).sum())
+            start += len(last)
+    return correct / start
 
 
 class ToyEvaluation:
@@ -62,24 +90,35 @@ class ToyEvaluation:
 
     def __init__(self, toy: ToyConfig, n_docs: int, ngram_order: int, seed: int):
         self.toy, self.ngram_order = toy, ngram_order
-        self.long_range, self.short_range = dependency_items(language(toy), n_docs, seed=seed)
-        self.held_out = generate_documents(language(toy), n_docs, seed=seed + 1, max_words=30)
+        self.long_range, self.short_range = dependency_items(toy, n_docs, seed=seed)
+        self.held_out = held_out_documents(toy, n_docs, seed=seed + 1)
         self._ngram = None
+        self._encoded: dict[str, dict[str, EncodedItems]] = {}
 
     def tasks(self, model, tokenizer) -> dict[str, float]:
-        return {
-            "long_range_acc": next_word_accuracy(model, tokenizer, self.long_range),
-            "short_range_acc": next_word_accuracy(model, tokenizer, self.short_range),
-        }
+        return {name: next_word_accuracy(model, items) for name, items in self._items(tokenizer).items()}
 
-    def behavior(self, model, tokenizer) -> dict[str, float]:
-        metrics = {f"eval/{name}": value for name, value in self.tasks(model, tokenizer).items()}
+    def behavior(self, model, tokenizer, tasks: dict[str, float] | None = None) -> dict[str, float]:
+        """``tasks``: this model's accuracies where already measured (they are not measured twice)."""
+        tasks = self.tasks(model, tokenizer) if tasks is None else tasks
+        metrics = {f"eval/{name}": value for name, value in tasks.items()}
         if self.ngram_order:
             ngram = self._ngram_model(tokenizer)
             metrics["behavior/ngram_alignment"] = ngram_alignment(
                 model, ngram, self._encode(tokenizer, self.held_out), tokenizer.pad_token_id
             )
         return metrics
+
+    def _items(self, tokenizer) -> dict[str, EncodedItems]:
+        """The task items in this tokenizer's tokens, encoded on first use (every checkpoint of a toy world
+        shares its tokenizer: one encoding serves the whole trace and every ablation)."""
+        key = tokenizer.backend_tokenizer.to_str()
+        if key not in self._encoded:
+            self._encoded[key] = {
+                "long_range_acc": encode_items(tokenizer, self.long_range),
+                "short_range_acc": encode_items(tokenizer, self.short_range),
+            }
+        return self._encoded[key]
 
     @staticmethod
     def _encode(tokenizer, docs: list[str]) -> list[list[int]]:

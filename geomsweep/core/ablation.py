@@ -46,11 +46,15 @@ def projected(model, mean: torch.Tensor, basis: torch.Tensor, keep: bool) -> Ite
 
 
 def tail_ablation(
-    model, cov: StreamingCovariance, ks: list[int], evaluate: Callable[[], dict[str, float]]
+    model,
+    cov: StreamingCovariance,
+    ks: list[int],
+    evaluate: Callable[[], dict[str, float]],
+    full: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """``evaluate()`` (task -> accuracy) with the model intact and under each ablation; keys like
-    ``full/long_range_acc``, ``top10_only/long_range_acc`` and ``without_top10/long_range_acc``."""
-    results = {f"full/{task}": value for task, value in evaluate().items()}
+    """``evaluate()`` (task -> accuracy) with the model intact (or ``full``, where already measured) and under
+    each ablation; keys like ``full/long_range_acc``, ``top10_only/long_range_acc`` and ``without_top10/...``."""
+    results = {f"full/{task}": value for task, value in (evaluate() if full is None else full).items()}
     for k in ks:
         basis = top_directions(cov, k)
         for keep, label in ((True, KEEP), (False, REMOVE)):

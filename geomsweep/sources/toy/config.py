@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 from geomsweep.sources.choices import LRScheduler
 
 COMPLETE_MARKER = "COMPLETE"  # written last into a toy world's directory, once every checkpoint is saved
+# Fields added after worlds were cached: at these values a world keeps the key (and the cache) it had before them.
+ADDED_FIELDS = {"min_words": 12, "max_words": 40}
 
 
 @dataclass
@@ -29,6 +31,8 @@ class ToyConfig:
     n_successors: int = 4  # preferred successors per word (short-range structure)
     follow_prob: float = 0.7  # how often the next word is a preferred successor rather than a fresh Zipf draw
     n_train_docs: int = 20_000
+    min_words: int = 12  # a document's body length in words: the recall after ``so`` spans it
+    max_words: int = 40
     vocab_size: int = 2048
     hidden_size: int = 16  # the bottleneck: d << vocabulary
     num_layers: int = 2
@@ -50,6 +54,7 @@ class ToyConfig:
             "n_subjects",
             "n_successors",
             "n_train_docs",
+            "min_words",
             "vocab_size",
             "hidden_size",
             "num_layers",
@@ -65,6 +70,8 @@ class ToyConfig:
             raise ValueError(
                 f"model.toy.hidden_size={self.hidden_size} must be divisible by model.toy.num_heads={self.num_heads}"
             )
+        if self.max_words < self.min_words:
+            raise ValueError(f"model.toy.max_words={self.max_words} must be >= model.toy.min_words={self.min_words}")
         if not 0.0 <= self.follow_prob <= 1.0:
             raise ValueError(f"model.toy.follow_prob={self.follow_prob} must lie in [0, 1]")
         if self.lr_scheduler not in LRScheduler.__members__:
@@ -88,7 +95,11 @@ class ToyConfig:
         return self.batch_size * self.seq_len
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        fields = asdict(self)
+        for name, before in ADDED_FIELDS.items():
+            if fields[name] == before:
+                del fields[name]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def checkpoint_steps(self) -> list[int]:
         """Step 0 plus ``n_checkpoints`` log-spaced steps up to ``max_steps`` (Pythia-style dense early sampling)."""

@@ -50,14 +50,21 @@ def language(cfg: ToyConfig):
     )
 
 
+def documents(cfg: ToyConfig, n: int, seed: int, **kwargs) -> list[str]:
+    """``n`` documents of this world's language from the seed stream ``seed``, of its lengths unless told."""
+    return generate_documents(
+        language(cfg), n, seed=seed, **({"min_words": cfg.min_words, "max_words": cfg.max_words} | kwargs)
+    )
+
+
 def train_documents(cfg: ToyConfig) -> list[str]:
-    return generate_documents(language(cfg), cfg.n_train_docs, seed=cfg.seed + TRAIN_SEED_OFFSET)
+    return documents(cfg, cfg.n_train_docs, seed=cfg.seed + TRAIN_SEED_OFFSET)
 
 
 def probe_documents(cfg: ToyConfig, n: int, seed: int = 0, min_words: int = 4) -> list[str]:
     """Held-out documents of the same language (a seed stream disjoint from the training one), each cut at a
     random word: like natural text truncated to a context length, the last token varies from text to text."""
-    docs = generate_documents(language(cfg), n, seed=cfg.seed + PROBE_SEED_OFFSET + seed)
+    docs = documents(cfg, n, seed=cfg.seed + PROBE_SEED_OFFSET + seed)
     rng = np.random.default_rng(cfg.seed + PROBE_SEED_OFFSET + seed)
     cut = []
     for doc in docs:
