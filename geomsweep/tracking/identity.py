@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from geomsweep.sources.data import data_files, english_windows
+from geomsweep.sources.toy.config import ADDED_FIELDS as TOY_ADDED_FIELDS
 
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
 LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch", "plan", "tflops", "cache")  # results never differ
@@ -30,6 +31,7 @@ ADDED_FIELDS = {
     ("probe", "metrics"): ["rankme", "alpha_req"],
     ("probe", "reservoir"): 2048,
     ("probe", "weights"): False,
+    **{("model", "toy", name): before for name, before in TOY_ADDED_FIELDS.items()},
 }
 
 
@@ -68,9 +70,12 @@ def config_hash(cfg: DictConfig, without: tuple[str, ...] = (), data: str = "") 
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in (*LOGISTICS_KEYS, *without):
         container.pop(key, None)
-    for (section, key), before in ADDED_FIELDS.items():
-        if isinstance(container.get(section), dict) and container[section].get(key) == before:
-            container[section].pop(key)
+    for (*parents, key), before in ADDED_FIELDS.items():
+        node = container
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == before:
+            node.pop(key)
     canonical = OmegaConf.to_yaml(OmegaConf.create(first_spelling(container)))
     return hashlib.sha256((canonical + data).encode()).hexdigest()[:16]
 
