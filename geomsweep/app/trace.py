@@ -111,8 +111,9 @@ def trace(
         if settings.probe.weights:
             point.weights = weight_spectra(model)
             point.metrics.update(weight_metrics(point.weights))
-        tasks = toy.tasks(model, tokenizer) if toy is not None else None
+        tasks = None  # the intact model's toy accuracies, measured once for behaviour and the ablation
         if toy is not None:
+            tasks = toy.tasks(model, tokenizer)
             point.metrics.update(toy.behavior(model, tokenizer, tasks))
         if ablation_k:
             point.ablation = tail_ablation(
