@@ -7,11 +7,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from datasets import IterableDataset
 from hydra import compose, initialize_config_dir
 
 from geomsweep.config.schema import DataConfig, check
 from geomsweep.sources.checkpoints import local_revisions
-from geomsweep.sources.data import english_texts, english_windows, probe_set, probe_texts
+from geomsweep.sources.data import document_rows, english_texts, english_windows, probe_set, probe_texts
 from tests.conftest import REPO, TINY_PROBE, run_app, runs_of
 
 
@@ -68,6 +69,25 @@ def test_a_document_column_names_the_document_of_each_text(tmp_path):
     assert probe_set(DataConfig(source="files", path=str(path)), None, 12).documents is None
     with pytest.raises(ValueError, match="data.document_field 'source' is not a column of the dataset"):
         probe_set(DataConfig(source="files", path=str(path), document_field="source"), None, 12)
+
+
+def test_a_stream_that_lists_no_columns_is_checked_at_its_first_row():
+    """A hub stream may not know its columns before reading (IterableDataset.column_names is None): a text or
+    document field its rows lack is refused by name at the first row, not as a KeyError."""
+    stream = IterableDataset.from_generator(lambda: ({"text": f"text {i}", "doc": f"d{i // 2}"} for i in range(4)))
+    assert stream.column_names is None
+    assert list(document_rows(stream, "text", "doc")) == [
+        ("d0", "text 0"),
+        ("d0", "text 1"),
+        ("d1", "text 2"),
+        ("d1", "text 3"),
+    ]
+    with pytest.raises(
+        ValueError, match=r"data.document_field 'source' is not a column of the dataset; columns: \['text', 'doc'\]"
+    ):
+        next(iter(document_rows(stream, "text", "source")))
+    with pytest.raises(ValueError, match="data.text_field 'content' is not a column"):
+        next(iter(document_rows(stream, "content", None)))
 
 
 @pytest.mark.parametrize(

@@ -51,11 +51,10 @@ def probe_set(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=None
     else:
         raise ValueError(f"unknown data.source {source!r}; valid: {', '.join(DataSource)}")
     field, document = data_cfg.text_field, data_cfg.document_field
-    for name, key in ((field, "text_field"), (document, "document_field")):
-        if name is not None and dataset.column_names is not None and name not in dataset.column_names:
-            raise ValueError(f"data.{key} {name!r} is not a column of the dataset; columns: {dataset.column_names}")
-    rows = ((str(row[document]) if document else None, row[field]) for row in dataset)
-    chosen = _probe_set(islice(usable_rows(rows, data_cfg, tokenizer), n_sequences), document is not None)
+    chosen = _probe_set(
+        islice(usable_rows(document_rows(dataset, field, document), data_cfg, tokenizer), n_sequences),
+        document is not None,
+    )
     if not chosen.texts:
         longer = f" and more than {data_cfg.min_tokens} tokens" if data_cfg.min_tokens else ""
         raise ValueError(
@@ -63,6 +62,25 @@ def probe_set(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=None
             f"least {data_cfg.min_chars} characters{longer} in field {field!r}"
         )
     return chosen
+
+
+def document_rows(dataset, field: str, document: str | None) -> Iterable[tuple[str | None, str]]:
+    """The dataset's (document, text) rows from its columns ``document`` and ``field``. A column it lacks is refused
+    by name before any row is used: up front where the dataset lists its columns, else (a stream whose features
+    are unknown) at the first row."""
+    listed = dataset.column_names
+    if listed is not None:
+        _check_columns(listed, field, document)
+    for i, row in enumerate(dataset):
+        if i == 0 and listed is None:
+            _check_columns(list(row), field, document)
+        yield (str(row[document]) if document else None), row[field]
+
+
+def _check_columns(columns: list[str], field: str, document: str | None) -> None:
+    for name, key in ((field, "text_field"), (document, "document_field")):
+        if name is not None and name not in columns:
+            raise ValueError(f"data.{key} {name!r} is not a column of the dataset; columns: {columns}")
 
 
 def probe_texts(data_cfg, toy_cfg, n_sequences: int, seed: int = 0, tokenizer=None) -> list[str]:
