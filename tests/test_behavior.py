@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from geomsweep.behavior.ngram import KneserNeyLM, ngram_alignment, spearman
+from geomsweep.behavior.ngram import KneserNeyLM, NgramReference, ngram_alignment, spearman
 from geomsweep.core.ablation import projected, tail_ablation, top_directions
 from geomsweep.core.spectra import StreamingCovariance
 
@@ -77,9 +77,11 @@ def test_ngram_alignment_is_one_for_a_model_that_is_the_ngram():
     lm = KneserNeyLM(2, vocab_size=6).fit(corpus)
     table = torch.tensor([[lm.prob((a,), b) for b in range(6)] for a in range(6)], dtype=torch.float64)
     held_out = random_corpus(n_docs=5, length=12, vocab=6, seed=1)
-    assert ngram_alignment(BigramModel(table), lm, held_out, pad_id=0) == pytest.approx(1.0)
+    reference = NgramReference.of(lm, held_out)
+    assert reference.logprobs == [v for seq in held_out for v in lm.logprobs(seq)]
+    assert ngram_alignment(BigramModel(table), reference, pad_id=0) == pytest.approx(1.0)
     anti = torch.softmax(-table.log(), -1)  # ranks every token the other way round
-    assert ngram_alignment(BigramModel(anti), lm, held_out, pad_id=0) < -0.5
+    assert ngram_alignment(BigramModel(anti), reference, pad_id=0) < -0.5
 
 
 class LinearHead(torch.nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from scipy.stats import spearmanr
@@ -102,8 +103,20 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def ngram_alignment(model, ngram: KneserNeyLM, sequences: list[list[int]], pad_id: int) -> float:
+@dataclass(frozen=True)
+class NgramReference:
+    """Held-out sequences and the n-gram model's log-probabilities of their tokens: the same for every checkpoint
+    that shares a tokenizer, so computed once and compared with each."""
+
+    sequences: list[list[int]]
+    logprobs: list[float]
+
+    @classmethod
+    def of(cls, ngram: KneserNeyLM, sequences: list[list[int]]) -> NgramReference:
+        return cls(sequences, [v for seq in sequences for v in ngram.logprobs(seq)])
+
+
+def ngram_alignment(model, reference: NgramReference, pad_id: int) -> float:
     """Spearman correlation, over all held-out token positions, of model and n-gram log-probabilities."""
-    by_model = [v for row in model_logprobs(model, sequences, pad_id) for v in row]
-    by_ngram = [v for seq in sequences for v in ngram.logprobs(seq)]
-    return spearman(by_model, by_ngram)
+    by_model = [v for row in model_logprobs(model, reference.sequences, pad_id) for v in row]
+    return spearman(by_model, reference.logprobs)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from geomsweep.behavior.ngram import KneserNeyLM, ngram_alignment
+from geomsweep.behavior.ngram import KneserNeyLM, NgramReference, ngram_alignment
 from geomsweep.core.extract import eval_mode, last_token_index
 from geomsweep.sources.toy.config import ToyConfig
 from geomsweep.sources.toy.corpus import RECALL_MARKER
@@ -92,7 +92,7 @@ class ToyEvaluation:
         self.toy, self.ngram_order = toy, ngram_order
         self.long_range, self.short_range = dependency_items(toy, n_docs, seed=seed)
         self.held_out = held_out_documents(toy, n_docs, seed=seed + 1)
-        self._ngram = None
+        self._references: dict[str, NgramReference] = {}
         self._encoded: dict[str, dict[str, EncodedItems]] = {}
 
     def tasks(self, model, tokenizer) -> dict[str, float]:
@@ -103,9 +103,8 @@ class ToyEvaluation:
         tasks = self.tasks(model, tokenizer) if tasks is None else tasks
         metrics = {f"eval/{name}": value for name, value in tasks.items()}
         if self.ngram_order:
-            ngram = self._ngram_model(tokenizer)
             metrics["behavior/ngram_alignment"] = ngram_alignment(
-                model, ngram, self._encode(tokenizer, self.held_out), tokenizer.pad_token_id
+                model, self._ngram_reference(tokenizer), tokenizer.pad_token_id
             )
         return metrics
 
@@ -125,9 +124,12 @@ class ToyEvaluation:
         """Each document as the model saw it in pretraining: after an EOS, the corpus's document separator."""
         return [[tokenizer.eos_token_id, *ids] for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]]
 
-    def _ngram_model(self, tokenizer):
-        """Kneser-Ney over the exact pretraining documents, in the checkpoints' own tokens (shared by all)."""
-        if self._ngram is None:
+    def _ngram_reference(self, tokenizer) -> NgramReference:
+        """The held-out documents scored by Kneser-Ney over the exact pretraining documents, in this tokenizer's
+        tokens: fitted and scored on first use, then shared by every checkpoint with the tokenizer."""
+        key = tokenizer.backend_tokenizer.to_str()
+        if key not in self._references:
             corpus = self._encode(tokenizer, train_documents(self.toy))
-            self._ngram = KneserNeyLM(self.ngram_order, vocab_size=len(tokenizer)).fit(corpus)
-        return self._ngram
+            ngram = KneserNeyLM(self.ngram_order, vocab_size=len(tokenizer)).fit(corpus)
+            self._references[key] = NgramReference.of(ngram, self._encode(tokenizer, self.held_out))
+        return self._references[key]
