@@ -15,6 +15,7 @@ gradients, optimizer states and reference under FSDP or ZeRO-3; on a CPU the N p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -211,6 +212,13 @@ def refusal(plan: MemoryPlan, settings) -> str:
     return f"does not fit: {plan.describe()}. Options: " + "; ".join(options)
 
 
+@functools.cache
+def gguf_config(path: Path, trust_remote_code: bool):
+    """A GGUF file's config, read once per process: transformers parses all of its metadata for it, the whole
+    vocabulary included (seconds for SmolLM2), and a pipeline's plan asks for it once per stage."""
+    return AutoConfig.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code)
+
+
 def model_config(model_cfg, cache_dir: str):
     """The model's transformers config, read without loading weights, or None when none is on this machine. Code
     shipped in a model folder never runs unless ``model.trust_remote_code=true`` says so."""
@@ -222,8 +230,7 @@ def model_config(model_cfg, cache_dir: str):
         converted = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
         if (converted / "config.json").exists():
             return AutoConfig.from_pretrained(converted, **trust)
-        found = gguf_path(model_cfg.package, model_cfg.gguf_file)
-        return AutoConfig.from_pretrained(found.parent, gguf_file=found.name, **trust)
+        return copy.deepcopy(gguf_config(gguf_path(model_cfg.package, model_cfg.gguf_file), **trust))
     directory = None
     if source == "local":
         directory = Path(str(model_cfg.path)).expanduser()
