@@ -165,3 +165,22 @@ def runs_of(store: str, role: str | None = None):
     client = mlflow.MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
     return [r for r in runs if role is None or r.data.tags.get("geomsweep.role") == role]
+
+
+GOLDEN = REPO / "tests" / "golden"
+
+
+def assert_keys_pinned(name: str, keys) -> None:
+    """The keys a run carries equal the golden list ``tests/golden/<name>.txt``: a key never changes its spelling
+    (runs written before and after must compare). GEOMSWEEP_PIN_KEYS=1 writes the list anew, for a key *added*."""
+    path = GOLDEN / f"{name}.txt"
+    keys = sorted(set(keys))
+    if os.environ.get("GEOMSWEEP_PIN_KEYS") == "1":
+        path.write_text("\n".join(keys) + "\n")
+    assert keys == path.read_text().split("\n")[:-1], f"the keys differ from {path.relative_to(REPO)}"
+
+
+def own_keys(run, trainer: str | None = None) -> list[str]:
+    """A run's metric keys (less the trainer's own, logged under ``trainer/``) and its ``geomsweep.`` tag keys."""
+    metrics = [f"metric {key}" for key in run.data.metrics if not (trainer and key.startswith(f"{trainer}/"))]
+    return metrics + [f"tag {key}" for key in run.data.tags if key.startswith("geomsweep.")]

@@ -5,7 +5,7 @@ import math
 import mlflow
 import pytest
 
-from tests.conftest import TINY, TINY_PROBE, run_app
+from tests.conftest import TINY, TINY_PROBE, assert_keys_pinned, own_keys, run_app
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +59,7 @@ def test_single_run_logs_the_trace(tmp_path, cache_dir, tiny_checkpoints, store)
     lines = open(table).read().splitlines()
     assert lines[0] == "step,revision,rank,eigenvalue,explained_variance_ratio"
     assert len(lines) == 1 + 32 * len(steps)
+    assert_keys_pinned("trace_run_keys", own_keys(run))
 
 
 def test_tracking_uri_from_config_and_default_sqlite_in_cwd(tmp_path, cache_dir, tiny_checkpoints):
@@ -80,7 +81,7 @@ def test_multirun_nests_jobs_under_a_sweep_parent(tmp_path, cache_dir, tiny_chec
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.data.params["cfg.probe.norm"] for c in children} == {"post", "pre"}
     pre = next(c for c in children if c.data.params["cfg.probe.norm"] == "pre")
-    assert pre.data.tags["geomsweep.core.ablation"].startswith("skipped: eval.ablation_k=[2, 8] projects")
+    assert pre.data.tags["geomsweep.ablation"].startswith("skipped: eval.ablation_k=[2, 8] projects")
     assert len({c.data.tags["geomsweep.config_hash"] for c in children}) == 2
 
 
@@ -122,7 +123,7 @@ def test_phases_are_logged_per_checkpoint(tmp_path, cache_dir, tiny_checkpoints,
     steps = sorted(rankme)
     expected = detect(steps, [rankme[s] for s in steps], min_change=0.05)
     assert [labels[s] for s in steps] == expected.labels
-    assert run.data.tags["geomsweep.core.phases"] == expected.describe()
+    assert run.data.tags["geomsweep.phases"] == expected.describe()
     assert run.data.tags["geomsweep.phase_boundaries"] == (",".join(map(str, expected.boundaries)) or "none")
 
 
@@ -167,7 +168,7 @@ def test_a_model_narrower_than_the_fit_range_logs_rankme_and_says_why_alpha_is_m
     metrics = run.data.metrics
     assert 1 <= metrics["geometry/rankme"] <= 32 and metrics["geometry/rankme_se"] > 0
     assert math.isnan(metrics["geometry/alpha_req"]) and math.isnan(metrics["geometry/alpha_r2"])
-    assert run.data.tags["geomsweep.core.alpha_fit"].startswith(
+    assert run.data.tags["geomsweep.alpha_fit"].startswith(
         "no alpha-ReQ: 32 eigenvalues, fewer than the fit range 2..40"
     )
 

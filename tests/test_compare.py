@@ -8,10 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
-from geomsweep.app.compare import comparison_markdown, describe, group_metrics, headline, over_seeds, rounded, verdict
+from geomsweep.app.compare import (
+    comparison_markdown,
+    describe,
+    group_metrics,
+    group_verdicts,
+    headline,
+    over_seeds,
+    rounded,
+    verdict,
+)
 from geomsweep.core.spectra import PowerLawFit
 from geomsweep.results import plots, ui_view
-from tests.conftest import GEOMETRY_ONLY, run_app, runs_of
+from tests.conftest import GEOMETRY_ONLY, assert_keys_pinned, own_keys, run_app, runs_of
 
 
 def test_cells_that_differ_only_in_seed_fold_into_mean_and_sd_with_a_verdict():
@@ -28,23 +37,31 @@ def test_cells_that_differ_only_in_seed_fold_into_mean_and_sd_with_a_verdict():
     sft, dpo = folded.loc["sft"], folded.loc["dpo"]
     assert sft["seeds"] == 3 and sft["rankme_change"] == pytest.approx(0.12)
     assert sft["rankme_change_sd"] == pytest.approx(0.02)
-    assert sft["rankme_change_uncertainty"] == pytest.approx(0.02 / math.sqrt(3))  # sd over seeds / sqrt(seeds)
+    # probe texts drawn per seed (no digest): max(sd^2, mean SE^2) / seeds; the SE 0.03 is above the sd 0.02
+    assert sft["rankme_change_uncertainty"] == pytest.approx(0.03 / math.sqrt(3))
+    # the 95% interval: Student's t on 2 degrees of freedom
+    assert sft["rankme_change_ci95"] == pytest.approx(4.302653 * 0.03 / math.sqrt(3), rel=1e-6)
     assert sft["rankme_change_verdict"] == "up" and sft["pass_at_1"] == pytest.approx(0.6)
-    # one seed: its own jackknife SE is the uncertainty; -0.01 is within 2 x 0.02
+    # one seed: its own jackknife SE is the uncertainty, against the normal's quantile; -0.01 is within 1.96 x 0.02
     assert dpo["seeds"] == 1 and dpo["rankme_change_uncertainty"] == 0.02
-    assert dpo["rankme_change_verdict"] == "within noise" and math.isnan(dpo["rankme_change_sd"])
+    assert dpo["rankme_change_verdict"] == "within noise (indicative: 1 seed)" and math.isnan(dpo["rankme_change_sd"])
     assert verdict(-0.5, 0.1) == "down" and verdict(0.5, math.nan) == "unknown"
     (line_sft, line_dpo) = headline(folded.reset_index(), ["method", "seed"])
-    assert line_sft.startswith("method=sft (3 seeds): RankMe change +0.12 ± 0.012 (up)")
-    assert line_dpo.startswith("method=dpo (1 seed): RankMe change -0.01 ± 0.02 (within noise)")
+    assert line_sft.startswith("method=sft (3 seeds): RankMe change +0.120 ± 0.075 (95%, up)")
+    assert line_dpo.startswith("method=dpo (1 seed): RankMe change -0.010 ± 0.039 (95%, within noise (indicative")
     assert rounded(pd.DataFrame({"x": [1.234567891, math.nan]}))["x"].tolist()[0] == 1.235
     # the parent's row in the runs table and its Overview carry the same answer
     metrics = group_metrics(folded.reset_index(), ["method", "seed"])
     assert metrics["sft/rankme_change"] == pytest.approx(0.12) and metrics["dpo/rankme_change_uncertainty"] == 0.02
     assert not [key for key in metrics if "sd" in key or "_se" in key]
     table = comparison_markdown(folded.reset_index(), ["method", "seed"]).splitlines()
-    assert table[2] == "| group | seeds | RankMe change | α-ReQ change |"
-    assert table[4] == "| method=sft | 3 | +0.12 ± 0.012 (up) | - |"
+    assert metrics["sft/rankme_change_ci95"] == pytest.approx(sft["rankme_change_ci95"])
+    assert table[2] == "| group | seeds | RankMe change (± 95%) | α-ReQ change (± 95%) |"
+    assert table[4] == "| method=sft | 3 | +0.120 ± 0.075: up | - |"
+    assert group_verdicts(folded.reset_index(), ["method", "seed"]) == {
+        "geomsweep.verdict.sft.rankme": "up",
+        "geomsweep.verdict.dpo.rankme": "within noise (indicative: 1 seed)",
+    }
 
 
 def test_the_end_of_job_lines_give_the_geometry_change_and_pass_at_k_with_intervals():
@@ -66,7 +83,7 @@ def test_the_end_of_job_lines_give_the_geometry_change_and_pass_at_k_with_interv
     }
     lines = describe(row, "warmup until 27, entropy-seeking until 544, compression-seeking")
     assert lines[0] == "phases: warmup until 27, entropy-seeking until 544, compression-seeking"
-    assert lines[1] == "RankMe 9.92 -> 10.02 ± 0.03 (SE): change +0.1 ± 0.04, up"
+    assert lines[1] == "RankMe 9.92 -> 10.02 ± 0.03 (SE): change +0.1 ± 0.04, up (indicative: 1 seed)"
     assert lines[2] == "pass@1 0.400 [0.300, 0.500]"
     assert lines[3] == "pass@8 0.800 [0.700, 0.900], change -0.050 [-0.100, +0.000]"
 
@@ -106,9 +123,14 @@ def test_a_seed_sweep_parent_is_named_by_its_overrides_and_compares_cells(tmp_pa
         assert row["rankme_last_se"] > 0  # the jackknife SE of each cell's last checkpoint, averaged
     # the first view: a line per group, and the link that opens the runs table
     assert "geomsweep: probe.norm=post (2 seeds): RankMe change" in proc.stdout
+    assert "(indicative: 2 seeds)" in proc.stdout  # two seeds never claim a direction outright
     parent = client.get_run(parent.info.run_id)
     assert "| probe.norm=post | 2 |" in parent.data.tags["mlflow.note.content"]
-    assert {"post/rankme_change", "pre/alpha_req_change_uncertainty"} <= set(parent.data.metrics)
+    assert {"post/rankme_change", "pre/alpha_req_change_uncertainty", "post/rankme_change_ci95"} <= set(
+        parent.data.metrics
+    )
+    assert parent.data.tags["geomsweep.verdict.post.rankme"].endswith("(indicative: 2 seeds)")
+    assert_keys_pinned("sweep_parent_keys", own_keys(parent))
     # the printed link opens the sweep's saved view of the runs page, grouped by the swept value
     tags = client.get_experiment(parent.info.experiment_id).tags
     (key,) = [k.removeprefix("mlflow.sharedViewState.") for k in tags if k.startswith("mlflow.sharedViewState.")]

@@ -26,7 +26,7 @@ def test_the_default_trace_shows_the_three_phases_in_order(tmp_path):
     labels = [phase[s] for s in steps]
     assert labels == sorted(labels) and set(labels) == {WARMUP, ENTROPY, COMPRESSION}, labels
     assert all(labels.count(p) >= 3 for p in (WARMUP, ENTROPY, COMPRESSION)), labels
-    tags = run.data.tags["geomsweep.core.phases"]
+    tags = run.data.tags["geomsweep.phases"]
     assert tags.startswith("warmup until") and "entropy-seeking until" in tags and tags.endswith("compression-seeking")
 
     def in_phase(p, values):

@@ -164,7 +164,7 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
     rolled = {m.step: m.value for m in client.get_metric_history(trace.info.run_id, "geometry/rankme")}
     assert rolled.keys() == expected.keys() == {0, 1, 3, 12, 40}
     assert all(rolled[s] == pytest.approx(expected[s], rel=1e-9) for s in expected)
-    assert trace.data.tags["geomsweep.core.phases"] == whole.data.tags["geomsweep.core.phases"]
+    assert trace.data.tags["geomsweep.phases"] == whole.data.tags["geomsweep.phases"]
     assert [a.path for a in client.list_artifacts(trace.info.run_id, "plots")] == ["plots/trajectory.png"]
     assert parent.data.tags["geomsweep.cells"] == "2"  # the trace run is not a cell
 

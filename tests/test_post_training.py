@@ -12,7 +12,7 @@ from geomsweep.post_training.rewards import exact_answer
 from geomsweep.post_training.run import trainer_config
 from geomsweep.sources.tasks import arithmetic_task, final_number, first_number, load_split, load_task
 from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
-from tests.conftest import TINY, TINY_PROBE, TINY_TOY, run_app
+from tests.conftest import TINY, TINY_PROBE, TINY_TOY, assert_keys_pinned, own_keys, run_app
 
 
 def test_arithmetic_task_has_disjoint_id_and_ood_splits():
@@ -145,6 +145,8 @@ def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache
     assert any(
         p.path == "post_training/history.csv" for p in client.list_artifacts(jobs["sft"].info.run_id, "post_training")
     )
+    for method, run in jobs.items():
+        assert_keys_pinned(f"{method}_run_keys", own_keys(run, trainer=method))
 
 
 @pytest.mark.slow

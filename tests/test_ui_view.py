@@ -97,7 +97,15 @@ def test_the_tag_is_written_in_the_envelope_the_runs_page_itself_writes():
 def test_a_post_training_sweeps_view_shows_its_changes_grouped_by_method(experiment):
     client, exp = experiment
     cells = post_training_cells(client, exp)
-    parent = parent_of(client, exp, "method=sft,rlvr seed=0,1", "method,seed", {"sft/rankme_change": {0: 1.0}})
+    parent = parent_of(
+        client,
+        exp,
+        "method=sft,rlvr seed=0,1",
+        "method,seed",
+        {"sft/rankme_change": {0: 1.0}, "sft/rankme_change_ci95": {0: 2.5}, "sft/rankme_change_uncertainty": {0: 0.2}},
+    )
+    client.set_tag(parent.info.run_id, "geomsweep.verdict.sft.rankme", "within noise (indicative: 2 seeds)")
+    parent = client.get_run(parent.info.run_id)
     other = make_run(client, exp, "another job", {"cfg.method.name": "sft"}, {"geometry/rankme_change": {1: 5.0}})
     ((name, key),) = ui_view.save_views(client, exp, cells, parent)
     assert name == "method=sft,rlvr seed=0,1" and key.startswith("geomsweep-")
@@ -113,14 +121,17 @@ def test_a_post_training_sweeps_view_shows_its_changes_grouped_by_method(experim
     columns = state["selectedColumns"]
     for metric in (
         "geometry/rankme_change",
-        "geometry/rankme_change_se",
-        "geometry/alpha_req_change_se",
         "behavior/pass_at_1_change",
         "behavior/pass_at_8",
         "behavior/pass_at_8_change",
         "sft/rankme_change",
+        "sft/rankme_change_ci95",
     ):
         assert f"metrics.`{metric}`" in columns
+    # grouped by method, the page would average each run's own SE over seeds: the uncertainty of nothing. The
+    # parent's interval and verdict stand in the table instead.
+    assert not [c for c in columns if c.endswith(("_se`", "_uncertainty`"))]
+    assert "tags.`geomsweep.verdict.sft.rankme`" in columns
     assert state["columnOrder"][:2] == ["run_name", "metrics.`geometry/rankme_change`"]
     charts = {(c["type"], c.get("metricKey")) for c in state["compareRunCharts"]}
     assert {("BAR", "geometry/rankme_change"), ("BAR", "behavior/pass_at_8_change")} <= charts
@@ -155,7 +166,19 @@ def test_a_trace_view_draws_geometry_on_a_log_step_axis(experiment):
     assert set(charts) == {"geometry/rankme", "geometry/alpha_req"}  # eval/probe_loss was not logged
     assert {c["xAxisScaleType"] for c in charts.values()} == {"log"}
     assert state["groupBy"] is None
-    assert "metrics.`geometry/rankme_se`" in state["selectedColumns"]
+    assert "metrics.`geometry/rankme_se`" in state["selectedColumns"]  # a lone run's own SE
+
+
+def test_a_trace_view_shows_the_phases_in_words_and_as_a_line_on_the_log_step_axis(experiment):
+    client, exp = experiment
+    metrics = {"geometry/rankme": {1: 9.0, 100: 12.0}, "geometry/phase": {1: 0, 100: 1}}
+    tags = {"geomsweep.phases": "warmup until 1, entropy-seeking"}
+    cell = make_run(client, exp, "trace", {"cfg.method.name": "none"}, metrics, tags)
+    ((_, key),) = ui_view.save_views(client, exp, [cell])
+    state = views_in(client, exp)[key][1]
+    assert "tags.`geomsweep.phases`" in state["selectedColumns"]
+    (phase,) = [c for c in state["compareRunCharts"] if c["metricKey"] == "geometry/phase"]
+    assert phase["xAxisScaleType"] == "log"
 
 
 def test_a_mixed_sweep_gets_two_views_that_never_share_a_step_axis(experiment):

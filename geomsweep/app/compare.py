@@ -2,22 +2,37 @@
 change between them, and pass@k with bootstrap intervals; cells that differ only in ``seed`` folded into mean and
 sd over seeds, each change marked as outside noise or within it.
 
-The noise rule: a change's uncertainty is the standard error of its mean over seeds (sd / sqrt(seeds)) when there
-are two seeds or more, else its jackknife standard error: the paired one post-training logs
-(``geometry/rankme_change_se``, spectra.change_metrics), or for a trace the first and last SEs in quadrature, an
-upper bound; a change is ``up`` or ``down`` when its mean exceeds twice that uncertainty, else ``within noise``.
+The noise rule (``seed_change``) uses all the variance there is. Each cell's change c_i carries its own jackknife
+SE s_i over the probe texts: the paired one post-training logs (``geometry/rankme_change_se``,
+spectra.change_metrics), or for a trace the first and last SEs in quadrature, an upper bound. Over n seeds the
+mean change's squared uncertainty is
+  - sd^2 / n + mean(s_i^2) when the seeds measured the same probe texts (one probe digest): their probe noise is
+    common to every seed and does not average away, while the between-seed sd carries the training noise;
+  - max(sd^2, mean(s_i^2)) / n when each seed drew its own probe texts (the toy's): the noise is independent, and
+    the floor keeps a one-degree-of-freedom sd that happens to be small from claiming precision it lacks;
+  - s_1^2 with one seed.
+A change is ``up`` or ``down`` when its mean lies outside ±q x uncertainty, q the two-sided 95% quantile of
+Student's t on n - 1 degrees of freedom (the normal's with one seed), else ``within noise``. Fewer than three
+seeds cannot estimate the training noise: their verdicts say ``indicative``.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from geomsweep.core.definitions import METRICS
+from geomsweep.tracking.keys import TAG_PROBE_DIGEST, TAG_VERDICT_PREFIX
 
 SEED = "seed"
+PROBE = "probe_digest"  # the cell's probe texts: seeds that share them share their probe noise
+LEVEL = 0.95  # the verdicts' two-sided confidence level
+FEW_SEEDS = 3  # below this many seeds a verdict is only indicative
 GEOMETRY = {"rankme": "geometry/rankme", "alpha_req": "geometry/alpha_req"}
 # the suite's other measures (probe.metrics), compared the same way where a sweep measured them
 SUITE = {name: f"geometry/{name}" for name in METRICS if name not in GEOMETRY}
@@ -27,7 +42,7 @@ PASS_AT = re.compile(r"behavior/pass_at_(\d+)(_lo|_hi|_change|_change_lo|_change
 
 def cell_row(client, run, swept: list[str]) -> dict:
     """One cell's values: its swept keys, geometry first/last/change with SEs, and its latest pass@k figures."""
-    row = {key: swept_value(run, key) for key in swept}
+    row = {key: swept_value(run, key) for key in swept} | {PROBE: run.data.tags.get(TAG_PROBE_DIGEST)}
     measured = GEOMETRY | {name: key for name, key in SUITE.items() if key in run.data.metrics}
     for name, key in measured.items():
         values = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
@@ -59,12 +74,45 @@ def swept_value(run, key: str) -> str | None:
     return named.get(key)
 
 
-def verdict(mean: float, uncertainty: float) -> str:
-    if not math.isfinite(mean) or not math.isfinite(uncertainty):
+def verdict(mean: float, halfwidth: float) -> str:
+    """``up`` or ``down`` when ``mean`` lies outside ±``halfwidth``, else ``within noise``."""
+    if not math.isfinite(mean) or not math.isfinite(halfwidth):
         return "unknown"
-    if abs(mean) <= 2 * uncertainty:
+    if abs(mean) <= halfwidth:
         return "within noise"
     return "up" if mean > 0 else "down"
+
+
+@dataclass(frozen=True)
+class SeedChange:
+    """A change over seeds: its mean, uncertainty (a standard error), the 95% interval's half-width and verdict."""
+
+    mean: float
+    uncertainty: float
+    halfwidth: float
+    verdict: str
+
+
+def seed_change(changes, ses, shared_probe: bool) -> SeedChange:
+    """The module's noise rule for one change measured under n seeds (``changes``), each with its own SE."""
+    changes, ses = np.asarray(changes, dtype=float), np.asarray(ses, dtype=float)
+    n, mean = len(changes), float(np.mean(changes))
+    within = float(np.mean(ses**2)) if np.isfinite(ses).all() else math.nan
+    if n == 1:
+        variance, quantile = within, stats.norm.ppf(0.5 + LEVEL / 2)
+    else:
+        between = float(np.var(changes, ddof=1))
+        if math.isnan(within):  # no run SE (an older run): the spread over seeds alone
+            variance = between / n
+        else:
+            variance = between / n + within if shared_probe else max(between, within) / n
+        quantile = stats.t.ppf(0.5 + LEVEL / 2, n - 1)
+    uncertainty = math.sqrt(variance)
+    halfwidth = float(quantile * uncertainty)
+    said = verdict(mean, halfwidth)
+    if n < FEW_SEEDS and said != "unknown":
+        said = f"{said} (indicative: {n} seed{'s' if n > 1 else ''})"
+    return SeedChange(mean, uncertainty, halfwidth, said)
 
 
 def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
@@ -72,6 +120,7 @@ def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
     seeds, and for each geometric change its uncertainty and verdict (the module's noise rule)."""
     keys = [key for key in swept if key != SEED and key in cells]
     numeric = [c for c in cells.columns if c not in swept and pd.api.types.is_numeric_dtype(cells[c])]
+    numeric = [c for c in numeric if c != PROBE]
     groups = cells.groupby(keys, sort=False, dropna=False) if keys else [((), cells)]
     rows = []
     for values, group in groups:
@@ -85,11 +134,12 @@ def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
             change = f"{name}_change"
             if change not in group:
                 continue
-            n = len(group)
-            uncertainty = row[f"{change}_sd"] / math.sqrt(n) if n > 1 else row[f"{change}_se"]
-            row[f"{change}_uncertainty"] = uncertainty
+            ses = group[f"{change}_se"] if f"{change}_se" in group else [math.nan] * len(group)
+            shared = PROBE in group and group[PROBE].notna().all() and group[PROBE].nunique() == 1
+            judged = seed_change(group[change], ses, shared)
+            row[f"{change}_uncertainty"], row[f"{change}_ci95"] = judged.uncertainty, judged.halfwidth
             one_point = f"{name}_points" in group and (group[f"{name}_points"] < 2).any()
-            row[f"{change}_verdict"] = "one checkpoint" if one_point else verdict(row[change], uncertainty)
+            row[f"{change}_verdict"] = "one checkpoint" if one_point else judged.verdict
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -118,7 +168,7 @@ def describe(row: dict, phases: str | None = None) -> list[str]:
             continue
         lines.append(
             f"{label} {first:.4g} -> {last:.4g} ± {row[f'{name}_last_se']:.2g} (SE): change {change:+.3g} ± {se:.2g}, "
-            f"{verdict(change, se)}"
+            f"{seed_change([change], [se], shared_probe=True).verdict}"
         )
     ks = sorted({int(m.group(1)) for key in row if (m := re.fullmatch(r"pass_at_(\d+)", key))})
     for k in ks[:1] + ks[-1:] if len(ks) > 1 else ks:
@@ -140,13 +190,21 @@ def headline(folded: pd.DataFrame, swept: list[str]) -> list[str]:
     for _, row in folded.iterrows():
         cell = " ".join(f"{key}={row[key]}" for key in keys) or "all cells"
         parts = [
-            f"{label} change {row[f'{name}_change']:+.3g} ± {row[f'{name}_change_uncertainty']:.2g} "
-            f"({row[f'{name}_change_verdict']})"
+            f"{label} change {plus_minus(row[f'{name}_change'], row[f'{name}_change_ci95'])} (95%, "
+            f"{row[f'{name}_change_verdict']})"
             for name, label in (("rankme", "RankMe"), ("alpha_req", "α-ReQ"))
             if f"{name}_change_verdict" in row
         ]
         lines.append(f"{cell} ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''}): " + "; ".join(parts))
     return lines
+
+
+def plus_minus(value: float, error: float) -> str:
+    """``-0.215 ± 0.16``: the value rounded to the error's precision (the error to two significant figures)."""
+    if not (math.isfinite(value) and math.isfinite(error) and error > 0):
+        return f"{value:+.3g} ± {error:.2g}"
+    decimals = max(0, 1 - math.floor(math.log10(error)))
+    return f"{value:+.{decimals}f} ± {float(f'{error:.2g}'):.{decimals}f}"
 
 
 def group_label(row, keys: list[str]) -> str:
@@ -156,21 +214,34 @@ def group_label(row, keys: list[str]) -> str:
 
 
 def group_metrics(folded: pd.DataFrame, swept: list[str]) -> dict[str, float]:
-    """Each group's changes as metrics of the sweep parent (``sft/rankme_change``,
-    ``sft/rankme_change_uncertainty``, ``sft/pass_at_1_change``, ...), so its row in the runs table answers."""
+    """Each group's changes as metrics of the sweep parent (``sft/rankme_change``, its uncertainty
+    ``sft/rankme_change_uncertainty`` and its 95% interval's half-width ``sft/rankme_change_ci95``,
+    ``sft/pass_at_1_change``, ...), so its row in the runs table answers."""
     keys = [key for key in swept if key != SEED and key in folded]
     values = {}
     for _, row in folded.iterrows():
         label = group_label(row, keys)
         for column in row.index:
             wanted = (
-                column.endswith(("_change", "_change_uncertainty"))
+                column.endswith(("_change", "_change_uncertainty", "_change_ci95"))
                 or PASS_AT.fullmatch(f"behavior/{column}") is not None
                 and column.endswith("_change")
             )
             if wanted and isinstance(row[column], int | float) and math.isfinite(row[column]):
                 values[f"{label}/{column}"] = float(row[column])
     return values
+
+
+def group_verdicts(folded: pd.DataFrame, swept: list[str]) -> dict[str, str]:
+    """Each group's verdicts as tags of the sweep parent (``geomsweep.verdict.sft.rankme``: ``up (indicative: 2
+    seeds)``), so the saved view shows them beside the interval columns."""
+    keys = [key for key in swept if key != SEED and key in folded]
+    return {
+        f"{TAG_VERDICT_PREFIX}{group_label(row, keys)}.{column.removesuffix('_change_verdict')}": str(row[column])
+        for _, row in folded.iterrows()
+        for column in row.index
+        if column.endswith("_change_verdict")
+    }
 
 
 def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:
@@ -182,16 +253,15 @@ def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:
     suite = [name for name in SUITE if f"{name}_change_verdict" in folded]
     names = [*GEOMETRY, *suite]
     header = ["group", "seeds", "RankMe change", "α-ReQ change", *(f"{n} change" for n in suite)]
+    header = [*header[:2], *(f"{h} (± 95%)" for h in header[2:])]
     header += [f"pass@{k} change" for k in passes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in folded.iterrows():
         cells = [" ".join(f"{key}={row[key]}" for key in keys) or "all cells", str(row["seeds"])]
         for name in names:
             if f"{name}_change_verdict" in row:
-                cells.append(
-                    f"{row[f'{name}_change']:+.3g} ± {row[f'{name}_change_uncertainty']:.2g} "
-                    f"({row[f'{name}_change_verdict']})"
-                )
+                interval = plus_minus(row[f"{name}_change"], row[f"{name}_change_ci95"])
+                cells.append(f"{interval}: {row[f'{name}_change_verdict']}")
             else:
                 cells.append("-")
         for k in passes:
@@ -200,8 +270,9 @@ def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(
         [
-            "**Comparison** (changes from each cell's first to its last step; up or down when beyond twice their "
-            "uncertainty, the sd over seeds / √seeds, else the jackknife SE)",
+            "**Comparison**: each group's mean change from its cells' first to last step, ± its 95% interval "
+            "(Student's t on seeds - 1 degrees of freedom over the spread between seeds and each run's own jackknife "
+            "SE); up or down only outside it, and indicative below 3 seeds. pass@k: bootstrap 95% intervals.",
             "",
             *lines,
         ]

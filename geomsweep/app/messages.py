@@ -10,7 +10,7 @@ import mlflow
 
 from geomsweep.app import compare
 from geomsweep.results import ui_view
-from geomsweep.tracking.keys import ROLE_JOB, ROLE_TRACE, TAG_PHASES, TAG_ROLE
+from geomsweep.tracking.keys import ROLE_JOB, ROLE_TRACE, TAG_PHASES, TAG_ROLE, read_tag
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def results_message(run, views: list[tuple[str, str]]) -> str:
     lines = []
     if run.data.tags.get(TAG_ROLE) in (ROLE_JOB, ROLE_TRACE) and run.info.status == "FINISHED":
         row = compare.cell_row(client, run, [])
-        lines = compare.describe(row, run.data.tags.get(TAG_PHASES))
+        lines = compare.describe(row, read_tag(run.data.tags, TAG_PHASES))
     where = [
         f"results in MLflow experiment {run.info.experiment_id}, run {run.info.run_id} ({run.info.run_name}) at {uri}"
     ]

@@ -20,7 +20,16 @@ import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
-from geomsweep.app.compare import SEED, cell_row, comparison_markdown, group_metrics, over_seeds, rounded, swept_value
+from geomsweep.app.compare import (
+    SEED,
+    cell_row,
+    comparison_markdown,
+    group_metrics,
+    group_verdicts,
+    over_seeds,
+    rounded,
+    swept_value,
+)
 from geomsweep.results import plots
 from geomsweep.tracking.keys import ROLE_SWEEP, TAG_CONFIG_HASH, TAG_ERROR, TAG_PARENT, TAG_ROLE, TAG_SWEPT
 from geomsweep.tracking.store import tracking_uri
@@ -204,7 +213,7 @@ def log_comparison(client, parent_id: str, runs) -> pd.DataFrame | None:
     log.table(folded, "comparison.csv")
     log.json_table(folded, "comparison.json")
     log.metrics(group_metrics(folded, swept), step=0)  # the parent's row in the runs table answers
-    log.tags({NOTE: comparison_markdown(folded, swept)})  # the parent's Overview
+    log.tags({NOTE: comparison_markdown(folded, swept), **group_verdicts(folded, swept)})  # the parent's Overview
     return folded
 
 

@@ -13,6 +13,11 @@ The kernel's width adapts to the grid (``smooth_log``): where the checkpoints ar
 every-k-steps grid, or a dense log grid) it averages a few neighbours against noise; where they are as far apart
 as the bandwidth (a purely log-spaced grid late in a long run), it narrows below their spacing, so a cycle that
 only one or two checkpoints sample is not blurred away.
+A narrow kernel also lets noise through: on a log grid, 5% noise at a trough can zigzag by more than
+``min_change`` between two neighbouring checkpoints. So a leg between two turns that is both *short* (it spans
+less than ``bandwidth`` in log(step + 1)) and *weak* (its swing is under 1.5 times ``min_change``) is not a phase: its
+two turns are dropped and the legs on either side, which run the same way, merge (``merge_short_legs``). A real
+cycle sampled by one or two checkpoints is still kept, as its swing is large.
 Points that are not positive finite numbers (NaN, inf, 0) cannot be placed on a log scale: they are dropped
 with a warning naming their steps and labelled "none".
 """
@@ -42,15 +47,12 @@ class Phases:
 
     def describe(self) -> str:
         """``warmup until 13, entropy-seeking until 420, compression-seeking`` ("" for an empty trace)."""
-        if not self.labels:
+        labels = [label for label in self.labels if label != NO_PHASE] or self.labels  # dropped points: no phase
+        if not labels:
             return ""
-        parts, start = [], 0
-        ends = [i for i in range(1, len(self.labels)) if self.labels[i] != self.labels[i - 1]]
-        for end in [*ends, len(self.labels)]:
-            name = NAMES[self.labels[start]]
-            parts.append(f"{name} until {self.boundaries[len(parts)]}" if end < len(self.labels) else name)
-            start = end
-        return ", ".join(parts)
+        runs = [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
+        parts = [f"{NAMES[label]} until {end}" for label, end in zip(runs, self.boundaries)]
+        return ", ".join([*parts, NAMES[runs[-1]]])
 
 
 def local_spacing(x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +98,31 @@ def turning_points(y: Sequence[float], threshold: float) -> list[int]:
     return points
 
 
+def merge_short_legs(x: Sequence[float], y: Sequence[float], turns: list[int], threshold: float, span: float):
+    """``turns`` without the legs that are both shorter than ``span`` in x and swing less than 1.5 times
+    ``threshold`` (noise, not a phase): each such inner leg's two turns go, and the merged leg's turn moves to
+    its extreme; a short, weak last leg loses its one turn."""
+    turns = list(turns)
+
+    def weak(a: int, b: int) -> bool:
+        return x[b] - x[a] < span and abs(y[b] - y[a]) < 1.5 * threshold
+
+    while True:
+        inner = [k for k in range(len(turns) - 1) if weak(turns[k], turns[k + 1])]
+        if not inner:
+            break
+        k = min(inner, key=lambda k: abs(y[turns[k + 1]] - y[turns[k]]))  # the weakest first
+        del turns[k : k + 2]
+        if k < len(turns):  # the merged leg ends at turns[k]: its turn is the leg's extreme
+            start = turns[k - 1] if k > 0 else 0
+            rising = y[turns[k]] > y[start]
+            stop = turns[k + 1] if k + 1 < len(turns) else len(y)
+            turns[k] = max(range(start + 1, stop), key=lambda j: y[j] if rising else -y[j])
+    if turns and weak(turns[-1], len(y) - 1):
+        turns.pop()
+    return turns
+
+
 def detect(
     steps: Sequence[int],
     rankme: Sequence[float],
@@ -131,7 +158,9 @@ def _segment(steps: list[int], rankme: list[float], min_change: float, bandwidth
     if len(steps) < 2:
         return Phases([NO_PHASE] * len(steps), [], list(rankme))
     y = smooth_log(steps, rankme, bandwidth)
-    turns = turning_points(y.tolist(), math.log1p(min_change))
+    x = [math.log1p(s) for s in steps]
+    threshold = math.log1p(min_change)
+    turns = merge_short_legs(x, y.tolist(), turning_points(y.tolist(), threshold), threshold, bandwidth)
     if not turns:
         total = float(y[-1] - y[0]) if len(y) else 0.0
         label = NO_PHASE if abs(total) < math.log1p(min_change) else (ENTROPY if total > 0 else WARMUP)

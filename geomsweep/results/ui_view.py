@@ -21,12 +21,14 @@ import time
 import zlib
 
 from geomsweep.core.definitions import METRICS, PAPER_METRICS
+from geomsweep.tracking.keys import TAG_PHASES, TAG_SWEPT, TAG_VERDICT_PREFIX
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 SHARE_PARAM = "viewStateShareKey"
 SEED = "seed"
 NAME_LENGTH = 60  # what the page's Views menu shows of a name
-TRACE_CHARTS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss")
+TRACE_CHARTS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss", "geometry/phase")
+
 POST_TRAINING_LINES = ("geometry/rankme", "geometry/alpha_req")
 CHANGES = ("geometry/rankme_change", "geometry/alpha_req_change")
 PASS_AT = re.compile(r"behavior/pass_at_(\d+)")
@@ -159,12 +161,16 @@ def page_state(run_ids, columns: list[str], sections: list[dict], charts: list[d
 
 
 def trace_view(cells, parent=None) -> dict:
-    """Traces: RankMe, α-ReQ and their SEs in the table, and each against pretraining step on a log axis, one line
-    per run (the swept values, other than ``seed``, group them)."""
+    """Traces: RankMe, α-ReQ (with their SEs for ungrouped runs; a group's average of SEs is no uncertainty of
+    anything) and the phases in words in the table, and each against pretraining step on a log axis, the phase
+    label (0 warmup, 1 entropy-seeking, 2 compression-seeking) among them, one line per run (the swept values,
+    other than ``seed``, group them)."""
     group_by = [p for key in swept_keys(parent) if key != SEED and (p := swept_param(cells, key))]
-    metrics = [key for key in ("geometry/rankme", "geometry/alpha_req") for key in (key, f"{key}_se")]
+    metrics = ["geometry/rankme", "geometry/alpha_req"]
+    metrics = metrics if group_by else [key for key in metrics for key in (key, f"{key}_se")]
     extra = suite_metrics(cells)
     columns = [column("metrics", key) for key in [*metrics, "eval/probe_loss", *extra]]
+    columns += [column("tags", TAG_PHASES)] if any(TAG_PHASES in run.data.tags for run in cells) else []
     columns += [column("params", param) for param in group_by]
     lines = section("geomsweep: geometry against pretraining step (log)")
     shown = [key for key in [*TRACE_CHARTS, *extra] if has_metric(cells, key)]
@@ -174,21 +180,27 @@ def trace_view(cells, parent=None) -> dict:
 
 
 def post_training_view(cells, parent=None) -> dict:
-    """Post-training: the paired changes of RankMe and α-ReQ with their SEs, pass@1 and pass@n and their changes in
-    the table; the changes as bars grouped by the swept values (averaged over seeds); RankMe and α-ReQ against
-    post-training step on a log axis (the base, at step 0, is what the bars measure from); for an ablation (a
-    swept value beside method and seed), parallel coordinates of the swept params against the changes."""
+    """Post-training: the paired changes of RankMe and α-ReQ, pass@1 and pass@n and their changes in the table; the
+    changes as bars grouped by the swept values (averaged over seeds); RankMe and α-ReQ against post-training step
+    on a log axis (the base, at step 0, is what the bars measure from); for an ablation (a swept value beside
+    method and seed), parallel coordinates of the swept params against the changes.
+    A run's own paired SE is shown for a lone run only: grouped, the page would average SEs over seeds, which is
+    the uncertainty of nothing. A sweep's uncertainty is the parent's: each group's change, the half-width of its
+    95% interval and its verdict (app/compare.py's noise rule) are the parent row's columns."""
     swept = [key for key in swept_keys(parent) if key != SEED]
     group_by = [p for key in swept if (p := swept_param(cells, key))] or ["cfg.method.name"]
     passes = pass_at_keys(cells)
     changes = [*CHANGES, *(f"{key}_change" for key in passes)]
     metrics = [
-        *(key for change in CHANGES for key in (change, f"{change}_se")),
+        *(key for change in CHANGES for key in ((change,) if parent is not None else (change, f"{change}_se"))),
         *(key for passed in passes for key in (passed, f"{passed}_change")),
     ]
     columns = [column("metrics", key) for key in metrics] + [column("params", param) for param in group_by]
-    if parent is not None:  # the parent's row: each group's change and its uncertainty
-        columns += [column("metrics", key) for key in sorted(parent.data.metrics) if key.endswith("_change")]
+    if parent is not None:  # the parent's row: each group's change, its 95% half-width and its verdict
+        columns += [
+            column("metrics", key) for key in sorted(parent.data.metrics) if key.endswith(("_change", "_change_ci95"))
+        ]
+        columns += [column("tags", key) for key in sorted(parent.data.tags) if key.startswith(TAG_VERDICT_PREFIX)]
     bars, lines = (
         section("geomsweep: changes by group"),
         section("geomsweep: geometry against post-training step (log)"),
@@ -211,7 +223,7 @@ def suite_metrics(runs) -> list[str]:
 def swept_keys(parent) -> list[str]:
     if parent is None:
         return []
-    return [key for key in parent.data.tags.get("geomsweep.swept_keys", "").split(",") if key]
+    return [key for key in parent.data.tags.get(TAG_SWEPT, "").split(",") if key]
 
 
 def has_metric(runs, key: str) -> bool:
