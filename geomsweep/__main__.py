@@ -27,7 +27,14 @@ def entry() -> None:
     if sys.argv[1:] == ["--version"]:
         print(f"geomsweep {__version__}")
         return
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the job's run is already closed KILLED (app/job.py): one line, not a traceback
+        print(
+            "geomsweep: interrupted (Ctrl-C); an open run ended KILLED, and re-running runs its cell again",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

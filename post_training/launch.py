@@ -5,6 +5,10 @@ The job's own process keeps the run and waits; the N processes each load the bas
 (DDP by default; FSDP or DeepSpeed ZeRO-3 when ``method.args`` say so, see conf/parallel/) and measure the
 geometry on their share of the probe set, merged across processes (geomsweep.core.processes). Rank 0 alone logs
 (geometry, behavior, the trainer's own metrics) into the run and hands the history back.
+
+torchrun and its workers run in a process group of their own: a SIGTERM, SIGHUP or Ctrl-C that stops the job
+stops every one of them (SIGTERM to the group, SIGKILL after a grace period) before the job closes its run
+KILLED. Only the job's own process ever ends the run (worker.py leaves it open whatever happens).
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import mlflow
 
 from geomsweep.sources.data import ProbeSet
+from geomsweep.tracking.server import stop as stop_group
 
 WORKER = "geomsweep.post_training.worker"
 HISTORY = "history.json"
+GRACE_S = 10.0  # how long the workers may take to stop after SIGTERM before they are killed
 
 
 def in_worker() -> bool:
@@ -41,13 +48,32 @@ def launch(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
         env = os.environ | {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "OMP_NUM_THREADS": _threads(n)}
         started = time.perf_counter()
-        status = subprocess.run([*command, "-m", WORKER, str(job)], env=env).returncode
+        workers = subprocess.Popen(
+            [*command, "-m", WORKER, str(job)], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        stopping = threading.Event()
+        relay = threading.Thread(target=_relay, args=(workers.stderr, stopping), daemon=True)
+        relay.start()
+        try:
+            status = workers.wait()
+        except BaseException:  # SIGTERM, SIGHUP or Ctrl-C reached this process alone: the group is told too
+            stopping.set()  # what torchrun prints as it is stopped is no news: the job says why in one line
+            stop_group(workers, grace_s=GRACE_S)
+            raise
+        relay.join()
         if status != 0:
             raise RuntimeError(f"method.processes={n}: a training process exited with status {status} (output above)")
         log.params({"post_training.processes": str(n)})
         log.metrics({"post_training/seconds": time.perf_counter() - started}, step=0)
         history = json.loads((Path(work) / HISTORY).read_text())
     return {int(step): metrics for step, metrics in history.items()}
+
+
+def _relay(stream, stopping: threading.Event) -> None:
+    """The workers' standard error, line by line, to this process's, until the job stops them."""
+    for line in stream:
+        if not stopping.is_set():
+            sys.stderr.write(line)
 
 
 def _threads(n: int) -> str:

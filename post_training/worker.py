@@ -3,6 +3,10 @@ geomsweep.post_training.worker <job.pkl>``, started by geomsweep.post_training.l
 
 It joins the process group (accelerate's ``PartialState``: gloo on CPUs, NCCL on GPUs, the one TRL's trainer then
 uses), runs the same ``post_train`` as a one-process job, and logs only from rank 0, into the job's run.
+
+A worker never ends that run: the job's own process decides its status. Rank 0 makes the run active (so the
+trainer's MLflow reporting joins it), and MLflow's exit handler would close an active run FINISHED, even after
+an interrupt; so a worker leaves through ``os._exit`` once its logging has been flushed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import os
 import pickle
 import sys
+import traceback
 from pathlib import Path
 
 import mlflow
@@ -49,5 +54,22 @@ def main(job_path: str) -> None:
         state.destroy_process_group()
 
 
+def leave(code: int) -> None:
+    """Exit without MLflow's exit handler (it would end the job's run FINISHED), the logging flushed first."""
+    try:
+        mlflow.flush_async_logging()  # the trainer's metrics, logged asynchronously
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    except KeyboardInterrupt:
+        leave(130)
+    except BaseException:
+        traceback.print_exc()
+        leave(1)
+    leave(0)

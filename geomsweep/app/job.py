@@ -127,20 +127,29 @@ def failed_before_running(experiment_id: str, name: str, parent: str | None, cfg
     print(f"geomsweep: {name} FAILED before it ran ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
 
 
+STOPPING = {  # the signals that stop a job, and what usually sends them
+    signal.SIGTERM: "a timeout, preemption or job-time limit",
+    signal.SIGHUP: "a closed terminal or a dropped ssh session",
+}
+
+
 class Terminated(SystemExit):
-    """SIGTERM (a timeout, SLURM preemption, a job-time limit): the run ends KILLED, the process exits 143."""
+    """SIGTERM (a timeout, SLURM preemption, a job-time limit) or SIGHUP (a closed terminal): the run ends KILLED,
+    the process exits 128 + the signal's number."""
 
     def __init__(self, signum: int):
         super().__init__(128 + signum)
+        self.signum = signum
 
     def __str__(self) -> str:
-        return "terminated by SIGTERM (a timeout, preemption or job-time limit); re-running the cell runs it again"
+        name = signal.Signals(self.signum).name
+        return f"terminated by {name} ({STOPPING[self.signum]}); re-running the cell runs it again"
 
 
 @contextmanager
 def sigterm_ends_run() -> Iterator[None]:
-    """Inside the block SIGTERM raises Terminated, so the run is closed as KILLED instead of left RUNNING
-    (MLflow's own end-of-run handling never sees a SIGTERM). Signals reach the main thread only."""
+    """Inside the block SIGTERM and SIGHUP raise Terminated, so the run is closed as KILLED instead of left RUNNING
+    (MLflow's own end-of-run handling never sees either). Signals reach the main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -151,11 +160,12 @@ def sigterm_ends_run() -> Iterator[None]:
 
         when_no_write(stop)  # never inside a store write: its transaction's lock would outlive it
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {signum: signal.signal(signum, terminate) for signum in STOPPING}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def prepare_model(settings: Config) -> None:

@@ -1,0 +1,70 @@
+"""A multi-process job (``method.processes=2``: torchrun and its training workers) stopped by SIGTERM, Ctrl-C or
+SIGHUP: every process it started is gone soon after, the run ends KILLED and stays so (no worker closes it
+FINISHED later), and a re-run completes the cell with one FINISHED run beside the KILLED one.
+
+Run by ``make test-interrupts`` (CI), not by ``make test``: each case trains for real until the signal lands."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, TINY, run_app, runs_of
+
+pytestmark = pytest.mark.interrupts
+
+LONG = [
+    *TINY,
+    "method=sft",
+    "method.processes=2",
+    "checkpoint=final",
+    "sampler.n=0",
+    "eval.toy_n_docs=0",
+    "++method.args.max_steps=1500",
+    "++method.args.logging_steps=5",
+]
+
+
+def training_started(store: str) -> bool:
+    """Whether rank 0 has joined the job's run and its trainer has logged (the workers are mid-training)."""
+    try:
+        return any(r.info.status == "RUNNING" and "sft/loss" in r.data.metrics for r in runs_of(store, "job"))
+    except Exception:  # the store or the experiment does not exist yet
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_stops_every_process_and_the_run_stays_killed(tmp_path, cache_dir, tiny_checkpoints, store, signum):
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    with open(tmp_path / "job.log", "w") as log:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "geomsweep", *LONG], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 300
+        while not training_started(store) and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert job.poll() is None, "the job ended before it could be signalled"
+        started = psutil.Process(job.pid).children(recursive=True)  # torchrun and its two workers
+        commands = [" ".join(p.cmdline()) for p in started]
+        assert sum("torch.distributed.run" in c for c in commands) == 1 and len(started) == 3, commands
+        signalled = time.monotonic()
+        job.send_signal(signum)  # to the job's process alone, as a scheduler, a terminal or ssh sends it
+        code = job.wait(timeout=60)
+    gone, alive = psutil.wait_procs(started, timeout=max(0.0, 20 - (time.monotonic() - signalled)))
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    assert code == 128 + signum
+    output = (tmp_path / "job.log").read_text()
+    if signum == signal.SIGINT:  # one line, not a traceback
+        assert "geomsweep: interrupted (Ctrl-C)" in output and "Traceback" not in output
+    (run,) = runs_of(store, "job")
+    assert run.info.status == "KILLED", run.data.tags.get("geomsweep.error")
+    time.sleep(5)  # a worker left behind would go on logging, and close the run FINISHED at its exit
+    (run,) = runs_of(store, "job")
+    assert run.info.status == "KILLED"
+    if signum == signal.SIGTERM:  # the cell runs again (it was not FINISHED), once
+        run_app(LONG, tmp_path, cache_dir, store)
+        assert sorted(r.info.status for r in runs_of(store, "job")) == ["FINISHED", "KILLED"]
