@@ -1,6 +1,7 @@
 """geomsweep's MLflow plugin entry points, through MLflow's own plugin loading."""
 
 from importlib import metadata
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -105,3 +106,48 @@ def test_run_context_tags_runs_started_in_a_job(tracked, monkeypatch):
 
     if git_commit():
         assert tags["geomsweep.git_commit"] == git_commit() and len(git_commit()) == 40
+
+
+def hostile_logged_model(tmp_path, tiny_checkpoints, marker):
+    """A model logged with mlflow.transformers, then edited as a hostile file would be: its flavor names a class
+    transformers lacks, and its folder's config maps that class to code that, run, writes ``marker``."""
+    import json
+
+    import transformers
+    import yaml
+
+    path = str(tiny_checkpoints / "step40")
+    pipe = transformers.pipeline("text-generation", model=path, tokenizer=path)
+    with mlflow.start_run():
+        info = mlflow.transformers.log_model(pipe, name="lm", pip_requirements=["transformers", "torch"])
+    folder = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "logged")))
+    spec = yaml.safe_load((folder / "MLmodel").read_text())
+    spec["flavors"]["transformers"]["pipeline_model_type"] = "HostileModel"
+    (folder / "MLmodel").write_text(yaml.safe_dump(spec))
+    config_path = folder / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config |= {"architectures": ["HostileModel"], "model_type": "hostile_neox"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_hostile.HostileConfig",
+        "AutoModelForCausalLM": "modeling_hostile.HostileModel",
+    }
+    config_path.write_text(json.dumps(config))
+    payload = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (folder / "model" / "configuration_hostile.py").write_text(
+        payload + "from transformers import GPTNeoXConfig as HostileConfig\n"
+    )
+    (folder / "model" / "modeling_hostile.py").write_text(
+        payload + "from transformers import GPTNeoXForCausalLM as HostileModel\n"
+    )
+    return folder
+
+
+@pytest.mark.slow
+def test_the_evaluator_never_runs_a_logged_models_folder_code_unless_asked(tracked, tiny_checkpoints, tmp_path):
+    marker = tmp_path / "REMOTE_CODE_RAN"
+    folder = hostile_logged_model(tmp_path, tiny_checkpoints, marker)
+    texts = probe_documents(ToyConfig(**TINY_TOY), 32)
+    with pytest.raises(Exception, match="GEOMSWEEP_TRUST_REMOTE_CODE=1") as refused:
+        mlflow.models.evaluate(str(folder), pd.DataFrame({"text": texts}), model_type="text", evaluators=["geometry"])
+    assert "'HostileModel' is not a class of transformers" in str(refused.value)
+    assert not marker.exists()

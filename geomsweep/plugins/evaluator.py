@@ -5,11 +5,26 @@ model and a text column logs RankMe, alpha-ReQ and the spectrum artifacts, measu
 does (last non-padding token, final layer after the norm). ``evaluator_config={"geometry": {...}}`` takes the
 keys of ``geometry_defaults()``: the probe's own defaults (ProbeConfig; ``weights=True`` adds the weight spectra),
 the text column and, for chunks of longer documents, the column naming each one's document.
+
+No code from a model's folder runs. MLflow loads the model before any evaluator sees it, and its transformers
+loader trusts the folder's Python (``trust_remote_code=True``) whenever the logged class or a component is not one
+of transformers' own. MLflow imports this module (the entry point) inside ``mlflow.models.evaluate`` before that
+load, so importing it guards the loader: such a model is refused, naming the folder, its class and the opt-in
+``GEOMSWEEP_TRUST_REMOTE_CODE=1`` (the evaluator's counterpart of ``model.trust_remote_code``). Models whose
+classes transformers knows load as before.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+from pathlib import Path
+
 import mlflow
+import mlflow.transformers.model_io as mlflow_model_io
+import transformers
+from mlflow.exceptions import MlflowException
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvaluationArtifact
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
@@ -20,6 +35,53 @@ from geomsweep.core.weights import weight_metrics, weight_spectra
 from geomsweep.results import plots
 from geomsweep.results.artifacts import spectrum_table
 from geomsweep.tracking.writer import RunLogger
+
+REMOTE_CODE_OPT_IN = "GEOMSWEEP_TRUST_REMOTE_CODE"
+
+
+def refuse_remote_code(where: str, what: str) -> None:
+    """Unless the opt-in is set: a one-line refusal naming the model, the class that would need its code, the key."""
+    if os.environ.get(REMOTE_CODE_OPT_IN) == "1":
+        return
+    raise MlflowException(
+        f"geomsweep refuses to load {where}: {what} is not a class of transformers, so loading it would run the "
+        f"Python code shipped with the model; set {REMOTE_CODE_OPT_IN}=1 to trust that code"
+    )
+
+
+def _guard_model_class(load_class):
+    """MLflow's loader of a model class that transformers lacks (it reads the folder's auto_map, trusting its code)."""
+
+    @functools.wraps(load_class)
+    def guarded(model_name_or_path, revision=None):
+        config = Path(model_name_or_path) / "config.json"
+        named = json.loads(config.read_text()).get("architectures", ["?"])[0] if config.is_file() else "its class"
+        refuse_remote_code(f"the model at {model_name_or_path}", repr(named))
+        return load_class(model_name_or_path, revision=revision)
+
+    guarded.geomsweep_guard = True
+    return guarded
+
+
+def _guard_component(load_component):
+    """MLflow's loader of a tokenizer or processor, which trusts a folder's code for a class transformers lacks."""
+
+    @functools.wraps(load_component)
+    def guarded(flavor_conf, name, local_path=None, repo_id=None):
+        component = flavor_conf.get(mlflow_model_io.FlavorKey.COMPONENT_TYPE.format(name), "")
+        if component and not hasattr(transformers, component):
+            refuse_remote_code(f"the {name} at {local_path or repo_id}", repr(component))
+        return load_component(flavor_conf, name, local_path=local_path, repo_id=repo_id)
+
+    guarded.geomsweep_guard = True
+    return guarded
+
+
+if not getattr(mlflow_model_io._load_class_from_transformers_config, "geomsweep_guard", False):
+    mlflow_model_io._load_class_from_transformers_config = _guard_model_class(
+        mlflow_model_io._load_class_from_transformers_config
+    )
+    mlflow_model_io._load_component = _guard_component(mlflow_model_io._load_component)
 
 EVALUATOR_KEYS = (
     "text_column",
