@@ -4,7 +4,9 @@ the end, and ID/OOD behavior at the start and the end, logging into the job's ML
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from unittest.mock import patch
 
 from transformers import TrainerCallback
 from transformers.integrations import MLflowCallback
@@ -63,11 +65,17 @@ class GeometryCallback(TrainerCallback):
 class MethodMLflowCallback(MLflowCallback):
     """transformers' own MLflow reporting with the trainer's metrics under the method's name (``sft/loss``,
     ``dpo/rewards/margins``, ``rlvr/reward``): SFT's, DPO's and GRPO's losses are different quantities, and
-    unprefixed they would share one chart in MLflow's UI."""
+    unprefixed they would share one chart in MLflow's UI. Its ~200 arguments (and the model's config) are not
+    logged as params, where they would crowd out the config's own on the Compare page: the job logs them as an
+    artifact (post_training/run.py)."""
 
     def __init__(self, method: str):
         super().__init__()
         self.method = method
+
+    def setup(self, args, state, model):
+        with patch.dict(os.environ, {"MLFLOW_MAX_LOG_PARAMS": "0"}):  # the callback's own switch: log no params
+            super().setup(args, state, model)
 
     def on_log(self, args, state, control, logs, model=None, **kwargs):
         named = {f"{self.method}/{key}": value for key, value in logs.items()}

@@ -246,6 +246,7 @@ def train_stage(settings, model, tokenizer, measure: Measurer, log, device: str,
         if trainer.pop_callback(MLflowCallback) is not None:  # its metrics under the method's name
             trainer.add_callback(MethodMLflowCallback(method.name))
         log.params({prefix + key: value for key, value in trained_parameters(trainer).items()})
+        log.text(config.to_json_string(), f"post_training/{prefix.replace('.', '_')}trainer_args.json")
         trainer.train()
         if method.save:
             save_model(trainer.model, tokenizer, Path(output_dir) / "saved", log)

@@ -541,3 +541,43 @@ def test_a_sigterm_during_a_store_write_stops_the_job_once_the_write_has_landed(
     log.end("KILLED", "terminated")
     run = client.get_run(log.run_id)
     assert run.data.tags["after_the_signal"] == "landed" and run.info.status == "KILLED"
+
+
+# Values the schema used to accept although they mean nothing or were ignored: each now stops in one line naming
+# the key, the value and what is valid (checked in-process: the CLI prints the same ConfigError).
+MEANINGLESS = [
+    (["probe.layers=[true]"], "probe.layers=[True]; valid: a non-empty list of hidden_states indices"),
+    (["sampler.temperature=inf"], "sampler.temperature=inf must be a finite number > 0"),
+    (["method=sft", "++method.args.max_steps=-5"], "method.args.max_steps=-5 trains nothing; valid: a positive"),
+    (["sampler.splits=[]"], "sampler.splits=[] samples nothing; valid: one or more of id, ood"),
+    (["data.document_field=nope"], "data.document_field='nope' names a column, but data.source=toy has none"),
+    (["task.source=files", "task.schema=gsm8k", "task.limit=0"], "task.limit=0; valid: null (all rows) or >= 1"),
+    (["task.source=files", "task.schema=gsm8k", "task.limit=-1"], "task.limit=-1; valid: null (all rows) or >= 1"),
+    (["eval.toy_n_docs=1"], "eval.toy_n_docs=1; valid: 0 (off) or at least 2 held-out documents"),
+    (["checkpoint=step"], "checkpoint=step needs checkpoint.step=N"),
+    (["task.source=files", "task.schema=gsm8k"], "task.source=files needs task.path"),
+    (
+        ["method=sft", "method.trainer_config=trl.NoSuchConfig"],
+        "'trl' has no 'NoSuchConfig'; valid: e.g. trl.SFTConfig",
+    ),
+    (["method=sft", "method.trainer_config=nosuch.Config"], "cannot import 'nosuch' (No module named 'nosuch')"),
+    (["tracking.uri=foo://bar"], "tracking.uri='foo://bar'; valid: a URI whose scheme is one of sqlite,"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", MEANINGLESS, ids=[" ".join(o) for o, _ in MEANINGLESS])
+def test_a_value_that_means_nothing_is_refused_in_one_line(overrides, message):
+    from geomsweep.config.schema import ConfigError, check
+    from tests.test_schema import composed
+
+    with pytest.raises(ConfigError) as refused:
+        check(composed(*overrides))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_step_named_many_times_is_measured_once():
+    from geomsweep.config.schema import check
+    from tests.test_schema import composed
+
+    steps = check(composed("checkpoint=steps", f"checkpoint.steps=[{','.join(['40'] * 1500)},3]")).checkpoint.steps
+    assert steps == [40, 3]

@@ -6,8 +6,10 @@ the runs, their histories and a post-training run's before/after eigenspectrum a
 ``--rest-only``) opens, in headless Chromium with a fresh profile and no click:
 
 - the links geomsweep printed (the saved views of the runs page): the post-training view's table shows the change
-  columns with numbers in them, grouped by method; its charts show the changes as bars, one per method; the trace
-  view's charts draw ``geometry/rankme`` against a logarithmic step axis;
+  columns with numbers in them, grouped by method, no run's own SE averaged into a group, and the sweep parent's
+  95% interval of each group's change with its verdict (two seeds: indicative); its charts show the changes as
+  bars, one per method; the trace view's table names the phases and its charts draw ``geometry/rankme`` and the
+  phase label against a logarithmic step axis;
 - the experiment from the Experiments list (it must open on its runs), and the sweep parent's Overview (the
   comparison table).
 
@@ -159,6 +161,13 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
         assert values, f"the post-training view's table shows no numbers in a {metric} column"
     for method in ("sft", "dpo", "rlvr"):
         assert page.get_by_text(f"Group: {method}").count(), f"the table is not grouped by method: no Group: {method}"
+    averaged = sorted({col for col, _ in cells if col.startswith("metrics.") and col.endswith("_se`")})
+    assert not averaged, f"the grouped table averages each run's own SE over seeds in {averaged}"
+    for method in ("sft", "dpo", "rlvr"):
+        interval = f"metrics.`{method}/rankme_change_ci95`"
+        assert [t for c, t in cells if c == interval and re.match(r"\d", t)], f"no number in the parent's {interval}"
+        verdict = f"tags.`geomsweep.verdict.{method}.rankme`"
+        assert [t for c, t in cells if c == verdict and "indicative" in t], f"no two-seed verdict in {verdict}"
     shots = [out / f"view-{key}-table.png", out / f"view-{key}-charts.png"]
     page.screenshot(path=str(shots[0]), full_page=True)
     page.set_viewport_size(TALL)  # the page draws only the chart cards in view: all of them, below the bars too
@@ -190,16 +199,24 @@ def settled_cards(page, most_s: float = 30) -> list[dict]:
 
 
 def check_trace_view(page, uri: str, experiment_id: str, key: str, out: Path) -> list[Path]:
-    """The charts: geometry/rankme against a logarithmic step axis."""
-    charts = f"{uri}/{view_pages(experiment_id, key)[1]}"
+    """The table: the phases in words; the charts: geometry/rankme and the phase label against a logarithmic step
+    axis."""
+    table, charts = (f"{uri}/{page_}" for page_ in view_pages(experiment_id, key))
+    page.goto(table)
+    page.get_by_text(re.compile(r"\d+ matching runs?")).first.wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(3000)
+    phases = [text for col, text in page.evaluate(CELLS) if col == "tags.`geomsweep.phases`"]
+    assert [t for t in phases if "warmup" in t or "seeking" in t], f"the trace view's table names no phase: {phases}"
+    shots = [out / f"view-{key}-table.png", out / f"view-{key}-charts.png"]
+    page.screenshot(path=str(shots[0]), full_page=True)
     page.goto(charts)
     cards = settled_cards(page)
-    rankme = [c for c in cards if c["text"].split("\n", 1)[0].strip() == "geometry/rankme"]
-    assert rankme, "the trace view has no geometry/rankme chart"
-    assert rankme[0]["xaxis"] == "log", f"the trace view's geometry/rankme step axis is {rankme[0]['xaxis']}, not log"
-    shot = out / f"view-{key}-charts.png"
-    page.screenshot(path=str(shot), full_page=True)
-    return [shot]
+    for metric in ("geometry/rankme", "geometry/phase"):
+        found = [c for c in cards if c["text"].split("\n", 1)[0].strip() == metric]
+        assert found, f"the trace view has no {metric} chart"
+        assert found[0]["xaxis"] == "log", f"the trace view's {metric} step axis is {found[0]['xaxis']}, not log"
+    page.screenshot(path=str(shots[1]), full_page=True)
+    return shots
 
 
 def open_from_list(context, uri: str, exp: dict, model_training: bool = False):

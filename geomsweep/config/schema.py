@@ -10,6 +10,8 @@ Each default lives here once; the YAML presets under ``conf/`` set what differs,
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
 import re
 import types
 import typing
@@ -21,7 +23,6 @@ from typing import Any, Union
 from hydra import compose
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from geomsweep.behavior.choices import VLLM_ENGINES, Backend, SampleAt, Split
@@ -41,6 +42,8 @@ from geomsweep.core.definitions import (
 )
 from geomsweep.sources.choices import DataSource, Extractor, Selection, Source, TaskSchema, TaskSource
 from geomsweep.sources.toy.config import ToyConfig
+
+MIN_TOY_DOCS = 2  # the toy tasks split their held-out documents into two halves
 
 
 class ConfigError(ValueError):
@@ -125,6 +128,7 @@ class CheckpointConfig:
                 bool(self.steps),
                 f"checkpoint.steps={self.steps} must list at least one step for checkpoint.select=steps",
             )
+            self.steps = list(dict.fromkeys(self.steps))  # a step named twice is measured once
         if self.select == Selection.log:
             _require(
                 self.num is not None and self.num >= 2,
@@ -158,6 +162,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.min_tokens >= 0, f"data.min_tokens={self.min_tokens} must be >= 0")
+        _require(
+            self.document_field is None or self.source in (DataSource.files, DataSource.hub),
+            f"data.document_field={self.document_field!r} names a column, but data.source={self.source} has none "
+            f"(its texts are whole documents); valid: null, or data.source=files|hub",
+        )
         if self.source == DataSource.files:
             _require(self.path is not None, "data.source=files needs data.path")
         if self.source == DataSource.hub:
@@ -194,7 +203,9 @@ class ProbeConfig:
         _require(
             self.layers == ALL_LAYERS
             or (
-                not isinstance(self.layers, str) and bool(self.layers) and all(isinstance(i, int) for i in self.layers)
+                not isinstance(self.layers, str)
+                and bool(self.layers)
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers)
             ),
             f"probe.layers={self.layers!r}; valid: a non-empty list of hidden_states indices (-1: the final one) "
             f"or {ALL_LAYERS!r}",
@@ -237,7 +248,10 @@ class EvalConfig:
     ablation_k: list[int] = field(default_factory=lambda: [10, 50])  # spectral-tail ablation K ([]: off)
 
     def __post_init__(self) -> None:
-        _require(self.toy_n_docs >= 0, f"eval.toy_n_docs={self.toy_n_docs} must be >= 0")
+        _require(
+            self.toy_n_docs == 0 or self.toy_n_docs >= MIN_TOY_DOCS,
+            f"eval.toy_n_docs={self.toy_n_docs}; valid: 0 (off) or at least {MIN_TOY_DOCS} held-out documents",
+        )
         _require(self.ngram_order >= 0, f"eval.ngram_order={self.ngram_order} must be >= 0")
         _require(all(k >= 1 for k in self.ablation_k), f"eval.ablation_k={self.ablation_k}: each K must be >= 1")
 
@@ -274,9 +288,11 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         _require(self.geometry_every >= 1, f"method.geometry_every={self.geometry_every} must be >= 1")
+        steps = self.args.get("max_steps")
         _require(
-            self.args.get("max_steps") != 0,
-            "method.args.max_steps=0 trains nothing; valid: a positive number of steps, or -1 (num_train_epochs)",
+            steps is None or isinstance(steps, bool) or not isinstance(steps, int) or steps >= 1 or steps == -1,
+            f"method.args.max_steps={steps} trains nothing; valid: a positive number of steps, or -1 "
+            f"(num_train_epochs)",
         )
         _require(self.processes >= 1, f"method.processes={self.processes} must be >= 1")
         _require(
@@ -318,6 +334,11 @@ class TaskConfig:
     def __post_init__(self) -> None:
         _require(0.0 < self.id_fraction < 1.0, f"task.id_fraction={self.id_fraction} must lie in (0, 1)")
         _require(self.max_new_tokens >= 1, f"task.max_new_tokens={self.max_new_tokens} must be >= 1")
+        _require(self.limit is None or self.limit >= 1, f"task.limit={self.limit}; valid: null (all rows) or >= 1")
+        if self.source == TaskSource.files:
+            _require(self.path is not None, "task.source=files needs task.path (a JSON Lines or CSV file)")
+        if self.source == TaskSource.hub:
+            _require(self.name is not None, "task.source=hub needs task.name (a datasets name)")
         if self.source == TaskSource.arithmetic:
             _require(
                 0 <= self.max_operand < self.ood_max_operand,
@@ -348,14 +369,19 @@ class SamplerConfig:
         _require(self.n >= 0, f"sampler.n={self.n} must be >= 0 (0: no sampling)")
         _require(self.batch_size >= 1, f"sampler.batch_size={self.batch_size} must be >= 1")
         _require(
-            self.temperature > 0,
-            f"sampler.temperature={self.temperature} must be > 0 (pass@k needs random "
+            0 < self.temperature < math.inf,
+            f"sampler.temperature={self.temperature} must be a finite number > 0 (pass@k needs random "
             f"samples; greedy accuracy is eval/*_acc)",
         )
         _require(0 < self.top_p <= 1, f"sampler.top_p={self.top_p} must lie in (0, 1]")
         _require(
             self.max_tokens is None or self.max_tokens >= 1,
             f"sampler.max_tokens={self.max_tokens} must be null or >= 1",
+        )
+        _require(
+            bool(self.splits) or not self.n,
+            f"sampler.splits={list(self.splits)} samples nothing; valid: one or more of {', '.join(Split)}, or "
+            f"sampler.n=0 (no sampling)",
         )
         bad = [s for s in self.splits if s not in Split.__members__]
         _require(not bad, f"sampler.splits has {bad}; valid: {', '.join(Split)}")
@@ -402,8 +428,16 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment.strip()), f"tracking.experiment={self.experiment!r} must name an experiment")
+        scheme = self.uri.split("://", 1)[0].split("+", 1)[0] if "://" in self.uri else ""
+        _require(
+            scheme in TRACKING_SCHEMES,
+            f"tracking.uri={self.uri!r}; valid: a URI whose scheme is one of {', '.join(TRACKING_SCHEMES)} (e.g. "
+            f"sqlite:///mlflow.db or http://127.0.0.1:5000)",
+        )
 
 
+# MLflow's tracking stores, less the file store it refuses (>= 3.13); a driver may follow: postgresql+psycopg
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -493,12 +527,27 @@ def check(cfg: DictConfig) -> Config:
         cause = err.__cause__ or err.__context__
         if isinstance(cause, ConfigError):
             raise ConfigError(str(cause)) from None
+        if getattr(err, "full_key", "").startswith("checkpoint.steps") and cfg.checkpoint.get("step", 0) is None:
+            raise ConfigError("checkpoint=step needs checkpoint.step=N, the pretraining step to measure") from None
         raise ConfigError(str(err).splitlines()[0] + _where(err)) from None
     if not isinstance(typed, Config):
         raise ConfigError("the config was not composed with geomsweep's schema (conf/config.yaml lists it first)")
     if typed.method.trainer_config:  # a pipeline's stages are checked when they are composed
-        check_fields(get_class(typed.method.trainer_config), typed.method.args, "method.args")
+        check_fields(importable(typed.method.trainer_config, "method.trainer_config"), typed.method.args, "method.args")
     return typed
+
+
+def importable(dotted: str, key: str) -> type:
+    """The class a dotted path names, or one line naming the key, the value and why it cannot be had."""
+    module, _, name = dotted.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name) if module else None
+    except ImportError as err:
+        raise ConfigError(f"{key}={dotted!r}: cannot import {module!r} ({err}); valid: e.g. trl.SFTConfig") from None
+    except AttributeError:
+        raise ConfigError(f"{key}={dotted!r}: {module!r} has no {name!r}; valid: e.g. trl.SFTConfig") from None
+    _require(isinstance(found, type), f"{key}={dotted!r} names no class; valid: e.g. trl.SFTConfig")
+    return found
 
 
 def stage_configs(settings: Config) -> list[tuple[str, Config]]:
