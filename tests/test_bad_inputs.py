@@ -581,3 +581,61 @@ def test_a_step_named_many_times_is_measured_once():
 
     steps = check(composed("checkpoint=steps", f"checkpoint.steps=[{','.join(['40'] * 1500)},3]")).checkpoint.steps
     assert steps == [40, 3]
+
+
+def test_another_programs_sqlite_database_is_refused_untouched(tmp_path, monkeypatch):
+    import sqlite3
+    from types import SimpleNamespace
+
+    from geomsweep.tracking.store import StoreError, setup_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"a SQLite database of another program \(1 tables: invoices\)"):
+        setup_store(SimpleNamespace(uri=f"sqlite:///{path}", experiment="geomsweep"))
+    assert path.read_bytes() == before
+
+
+def test_a_deleted_experiment_is_named_with_the_fix(store, monkeypatch):
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from geomsweep.tracking.store import StoreError, setup_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = mlflow.MlflowClient(store)
+    client.delete_experiment(client.create_experiment("gone"))
+    with pytest.raises(StoreError, match=r"tracking.experiment='gone' \(id \d+\) is deleted .*experiments restore"):
+        setup_store(SimpleNamespace(uri=store, experiment="gone"))
+
+
+def test_a_held_store_lock_says_it_waits_at_once(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from filelock import FileLock
+
+    from geomsweep.tracking import store as stores
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(stores, "STORE_LOCK_TIMEOUT_S", 1)
+    path = tmp_path / "mlflow.db"
+    with FileLock(f"{path}.lock"):  # another process creating the store (a thread of its own here)
+        with pytest.raises(stores.StoreError, match="stayed locked for 1 s"):
+            stores.setup_store(SimpleNamespace(uri=f"sqlite:///{path}", experiment="geomsweep"))
+    assert f"geomsweep: waiting up to 1 s for {path}.lock" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_finished_cell_whose_artifacts_are_gone_runs_again(tmp_path, cache_dir, tiny_checkpoints, store):
+    args = [*GEOMETRY, "checkpoint=final"]
+    run_app(args, tmp_path, cache_dir, store)
+    (done,) = runs_of(store, "job")
+    shutil.rmtree(done.info.artifact_uri.removeprefix("file://"))
+    proc = run_app(args, tmp_path, cache_dir, store)
+    assert f"run {done.info.run_id} of this cell FINISHED, but its artifacts are gone" in proc.stdout
+    assert [r.info.status for r in runs_of(store, "job")] == ["FINISHED", "FINISHED"]
+    assert "already FINISHED" in run_app(args, tmp_path, cache_dir, store).stdout  # the new run is reused

@@ -258,6 +258,29 @@ def test_lora_dpo_trains_adapters_against_the_disabled_adapter_and_its_saved_mod
     missing = "runs:/0123456789abcdef/model"
     proc = run_app(["model=mlflow", f"model.uri={missing}", *probe], tmp_path, cache_dir, store, check=False)
     assert proc.returncode != 0 and f"model.uri={missing}: no such model" in proc.stderr
+    # a damaged cached copy is fetched again from the run, and measures the same
+    from geomsweep.sources.checkpoints import mlflow_model_dir
+
+    (weights,) = mlflow_model_dir(uri, str(cache_dir)).glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    again = ["model=mlflow", f"model.uri={uri}", *TINY_PROBE, *probe, "sampler.n=0", "tracking.force=true"]
+    proc = run_app(again, tmp_path, cache_dir, store)
+    assert f"the cached copy {weights.parent} of model.uri={uri} is damaged: fetched again" in proc.stdout
+    remeasured = client.search_runs(
+        [client.get_experiment_by_name("geomsweep").experiment_id],
+        "params.`cfg.model.name` = 'mlflow'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
+    assert remeasured.data.metrics["geometry/rankme"] == pytest.approx(final.value, rel=1e-4)
+    # a folder that holds no model is refused before anything is copied into the cache
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    for i in range(50):
+        (folder / f"doc{i}.txt").write_text("text")
+    proc = run_app(["model=mlflow", f"model.uri=file://{folder}", *probe], tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0 and f"model.uri=file://{folder} holds no saved model" in proc.stderr
+    cached = mlflow_model_dir(f"file://{folder}", str(cache_dir))
+    assert not cached.exists() and not cached.with_name(cached.name + ".partial").exists()
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ names it).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -175,6 +176,9 @@ def prepare_model(settings: Config) -> None:
         ensure_pretrained(ToyConfig.from_cfg(settings.model.toy), settings.cache_dir, settings.progress)
     if settings.model.source == "mlflow":
         directory = ckpts.mlflow_model_dir(settings.model.uri, settings.cache_dir)
+        if directory.is_dir() and not ckpts.intact_model_dir(directory):
+            print(f"geomsweep: the cached copy {directory} of model.uri={settings.model.uri} is damaged: fetched again")
+            shutil.rmtree(directory)
         if not directory.is_dir():
             ckpts.download_model(settings.model.uri, directory)
 

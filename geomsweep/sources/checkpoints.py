@@ -27,7 +27,7 @@ import torch
 from filelock import FileLock
 from huggingface_hub import constants, list_repo_refs, try_to_load_from_cache
 from mlflow.exceptions import MlflowException
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -268,8 +268,16 @@ def download_model(uri: str, directory: Path) -> None:
     the cache, when the URI names no saved model (a missing run, a file, a run's whole artifact root)."""
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     valid = "valid: runs:/<run id>/model of a run with method.save=true"
+    try:
+        listed = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=uri)}
+    except (MlflowException, OSError) as err:
+        raise FileNotFoundError(
+            f"model.uri={uri}: no such model in {mlflow.get_tracking_uri()} ({str(err).splitlines()[0]}); {valid}"
+        ) from None
+    if "config.json" not in listed:  # said before anything is copied
+        raise FileNotFoundError(f"model.uri={uri} holds no saved model (no config.json there); {valid}")
+    partial.mkdir(parents=True)
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial))
         saved = [p for p in partial.iterdir()]  # download_artifacts keeps the artifact's own name
@@ -282,6 +290,19 @@ def download_model(uri: str, directory: Path) -> None:
         ) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def intact_model_dir(directory: Path) -> bool:
+    """Whether a cached copy of a saved model can still be read: its config parses and every safetensors file's
+    header matches the file (a truncated or edited copy fails here rather than half-way into a job)."""
+    try:
+        json.loads((directory / "config.json").read_text())
+        for weights in directory.glob("*.safetensors"):
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        return any(directory.glob("*.safetensors")) or any(directory.glob("*.bin"))
+    except (OSError, ValueError, SafetensorError):
+        return False
 
 
 def stage_checkpoints(model_cfg) -> list[Checkpoint]:

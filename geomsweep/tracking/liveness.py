@@ -128,8 +128,24 @@ def earlier_runs(experiment_id: str, identity: str, force: bool = False) -> Earl
                 running = running or run
             else:
                 mark_killed(run)
-    finished = next((r for r in runs if r.info.status == "FINISHED"), None)
+    client = mlflow.MlflowClient()
+    finished = next((r for r in runs if r.info.status == "FINISHED" and artifacts_intact(client, r)), None)
     return Earlier() if force else Earlier(finished, running)
+
+
+def artifacts_intact(client, run) -> bool:
+    """Whether a FINISHED run still has what every job logs first (``config.yaml``): one whose artifacts were
+    deleted is no result to reuse, and its cell runs again."""
+    try:
+        intact = any(a.path == "config.yaml" for a in client.list_artifacts(run.info.run_id))
+    except Exception:  # an artifact store that cannot be listed: the run's record is still trusted
+        return True
+    if not intact:
+        print(
+            f"geomsweep: run {run.info.run_id} of this cell FINISHED, but its artifacts are gone "
+            f"({run.info.artifact_uri} holds no config.yaml): the cell runs again"
+        )
+    return intact
 
 
 def finished_cell(identity: str, tracking_cfg) -> str | None:

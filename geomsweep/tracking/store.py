@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import mlflow
@@ -96,6 +97,15 @@ def intact_sqlite(path: Path) -> None:
         verdict = str(err)
     if verdict != "ok":
         raise StoreError(f"the MLflow store {path} is damaged (sqlite: {verdict}): {fix}")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=20)) as db:
+        tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    if tables and "alembic_version" not in tables:  # MLflow's own tables come with their migration record
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StoreError(
+            f"{path} is a SQLite database of another program ({len(tables)} tables: {shown}), not an MLflow store; "
+            f"MLflow would add its own tables to it: point tracking.uri at a file of its own, e.g. "
+            f"sqlite:///$PWD/mlflow.db"
+        )
 
 
 def setup_store(tracking_cfg) -> str:
@@ -118,14 +128,26 @@ def setup_store(tracking_cfg) -> str:
         return experiment_id(tracking_cfg.experiment)
     writable_sqlite(path)
     intact_sqlite(path)
+    lock = FileLock(str(path) + ".lock")
     try:
-        with FileLock(str(path) + ".lock", timeout=STORE_LOCK_TIMEOUT_S):
-            return experiment_id(tracking_cfg.experiment)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # held: say so now, not after the wait
+            print(
+                f"geomsweep: waiting up to {STORE_LOCK_TIMEOUT_S} s for {path}.lock (another geomsweep process is "
+                f"creating the store)",
+                file=sys.stderr,
+            )
+            lock.acquire(timeout=STORE_LOCK_TIMEOUT_S)
     except Timeout:
         raise StoreError(
             f"the MLflow store {path} stayed locked for {STORE_LOCK_TIMEOUT_S} s ({path}.lock): another geomsweep "
             f"process is creating it, or one died holding the lock; if none runs, delete {path}.lock"
         ) from None
+    try:
+        return experiment_id(tracking_cfg.experiment)
+    finally:
+        lock.release()
 
 
 def experiment_id(name: str) -> str:
@@ -134,6 +156,13 @@ def experiment_id(name: str) -> str:
     user is left as it is)."""
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise StoreError(
+            f"the experiment tracking.experiment={name!r} (id {experiment.experiment_id}) is deleted in "
+            f"{mlflow.get_tracking_uri()}: restore it (mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}, with MLFLOW_TRACKING_URI set to that store) or name another with "
+            f"tracking.experiment=<name>"
+        )
     if experiment is None:
         try:
             client.create_experiment(name, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
