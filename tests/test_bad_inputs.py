@@ -639,3 +639,47 @@ def test_a_finished_cell_whose_artifacts_are_gone_runs_again(tmp_path, cache_dir
     assert f"run {done.info.run_id} of this cell FINISHED, but its artifacts are gone" in proc.stdout
     assert [r.info.status for r in runs_of(store, "job")] == ["FINISHED", "FINISHED"]
     assert "already FINISHED" in run_app(args, tmp_path, cache_dir, store).stdout  # the new run is reused
+
+
+def test_a_plan_with_a_read_only_cache_still_answers_naming_it(tmp_path, cache_dir):
+    (tmp_path / "afile").write_text("a regular file: nothing can be written below it, even by root")
+    blocked = tmp_path / "afile" / "cache"
+    proc = run_app(["plan=true", "tflops=null"], tmp_path, blocked, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"the measured throughput is not kept: cannot write {blocked}/throughput.json (Not a directory)" in (
+        proc.stdout
+    )
+    assert "total: 1 cells" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "schema, rows, method, message",
+    [
+        (
+            "hh",
+            [{"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: No."}] * 3
+            + [{"chosen": "Human: a monologue with no reply", "rejected": "Human: another one"}] * 2,
+            "sft",
+            "method=sft: 2 of 5 rows of task 'hh' have an empty prompt or completion (rows",
+        ),
+        (
+            "gsm8k",
+            [{"question": "How many?", "answer": "3 + 4 = 7\n#### 7"}] * 3
+            + [{"question": "Why?", "answer": "Because it is so."}] * 2,
+            "rlvr",
+            "method=rlvr: 2 of 5 rows of task 'gsm8k' have an empty prompt or answer",
+        ),
+    ],
+    ids=["hh-without-an-assistant-turn", "rlvr-answers-without-a-number"],
+)
+def test_task_rows_that_cannot_train_are_counted_before_training(tmp_path, schema, rows, method, message):
+    from geomsweep.sources.tasks import Task, load_split
+
+    path = tmp_path / f"{schema}.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = load_split({"source": "files", "path": str(path), "schema": schema})
+    with pytest.raises(ValueError) as refused:
+        Task(schema, data, data, None).for_method(method)
+    assert message in str(refused.value)
+    clean = load_split({"source": "files", "path": str(path), "schema": schema, "limit": 3})
+    assert len(Task(schema, clean, clean, None).for_method(method)) == 3

@@ -85,6 +85,20 @@ def test_geometry_evaluator_on_a_logged_transformers_model(tracked, tiny_checkpo
                 evaluators=["geometry"],
                 evaluator_config={"geometry": {**config, **bad}},
             )
+    # texts that are not non-empty strings are refused by column, not measured as "None" or as digits
+    for bad_value in (None, 7, ""):
+        column = [*texts[:-1], bad_value]
+        with (
+            mlflow.start_run(),
+            pytest.raises(Exception, match=r"text_column 'text' must hold non-empty strings; 1 of"),
+        ):
+            mlflow.models.evaluate(
+                info.model_uri,
+                pd.DataFrame({"text": column}),
+                model_type="text",
+                evaluators=["geometry"],
+                evaluator_config={"geometry": config},
+            )
 
 
 def test_run_context_tags_runs_started_in_a_job(tracked, monkeypatch):

@@ -110,6 +110,18 @@ def geometry_defaults() -> dict:
     }
 
 
+def text_values(column, key: str, name: str) -> list[str]:
+    """The column's texts, or one error naming the column and the rows that are not non-empty strings (a None
+    would be measured as the text "None", a number as its digits)."""
+    bad = [(i, value) for i, value in enumerate(column) if not isinstance(value, str) or not value.strip()]
+    if bad:
+        shown = ", ".join(f"row {i}: {value!r}" for i, value in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise ValueError(
+            f"{key} {name!r} must hold non-empty strings; {len(bad)} of {len(column)} rows do not ({shown})"
+        )
+    return list(column)
+
+
 def transformers_components(model):
     """(model, tokenizer) inside an MLflow pyfunc model of the transformers flavor, or a clear error."""
     try:
@@ -142,7 +154,7 @@ class GeometryEvaluator(ModelEvaluator):
                 raise ValueError(f"{key} {cfg[key]!r} is not in the data; its columns: {list(features.columns)}")
         probe_fields = {k: v for k, v in cfg.items() if k not in ("text_column", "document_column", "layer")}
         probe = ProbeConfig(**probe_fields, layers=[cfg["layer"]], n_sequences=len(features))
-        texts = [str(t) for t in features[cfg["text_column"]]]
+        texts = text_values(features[cfg["text_column"]], "text_column", cfg["text_column"])
         documents = [str(d) for d in features[cfg["document_column"]]] if cfg["document_column"] else None
         measured = measure_model(lm, tokenizer, texts, probe, progress=False, documents=documents)
         geometry = measured.geometry[cfg["layer"]]

@@ -26,6 +26,12 @@ from geomsweep.sources.choices import Extractor, TaskSchema, TaskSource
 from geomsweep.sources.files import check_file
 
 COLUMNS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"), "rlvr": ("prompt", "answer")}
+EMPTY_MEANS = {  # what a row with an empty column would do to training
+    "sft": "they cannot be split into a prompt and a completion, and would train on empty completions",
+    "dpo": "they cannot be split into a prompt and two replies",
+    "rlvr": "no answer the reward can check (no number in the reference answer): its reward would be 0 for every "
+    "completion",
+}
 
 
 @dataclass
@@ -44,7 +50,16 @@ class Task:
                 f"method={method} needs task columns {list(needed)}, but task {self.name!r} lacks "
                 f"{missing} (it has {self.train.column_names})"
             )
-        return self.train.select_columns(list(needed))
+        rows = self.train.select_columns(list(needed))
+        empty = [i for i, row in enumerate(rows) if any(row[c] is None or not str(row[c]).strip() for c in needed)]
+        if empty:
+            why = EMPTY_MEANS.get(method, "the trainer would learn from nothing")
+            raise ValueError(
+                f"method={method}: {len(empty)} of {len(rows)} rows of task {self.name!r} have an empty "
+                f"{' or '.join(needed)} (rows {', '.join(map(str, empty[:5]))}{', ...' if len(empty) > 5 else ''}): "
+                f"{why}; fix or drop those rows"
+            )
+        return rows
 
 
 # --- the offline arithmetic task -------------------------------------------------------------------------------
@@ -136,6 +151,8 @@ def _hh(row: dict) -> dict:
     """Anthropic-HH stores whole dialogues; the prompt is everything up to the last assistant turn."""
 
     def split(dialogue: str) -> tuple[str, str]:
+        if HH_TURN not in dialogue:  # no assistant turn: no prompt and reply (Task.for_method counts such rows)
+            return "", ""
         cut = dialogue.rfind(HH_TURN) + len(HH_TURN)
         return dialogue[:cut], dialogue[cut:]
 
