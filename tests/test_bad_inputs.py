@@ -683,3 +683,29 @@ def test_task_rows_that_cannot_train_are_counted_before_training(tmp_path, schem
     assert message in str(refused.value)
     clean = load_split({"source": "files", "path": str(path), "schema": schema, "limit": 3})
     assert len(Task(schema, clean, clean, None).for_method(method)) == 3
+
+
+def test_a_native_model_type_beside_an_auto_map_is_refused_too(tmp_path, tiny_checkpoints):
+    """transformers would load its own GPT-NeoX class and ignore the folder's code: the folder means its code, so
+    it is refused as the README says, not measured as a model its author did not ship."""
+    from geomsweep.sources.checkpoints import Checkpoint, RemoteCodeRefused
+
+    marker = tmp_path / "REMOTE_CODE_RAN"
+    folder = hostile_model(tmp_path, tiny_checkpoints, marker)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"model_type": "gpt_neox"}))
+    with pytest.raises(RemoteCodeRefused, match="ships Python code of its own .*model.trust_remote_code=true"):
+        Checkpoint("final", 0, None, str(folder)).load()
+    assert not marker.exists()
+
+
+def test_a_model_without_layers_is_named_not_an_index_error(tiny_checkpoints):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from geomsweep.core.extract import check_layers, resolve_layers
+
+    config = AutoConfig.from_pretrained(tiny_checkpoints / "step40")
+    config.num_hidden_layers = 0
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ValueError, match="the model has num_hidden_layers=0: no layer whose representations"):
+        check_layers(model, resolve_layers(model, "all"))

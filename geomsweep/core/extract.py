@@ -137,7 +137,10 @@ def resolve_layers(model, layers) -> list[int]:
 
 def check_layers(model, layers: Sequence[int]) -> int:
     """The number of hidden states the model returns (embeddings + one per layer); an error naming bad indices."""
-    n_states = model.config.num_hidden_layers + 1
+    depth = model.config.num_hidden_layers
+    if depth < 1:  # transformers returns no hidden state at all then
+        raise ValueError(f"the model has num_hidden_layers={depth}: no layer whose representations could be measured")
+    n_states = depth + 1
     bad = [layer for layer in layers if not -n_states <= layer < n_states]
     if bad:
         raise ValueError(f"layers {bad} out of range: this model has hidden_states indices {-n_states}..{n_states - 1}")

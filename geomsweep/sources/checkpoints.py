@@ -68,6 +68,10 @@ class Checkpoint:
                 f"{self.where} has no tokenizer ({', '.join(tokenizer_files)}): save one beside the weights with "
                 f"tokenizer.save_pretrained(<that folder>)"
             )
+        config = Path(self.location) / "config.json"
+        if local and not trust_remote_code and config.is_file() and "auto_map" in json.loads(config.read_text()):
+            # a class transformers knows would load and the folder's own code be ignored: the folder means its code
+            raise RemoteCodeRefused.at(self.where)
         try:
             if not trust_remote_code:
                 with no_remote_code(self.where):
@@ -100,6 +104,13 @@ class Checkpoint:
 class RemoteCodeRefused(RuntimeError):
     """A model folder that needs its own Python code to load, which geomsweep runs only when asked."""
 
+    @classmethod
+    def at(cls, where: str) -> RemoteCodeRefused:
+        return cls(
+            f"{where} ships Python code of its own (config.json's auto_map), which geomsweep never runs unless "
+            f"model.trust_remote_code=true says so; check the code first"
+        )
+
 
 @contextmanager
 def no_remote_code(where: str) -> Iterator[None]:
@@ -110,10 +121,7 @@ def no_remote_code(where: str) -> Iterator[None]:
     except ValueError as err:
         if "trust_remote_code" not in str(err):
             raise
-        raise RemoteCodeRefused(
-            f"{where} ships Python code of its own (config.json's auto_map), which geomsweep never runs unless "
-            f"model.trust_remote_code=true says so; check the code first"
-        ) from None
+        raise RemoteCodeRefused.at(where) from None
 
 
 def parse_revision(name: str) -> tuple[int, int | None]:
