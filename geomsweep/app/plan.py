@@ -135,9 +135,7 @@ def throughput(settings) -> float:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(known, indent=1))
         except OSError as err:  # a read-only cache: the plan still answers, measuring again next time
-            print(
-                f"geomsweep: the measured throughput is not kept: cannot write {path} ({err.strerror or err})"
-            )
+            print(f"geomsweep: the measured throughput is not kept: cannot write {path} ({err.strerror or err})")
     return known[key]
 
 

@@ -18,12 +18,15 @@ DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store, and tracking=
 EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 STORE_LOCK_TIMEOUT_S = 120  # longer than any store creation; a lock held past it is a stuck process
 # A tracking server that stops answering costs a job seconds, not MLflow's default minutes (7 retries with
-# exponential backoff on every call, 120 s timeouts): geomsweep's defaults, unless the environment sets them.
+# exponential backoff on every call, 120 s timeouts): geomsweep's defaults, unless the environment sets them. One
+# call then gives up within about 17 s; once a call has failed and the server does not answer its health check,
+# every later call (the run's failure, its status, MLflow's own at exit) gets one try of 1 s (writer.py): the
+# whole job ends within 30 s of the server freezing, not a timeout per call multiplied.
 HTTP_BUDGET = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
 }
 
 
@@ -54,7 +57,7 @@ def store_fault(err: BaseException) -> StoreError | None:
             f"the MLflow store {path} ran out of disk space (sqlite: database or disk is full): free space on its "
             f"disk or point tracking.uri at another; {after}"
         )
-    if uri.startswith(("http://", "https://")) and not healthy(uri, timeout=3):
+    if uri.startswith(("http://", "https://")) and not healthy(uri, timeout=2):
         return StoreError(
             f"the MLflow server at {uri} stopped answering ({type(err).__name__}); nothing more could be logged, "
             f"and {after} (its lease is stale)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import threading
 import time
 import traceback
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geomsweep.tracking.identity import flatten
 from geomsweep.tracking.keys import TAG_ERROR, TAG_PROBE_DIGEST
+from geomsweep.tracking.server import healthy
 
 MAX_TAG_CHARS = 5000
 
@@ -68,9 +70,25 @@ class _WholeWrites:
         @functools.wraps(method)
         def whole(*args, **kwargs):
             with one_write():
-                return method(*args, **kwargs)
+                try:
+                    return method(*args, **kwargs)
+                except Exception:
+                    give_up_on_a_silent_server()
+                    raise
 
         return whole
+
+
+SILENT_SERVER = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
+
+
+def give_up_on_a_silent_server() -> None:
+    """After a failed call to a tracking server that no longer answers its health check, every later call of this
+    process (MLflow reads these at each request) gets one try of 1 s: a frozen server then costs the job one
+    call's budget (store.HTTP_BUDGET), not that budget again for each write that follows."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")) and not healthy(uri, timeout=2):
+        os.environ.update(SILENT_SERVER)
 
 
 class RunLogger:
