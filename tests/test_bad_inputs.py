@@ -484,6 +484,27 @@ def test_a_store_out_of_disk_space_ends_in_one_line(tmp_path, cache_dir, tiny_ch
     assert "Traceback" not in proc.stderr
 
 
+def test_a_full_artifact_disk_is_named_by_its_path_and_the_run_ends_failed(tmp_path, cache_dir, small_disk, store):
+    """The store (sqlite, on another disk) still works: the line names the artifacts' disk, not the store, and
+    the run's true status."""
+    import mlflow
+
+    mlflow.MlflowClient(store).create_experiment("geomsweep", artifact_location=str(small_disk / "artifacts"))
+    filler = open(small_disk / "filler", "wb", buffering=0)  # leave the artifacts a few kilobytes
+    try:
+        while True:
+            filler.write(b"\0" * 4096)
+    except OSError:
+        filler.close()
+    (small_disk / "filler").write_bytes(b"\0" * ((small_disk / "filler").stat().st_size - 64 * 1024))
+    proc = run_app(GEOMETRY, tmp_path, cache_dir, store, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    message = f"geomsweep: the disk holding the run's artifacts ({small_disk / 'artifacts'}) is full"
+    assert message in proc.stderr and "the run ended FAILED" in proc.stderr, proc.stderr[-3000:]
+    (run,) = runs_of(store, "job")
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["geomsweep.error"]
+
+
 def test_a_probe_longer_than_the_models_context_is_refused_at_once(tmp_path, cache_dir, tiny_checkpoints, store):
     start = time.monotonic()
     proc = run_app([*GEOMETRY, "checkpoint=final", "probe.max_length=100000"], tmp_path, cache_dir, store, check=False)

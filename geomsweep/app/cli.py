@@ -66,7 +66,7 @@ def run(cfg: DictConfig, settings: Config) -> None:
     except Exception as err:  # one clear line; the traceback is in the run's error.txt
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if (fault := store_fault(err)) is not None:
+        if (fault := store_fault(err, settings.tracking.experiment)) is not None:
             raise SystemExit(f"geomsweep: {fault}") from None
         raise SystemExit(
             f"geomsweep: failed: {type(err).__name__}: {err}\n"

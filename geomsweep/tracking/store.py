@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -45,17 +46,34 @@ def tracking_uri(tracking_cfg=None) -> str:
     return uri
 
 
-def store_fault(err: BaseException) -> StoreError | None:
-    """When ``err`` came from the store itself (a sqlite file out of disk space, a server that stopped answering),
-    the one line to say instead, naming the store and the fix; None for any other error."""
+def store_fault(err: BaseException, experiment: str | None = None) -> StoreError | None:
+    """When ``err`` came from the store itself (a disk out of space, a server that stopped answering), the one line
+    to say instead, naming what failed, the fix and the run's true status; None for any other error. A full disk
+    is named by its path: the sqlite store's (the run's status could not be written) or ``experiment``'s artifact
+    location (the store still works: the run ended FAILED)."""
     uri = mlflow.get_tracking_uri()
     path = sqlite_path(uri)
     text = f"{err} {err.__cause__ or ''} {err.__context__ or ''}"
     after = "its run stays RUNNING until the next run of the cell marks it KILLED"
-    if path is not None and ("database or disk is full" in text or "No space left on device" in text):
+    if "database or disk is full" in text or "No space left on device" in text:
+        artifacts = local_artifact_root(experiment)
+        store_full = "database or disk is full" in text or (path is not None and disk_full(path.parent))
+        if path is not None and store_full and not (artifacts is not None and disk_full(artifacts)):
+            return StoreError(
+                f"the MLflow store {path} ran out of disk space (sqlite: database or disk is full): free space on "
+                f"its disk or point tracking.uri at another; {after}"
+            )
+        if artifacts is not None and disk_full(artifacts):
+            return StoreError(
+                f"the disk holding the run's artifacts ({artifacts}) is full (No space left on device): free space "
+                f"there or give the experiment another artifact location; the run ended FAILED with the reason"
+            )
+        places = [
+            f"{where} ({shutil.disk_usage(existing(where)).free >> 20} MB free)" for where in (path, artifacts) if where
+        ]
         return StoreError(
-            f"the MLflow store {path} ran out of disk space (sqlite: database or disk is full): free space on its "
-            f"disk or point tracking.uri at another; {after}"
+            f"a disk ran out of space (No space left on device) while the job wrote to {' or '.join(places)}: free "
+            f"space there; the run's status says how far it got"
         )
     if uri.startswith(("http://", "https://")) and not healthy(uri, timeout=2):
         return StoreError(
@@ -63,6 +81,29 @@ def store_fault(err: BaseException) -> StoreError | None:
             f"and {after} (its lease is stale)"
         )
     return None
+
+
+def local_artifact_root(experiment: str | None) -> Path | None:
+    """The experiment's artifact location when it is a local folder (None when unknown or remote)."""
+    try:
+        found = mlflow.MlflowClient().get_experiment_by_name(experiment) if experiment else None
+    except Exception:  # the store itself is what failed
+        return None
+    location = found.artifact_location if found else ""
+    local = location.removeprefix("file://") if location.startswith(("file://", "/")) else None
+    return Path(local) if local else None
+
+
+def existing(path: Path) -> Path:
+    """``path`` or its nearest parent that exists (a disk's free space is asked of a path on it)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_full(path: Path, headroom: int = 1 << 20) -> bool:
+    """Whether the disk holding ``path`` has less than ``headroom`` bytes free."""
+    return shutil.disk_usage(existing(path)).free < headroom
 
 
 def sqlite_path(uri: str) -> Path | None:
