@@ -68,6 +68,8 @@ def run_job(cfg: DictConfig, settings: Config) -> None:
         failed_before_running(experiment_id, name, parent, cfg, err)
         return
     if earlier.running is not None:
+        if parent is not None:  # the sweep depends on it: its summary awaits it (sweep.wait_for_cells_elsewhere)
+            RunLogger(parent).tags({TAG_REUSED_PREFIX + identity: earlier.running.info.run_id})
         tags = earlier.running.data.tags
         print(
             f"geomsweep: skipped {name}: this cell (config hash {identity}) is running now in run "

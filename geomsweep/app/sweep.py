@@ -37,6 +37,7 @@ from geomsweep.tracking.keys import (
     TAG_FAILED_CELLS,
     TAG_HOST,
     TAG_PARENT,
+    TAG_PID,
     TAG_REUSED_PREFIX,
     TAG_ROLE,
     TAG_SWEEP_DIR,
@@ -48,6 +49,7 @@ from geomsweep.tracking.writer import RunLogger
 
 logger = logging.getLogger(__name__)
 SEQUENTIAL_LAUNCHERS = (None, "basic")
+CELL_POLL_S = 5.0  # how often a cell running in another process is looked at, at the end of a sweep
 Cells = list[tuple[str, DictConfig, Config]]
 
 
@@ -148,13 +150,42 @@ def cells_of(client, experiment_id: str, parent_id: str) -> list:
         filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}' and tags.`{TAG_ROLE}` = '{ROLE_JOB}'",
     )
     tags = client.get_run(parent_id).data.tags
-    reused = [client.get_run(run_id) for key, run_id in tags.items() if key.startswith(TAG_REUSED_PREFIX)]
+    own = {run.info.run_id for run in children}  # a sweep sharing this parent may have tagged one of them
+    reused = [
+        client.get_run(run_id)
+        for key, run_id in tags.items()
+        if key.startswith(TAG_REUSED_PREFIX) and run_id not in own
+    ]
     return sorted(children + reused, key=lambda r: r.info.run_name or "")
 
 
+def wait_for_cells_elsewhere(client, runs: list) -> list:
+    """``runs`` once none is RUNNING: at the end of a sweep, a cell still running was started by another process
+    (a concurrent sweep over the same cells, or one sharing this sweep's folder), and this sweep's summary depends
+    on it. Each is awaited while its process lives (a dead one's run is marked KILLED), said once, polled."""
+    settled = []
+    for run in runs:
+        if run.info.status == "RUNNING":
+            tags = run.data.tags
+            print(
+                f"geomsweep: waiting for cell {run.info.run_name}, running in run {run.info.run_id} (process "
+                f"{tags.get(TAG_PID, '?')} on {tags.get(TAG_HOST, '?')}) for another sweep: this summary covers it"
+            )
+            while run.info.status == "RUNNING":
+                if not process_alive(run):
+                    mark_killed(run)
+                else:
+                    time.sleep(CELL_POLL_S)
+                run = client.get_run(run.info.run_id)
+        settled.append(run)
+    return settled
+
+
 def close_sweep(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
-    """Log the summary on the parent and end it FINISHED, or FAILED when a cell failed; returns the summary."""
-    runs = cells_of(client, experiment_id, parent_id)
+    """Log the summary on the parent and end it FINISHED, or FAILED when a cell failed; returns the summary.
+    The summary covers every cell the sweep depends on: those it ran, and those it found FINISHED or running in
+    another process (awaited)."""
+    runs = wait_for_cells_elsewhere(client, cells_of(client, experiment_id, parent_id))
     parent, log = client.get_run(parent_id), RunLogger(parent_id, client)
     table = summary(runs, parent_id)
     failed = table[table["status"] != "FINISHED"] if len(table) else table
