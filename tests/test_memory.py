@@ -56,9 +56,32 @@ def test_a_job_that_cannot_fit_stops_before_loading_with_the_figures(tmp_path, c
     proc = run_app(["model=olmo-7b", "method=dpo"], tmp_path, cache_dir, check=False)  # no hub here: nothing loads
     assert proc.returncode == 1
     message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("geomsweep: invalid config: method=dpo on model=olmo-7b does not fit: memory plan")
+    # the blocker first: no hub here and no copy in the cache; then the plan's figures
+    assert message.startswith("geomsweep: invalid config: model=olmo-7b (allenai/OLMo-7B-hf) is not available offline")
+    assert "; and method=dpo on model=olmo-7b does not fit: memory plan" in message
     assert "total 149.8 GiB against" in message and "method.peft=lora" in message
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("available_gib", "said"),
+    [
+        (50, "Options that fit: method.peft=lora (48.3 GiB)"),
+        (35, "Options that fit: method.peft=lora method.args.per_device_train_batch_size=1 (31.7 GiB)"),
+        (
+            30,
+            "No change of method.peft, gradient checkpointing or batch size fits cpu (the smallest, method.peft=lora "
+            "method.args.per_device_train_batch_size=1, needs 31.7 GiB): a device with more memory",
+        ),
+    ],
+)
+def test_a_refusal_suggests_only_changes_that_fit(monkeypatch, available_gib, said):
+    from geomsweep.app import memory
+
+    monkeypatch.setattr(memory, "device_memory", lambda device: available_gib * GIB)
+    dpo = settings("model=olmo-7b", "method=dpo")
+    plan = plan_memory(dpo, "cpu", "float32")
+    assert not plan.fits and said in memory.refusal(plan, dpo, "float32")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from geomsweep.behavior.sampling import vllm_platform
 from geomsweep.config.overrides import cell_name
 from geomsweep.config.schema import Config, ConfigError
 from geomsweep.core.measure import resolve_device, resolve_dtype
+from geomsweep.sources.hub_cache import unavailable_offline
 from geomsweep.tracking.store import StoreError, store_fault
 
 
@@ -39,9 +40,14 @@ def check_memory(settings: Config) -> None:
     if settings.method.name == "none":
         return
     device = resolve_device(settings.device)
-    plan = plan_memory(settings, device, resolve_dtype(settings.dtype, device, settings.model.dtype))
+    dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
+    plan = plan_memory(settings, device, dtype)
     if plan is not None and not plan.fits:
-        raise ConfigError(f"method={settings.method.name} on model={settings.model.name} {refusal(plan, settings)}")
+        offline = unavailable_offline(settings.model, settings.cache_dir)
+        raise ConfigError(
+            (f"{offline}; and " if offline else "")
+            + f"method={settings.method.name} on model={settings.model.name} {refusal(plan, settings, dtype)}"
+        )
 
 
 def run(cfg: DictConfig, settings: Config) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -197,19 +198,56 @@ def model_shape(model_cfg, cache_dir: str, lora) -> ModelShape | None:
     return None
 
 
-def refusal(plan: MemoryPlan, settings) -> str:
-    """Why the job stops, with the figures and what would fit."""
-    options = []
-    if settings.method.peft is None:
-        options.append("method.peft=lora (trains adapters: no gradients or optimizer states for the base weights)")
-    if not trainer_arg(settings.method, "gradient_checkpointing"):
-        options.append("method.args.gradient_checkpointing=true (activations ~8x smaller)")
-    if trainer_arg(settings.method, "per_device_train_batch_size") > 1:
-        options.append("a smaller method.args.per_device_train_batch_size")
+# What a refusal may suggest, each checked against the plan before it is: one change, then two, then all three.
+CHANGES = {
+    "method.peft=lora": ("peft", "lora"),
+    "method.args.gradient_checkpointing=true": ("gradient_checkpointing", True),
+    "method.args.per_device_train_batch_size=1": ("per_device_train_batch_size", 1),
+}
+
+
+def refusal(plan: MemoryPlan, settings, dtype: str) -> str:
+    """Why the job stops, with the figures and the changes that would make it fit (each planned: never one that
+    still does not fit), or what it would take when no change of these settings fits this device."""
+    tried = []
+    shape = None if settings.method.stages else model_shape(settings.model, settings.cache_dir, settings.method.lora)
+    if shape is not None:
+        open_changes = [label for label, (key, value) in CHANGES.items() if current(settings.method, key) != value]
+        for size in range(1, len(open_changes) + 1):
+            for combo in itertools.combinations(open_changes, size):
+                changed = plan_for_shape(with_changes(settings.method, combo), shape, plan.device, dtype)
+                tried.append((" ".join(combo), changed))
+    fitting = [(label, changed) for label, changed in tried if changed.fits]
+    if fitting:
+        fewest = min(label.count(" ") for label, _ in fitting)
+        shown = [f"{label} ({changed.total / GIB:.1f} GiB)" for label, changed in fitting if label.count(" ") == fewest]
+        return f"does not fit: {plan.describe()}. Options that fit: " + "; ".join(shown)
+    beyond = "a device with more memory"
     if not plan.sharded:
-        options.append("weights sharded over GPUs: parallel=fsdp or parallel=zero3 with method.processes=<GPUs>")
-    options.append("a device with more memory")
-    return f"does not fit: {plan.describe()}. Options: " + "; ".join(options)
+        beyond += ", or weights sharded over GPUs: parallel=fsdp or parallel=zero3 with method.processes=<GPUs>"
+    if tried:
+        label, smallest = min(tried, key=lambda t: t[1].required)
+        return (
+            f"does not fit: {plan.describe()}. No change of method.peft, gradient checkpointing or batch size fits "
+            f"{plan.device} (the smallest, {label}, needs {smallest.required / GIB:.1f} GiB): {beyond}"
+        )
+    return f"does not fit: {plan.describe()}. Options: {beyond}"
+
+
+def current(method, key: str):
+    return method.peft if key == "peft" else trainer_arg(method, key)
+
+
+def with_changes(method, labels) -> object:
+    """``method`` (a MethodConfig) with the ``CHANGES`` named by ``labels`` made."""
+    args, peft = dict(method.args), method.peft
+    for label in labels:
+        key, value = CHANGES[label]
+        if key == "peft":
+            peft = value
+        else:
+            args[key] = value
+    return replace(method, peft=peft, args=args)
 
 
 @functools.cache

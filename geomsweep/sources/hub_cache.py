@@ -7,8 +7,11 @@ blobs that other revisions share (a tokenizer unchanged across checkpoints) and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
+import socket
+import urllib.parse
 from pathlib import Path
 
 from huggingface_hub import constants, scan_cache_dir, try_to_load_from_cache
@@ -75,3 +78,32 @@ class RevisionCache:
             logger.info("evicting %s@%s: %s freed", self.hub_id, revision, strategy.expected_freed_size_str)
             strategy.execute()
             self.evicted.append(revision)
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's endpoint (``HF_ENDPOINT``) takes a connection, asked once per process; never with
+    ``HF_HUB_OFFLINE`` set."""
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def unavailable_offline(model_cfg, cache_dir: str) -> str | None:
+    """Why a hub model cannot be had here (no copy of its config in the Hugging Face cache, and the hub out of
+    reach), or None when it can (or does not come from the hub)."""
+    if model_cfg.source != "hub" or model_cfg.stages:
+        return None
+    if isinstance(try_to_load_from_cache(model_cfg.hub_id, "config.json"), str) or hub_reachable():
+        return None
+    return (
+        f"model={model_cfg.name} ({model_cfg.hub_id}) is not available offline: it is not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) and {constants.ENDPOINT} cannot be reached; download it where the hub is "
+        f"reachable, then point HF_HUB_CACHE at that cache or use model=local model.path=<its folder>"
+    )
