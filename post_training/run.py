@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel
 from transformers.integrations import MLflowCallback
 
 from geomsweep.app.memory import GIB, PeakMeter, plan_memory
-from geomsweep.behavior.sample_eval import sampling_probe
+from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
@@ -246,7 +246,9 @@ def train_stage(settings, model, tokenizer, measure: Measurer, log, device: str,
         if trainer.pop_callback(MLflowCallback) is not None:  # its metrics under the method's name
             trainer.add_callback(MethodMLflowCallback(method.name))
         log.params({prefix + key: value for key, value in trained_parameters(trainer).items()})
-        log.text(config.to_json_string(), f"post_training/{prefix.replace('.', '_')}trainer_args.json")
+        stage = prefix.replace(".", "_")  # a pipeline stage's own files: sft_trainer_args.json, ...
+        log.text(config.to_json_string(), f"post_training/{stage}trainer_args.json")
+        log.text(trainer.model.config.to_json_string(), f"post_training/{stage}model_config.json")
         trainer.train()
         if method.save:
             save_model(trainer.model, tokenizer, Path(output_dir) / "saved", log)
@@ -258,3 +260,4 @@ def log_pass_at_k(sampling, log) -> None:
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
         log.metrics(sampling.change(), step=max(step for _, step in sampling.per_problem))
+        log.table(sampling.interval_table(), INTERVALS)

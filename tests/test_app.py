@@ -192,8 +192,9 @@ def test_every_layer_and_the_whole_suite_in_one_pass_keep_the_final_layers_rankm
 
     frame = pd.read_csv(table)
     assert list(frame.columns) == ["step", "revision", "tokens", "layer", "metric", "value", "se"]
-    # the tiny toy's 2 blocks: the embeddings (0), the first block's output (1), the final layer after its norm (-1)
-    assert sorted(frame["layer"].unique()) == [-1, 0, 1]
+    # the tiny toy's 2 blocks: the embeddings (0), the first block's output (1), the final layer after its norm (2,
+    # as the weight spectra number the block whose output it is)
+    assert sorted(frame["layer"].unique()) == [0, 1, 2]
     assert {"rankme", "participation_ratio", "twonn"} <= set(frame["metric"])
     plots = {a.path for a in client.list_artifacts(every.info.run_id, "plots")}
     assert {"plots/layers_rankme.png", "plots/layers_anisotropy.png"} <= plots

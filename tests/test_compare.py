@@ -209,3 +209,41 @@ def test_a_one_checkpoint_trace_claims_no_change():
     assert line == "RankMe 9 ± 1.3 (SE), at one checkpoint"
     folded = over_seeds(pd.DataFrame([row]), [])
     assert folded["rankme_change_verdict"].tolist() == ["one checkpoint"]
+
+
+def test_the_post_training_figure_draws_the_paired_change_on_a_linear_step_axis():
+    from geomsweep.results.artifacts import post_training_figure
+
+    steps = [0, 10, 20, 30, 40]
+    frame = pd.DataFrame(
+        {
+            "step": steps,
+            "geometry/rankme": [20.0, 19.8, 19.7, 19.6, 19.6],
+            "geometry/alpha_req": [1.0, 1.01, 1.02, 1.03, 1.03],
+            "geometry/rankme_se": [0.5] * 5,
+            "geometry/alpha_req_se": [0.05] * 5,
+            "geometry/rankme_change": [0.0, -0.2, -0.3, -0.4, -0.4],
+            "geometry/rankme_change_se": [0.0, 0.04, 0.045, 0.046, 0.046],
+            "geometry/alpha_req_change": [0.0, 0.01, 0.02, 0.03, 0.03],
+            "geometry/alpha_req_change_se": [0.0, 0.002, 0.002, 0.003, 0.003],
+        }
+    )
+    fig = post_training_figure(frame, "dpo", title="method=dpo")
+    rankme, alpha = fig.axes
+    assert rankme.get_ylabel() == "RankMe − base" and alpha.get_ylabel() == "α-ReQ − base"
+    assert alpha.get_xscale() == "linear" and alpha.get_xlabel() == "dpo step"
+    assert list(rankme.lines[0].get_ydata()) == [0.0, -0.2, -0.3, -0.4, -0.4]  # the band is the paired SE's
+    (band,) = rankme.collections
+    assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(-0.446)
+
+
+def test_the_trace_figure_draws_downstream_accuracy_on_the_shared_step_axis():
+    steps = [0, 10, 100, 1000]
+    accuracy = {"long_range_acc": [0.1, 0.1, 0.4, 0.8], "short_range_acc": [0.2, 0.5, 0.6, 0.7]}
+    fig = plots.trajectory(
+        steps, [5, 3, 9, 6], [1.2, 1.5, 0.9, 1.1], loss=[6, 5, 4, 3], phases=[0, 0, 1, 2], accuracy=accuracy
+    )
+    *_, panel = fig.axes
+    assert panel.get_ylabel() == "accuracy" and panel.get_xscale() == "symlog"
+    assert [line.get_label() for line in panel.lines] == ["long_range_acc", "short_range_acc"]
+    assert list(panel.lines[0].get_ydata()) == accuracy["long_range_acc"]

@@ -7,6 +7,7 @@ two command lines below (a sweep over method=none,sft and an RLVR run); nothing 
 
 import gzip
 import sqlite3
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -28,9 +29,16 @@ RLVR = ["method=rlvr", *GEOMETRY_ONLY, *FAST, "method.args.num_generations=4", *
 
 @pytest.fixture
 def pre_move_store(tmp_path) -> str:
+    """The store restored here with its runs' artifact folders, as a store copied with its artifacts is: the dump
+    holds the records only, so each run gets back the config.yaml every job logs first (a FINISHED run without it
+    is no result to reuse: tracking/liveness.artifacts_intact)."""
     path = tmp_path / "mlflow.db"
     with sqlite3.connect(path) as db:
         db.executescript(gzip.decompress((REPO / "tests/data/pre_move_store.sql.gz").read_bytes()).decode())
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, '/tmp/premove', ?)", (str(tmp_path),))
+        for (folder,) in db.execute("SELECT artifact_uri FROM runs"):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "config.yaml").write_text("# restored with the store\n")
     return f"sqlite:///{path}"
 
 

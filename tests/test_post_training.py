@@ -127,9 +127,14 @@ def test_sweep_over_methods_traces_geometry_through_each_trainer(tmp_path, cache
         assert change_se[2] > 0 or change[2] == 0, method  # GRPO with equal rewards may not move at all
         pass_change = client.get_metric_history(run.info.run_id, "behavior/pass_at_4_change")
         assert [m.step for m in pass_change] == [2], method  # paired over the same problems, after - before
-        metrics = run.data.metrics
-        assert metrics["behavior/pass_at_4_change_lo"] <= metrics["behavior/pass_at_4_change"]
-        assert metrics["behavior/pass_at_4_change"] <= metrics["behavior/pass_at_4_change_hi"]
+        # every bound in one table: pass@k at each sampled step, and the paired change, with their intervals
+        bounds = pd.read_csv(
+            client.download_artifacts(run.info.run_id, "behavior/pass_at_k_intervals.csv", str(tmp_path))
+        )
+        (paired,) = bounds.query("split == 'id' and k == 4 and measure == 'pass_at_k_change'").itertuples()
+        assert run.data.metrics["behavior/pass_at_4_change"] == pytest.approx(paired.value)
+        assert paired.lo <= paired.value <= paired.hi
+        assert sorted(bounds.query("measure == 'pass_at_k' and split == 'id' and k == 4")["step"]) == [0, 2]
         for key in ("eval/id_loss", "eval/id_acc", "eval/ood_loss", "eval/ood_acc"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 2], (method, key)
         pass_at_4 = client.get_metric_history(run.info.run_id, "behavior/pass_at_4")
@@ -203,7 +208,9 @@ def test_a_real_pretrained_model_goes_through_sft_dpo_and_rlvr_with_lora_offline
     (run,) = client.search_runs([client.get_experiment_by_name("geomsweep").experiment_id])
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "geometry/rankme")) == [0, 1, 2, 3]
-    assert run.data.params["model_type"] == "llama"  # the first trainer logged the real model's config
+    # each stage logs its trainer's arguments and the real model's config, as artifacts (not ~200 params)
+    config = client.download_artifacts(run.info.run_id, "post_training/sft_model_config.json", str(tmp_path))
+    assert json.loads(Path(config).read_text())["model_type"] == "llama" and "model_type" not in run.data.params
     params = run.data.params
     for stage in ("sft", "dpo", "rlvr"):
         # r=16 on q, k, v, o, gate, up and down of 30 layers: 4.9M of 134.5M + 4.9M parameters

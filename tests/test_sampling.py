@@ -82,10 +82,11 @@ def test_scoring_counts_correct_samples_and_builds_the_table():
     samples = Samples(
         ["sum 1 plus 1 is", "sum 2 plus 2 is"], [[" 2 .", " 3 ."], [" 5 .", " x"]], [[[10], [11]], [[12], [13]]]
     )
-    metrics, curve, table, per_problem = score(samples, ["2", "4"], "first_number", [1, 2])
+    metrics, curve, table, per_problem, intervals = score(samples, ["2", "4"], "first_number", [1, 2])
     assert curve == {1: 0.25, 2: 0.5}  # one problem with 1 of 2 right, one with 0
     assert per_problem[1].tolist() == [0.5, 0.0]
-    assert metrics["pass_at_1_lo"] == 0.0 and metrics["pass_at_1_hi"] == 0.5  # resampling 2 problems
+    assert intervals[1] == (0.0, 0.5)  # resampling 2 problems
+    assert not [key for key in metrics if key.endswith(("_lo", "_hi"))]  # bounds are a table, not metrics
     assert metrics["pass_at_1"] == 0.25 and metrics["unique_answers"] == 1.0
     assert table["correct"] == [True, False, False, False]
     assert table["answer"] == ["2", "3", "5", ""] and table["sample"] == [0, 1, 0, 1]

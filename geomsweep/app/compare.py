@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import re
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from geomsweep.behavior.sample_eval import INTERVALS
 from geomsweep.core.definitions import METRICS
 from geomsweep.tracking.keys import TAG_PROBE_DIGEST, TAG_VERDICT_PREFIX
 
@@ -58,9 +60,28 @@ def cell_row(client, run, swept: list[str]) -> dict:
         change_se = max(paired, key=lambda m: m.step).value if paired else math.hypot(se_first, se_last)
         row[f"{name}_last_se"], row[f"{name}_change_se"] = se_last, change_se
     for key, value in run.data.metrics.items():
-        if match := PASS_AT.fullmatch(key):
+        if match := PASS_AT.fullmatch(key):  # runs written before the intervals table also carry _lo / _hi here
             row[f"pass_at_{match.group(1)}{match.group(2) or ''}"] = value
-    return row
+    return row | pass_at_k_intervals(client, run)
+
+
+def pass_at_k_intervals(client, run) -> dict[str, float]:
+    """The ID split's pass@k intervals at the run's last sampled step, and its pass@k changes' (``pass_at_4_lo``,
+    ``pass_at_4_change_hi``, ...), from the run's intervals table; {} for a run that sampled nothing."""
+    if not any(key.startswith("behavior/pass_at_") for key in run.data.metrics):
+        return {}
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            table = pd.read_csv(client.download_artifacts(run.info.run_id, INTERVALS, folder))
+    except Exception:  # an older run (its intervals are metrics) or one that ended before writing it
+        return {}
+    table = table[table["split"] == "id"]
+    last = table[table["step"] == table.loc[table["measure"] == "pass_at_k", "step"].max()]
+    found = {}
+    for _, row in last.iterrows():
+        name = f"pass_at_{row['k']}" + ("_change" if row["measure"] == "pass_at_k_change" else "")
+        found[f"{name}_lo"], found[f"{name}_hi"] = float(row["lo"]), float(row["hi"])
+    return found
 
 
 def swept_value(run, key: str) -> str | None:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from geomsweep.app.messages import results_message, saved_views
 from geomsweep.app.trace import ablation_plan, trace
-from geomsweep.behavior.sample_eval import sampling_probe
+from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.config.schema import Config
 from geomsweep.core.definitions import headline_layer
 from geomsweep.results import artifacts, plots
@@ -225,6 +225,12 @@ def errors(points, layer: int) -> tuple[list[float], list[float]]:
     )
 
 
+def accuracies(points) -> dict[str, list[float]] | None:
+    """Downstream accuracy per task (``eval/<task>_acc``) at each checkpoint (NaN where one was not measured)."""
+    keys = sorted({key for p in points for key in p.metrics if key.startswith("eval/") and key.endswith("_acc")})
+    return {key.removeprefix("eval/"): [p.metrics.get(key, float("nan")) for p in points] for key in keys} or None
+
+
 def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe: ProbeSet, log: RunLogger) -> None:
     """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
     phases, spectra, figures and tables."""
@@ -246,6 +252,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe:
             points.append(point)
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
+        log.table(sampling.interval_table(), INTERVALS)
     layer, probe = headline_layer(settings.probe.layers), settings.probe
     steps = [p.checkpoint.step for p in points]
     stages = [p.checkpoint.stage for p in points] if settings.model.stages else None
@@ -260,6 +267,7 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe:
         stages,
         errors(points, layer) if probe.jackknife else None,
         title=log.name,
+        accuracy=accuracies(points),
     )
     if summary.phases:
         log.history(summary.phase_history())

@@ -4,7 +4,8 @@
 returns the ``behavior/*`` metrics and the completions as tables (the caller logs them); ``curves`` keeps each
 pass@k curve for the job's plot. Metric names: ``behavior/pass_at_<k>``, ``behavior/distinct_<m>``,
 ``behavior/unique_answers``, ``behavior/answer_entropy``, ``behavior/self_jaccard``, ``behavior/sample_rankme``
-for the ID split, and the same under ``behavior/<split>/`` for the others (``behavior/ood/pass_at_8``).
+for the ID split, and the same under ``behavior/<split>/`` for the others (``behavior/ood/pass_at_8``). Their 95%
+bootstrap intervals are one table, ``INTERVALS`` (``interval_table``), not two metrics each.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 
 from geomsweep.behavior.diversity import prompt_diversity
 from geomsweep.behavior.passk import bootstrap_interval, default_ks, per_problem_pass_at_k
@@ -24,6 +26,7 @@ from geomsweep.core.spectra import eigenspectrum, rankme
 from geomsweep.sources.tasks import answer_of, load_task
 
 SPLITS = ("id", "ood")
+INTERVALS = "behavior/pass_at_k_intervals.csv"  # the run's artifact: step, split, k, measure, value, lo, hi
 
 
 def settings_from_cfg(sampler_cfg, task_cfg) -> SampleSettings:
@@ -57,7 +60,8 @@ def sample_rankme(model, tokenizer, samples: Samples, probe) -> float:
 
 
 def score(samples: Samples, references: list[str], extractor: str, ks: list[int]):
-    """(metrics without the representation RankMe, pass@k curve, completions table) of one split's samples."""
+    """(metrics without the representation RankMe, pass@k curve, completions table, each problem's pass@k, each
+    k's 95% bootstrap interval over the problems) of one split's samples."""
     answers = [[answer_of(t, extractor) for t in texts] for texts in samples.texts]
     correct = [[a == str(ref) for a in row] for row, ref in zip(answers, references)]
     n = len(samples.texts[0])
@@ -65,15 +69,14 @@ def score(samples: Samples, references: list[str], extractor: str, ks: list[int]
     curve = {k: float(values.mean()) for k, values in per_problem.items()}
     per_prompt = [prompt_diversity(ids, row) for ids, row in zip(samples.token_ids, answers)]
     metrics = {f"pass_at_{k}": v for k, v in curve.items()}
-    for k, values in per_problem.items():  # 95% bootstrap interval over the problems
-        metrics[f"pass_at_{k}_lo"], metrics[f"pass_at_{k}_hi"] = bootstrap_interval(values)
+    intervals = {k: bootstrap_interval(values) for k, values in per_problem.items()}
     metrics |= {key: float(np.nanmean([d[key] for d in per_prompt])) for key in per_prompt[0]}
     table = {"prompt": [], "sample": [], "completion": [], "answer": [], "reference": [], "correct": []}
     for prompt, texts, row, ref, ok in zip(samples.prompts, samples.texts, answers, references, correct):
         for j, (text, answer, right) in enumerate(zip(texts, row, ok)):
             for column, value in zip(table, (prompt, j, text, answer or "", str(ref), right)):
                 table[column].append(value)
-    return metrics, curve, table, per_problem
+    return metrics, curve, table, per_problem, intervals
 
 
 @contextmanager
@@ -112,6 +115,7 @@ class SamplingProbe:
             self.splits[name] = split
         self.curves: dict[str, dict[int, float]] = {}  # "<split> step <N>" -> {k: pass@k}
         self.per_problem: dict[tuple[str, int], dict[int, np.ndarray]] = {}  # (split, step) -> {k: each problem's}
+        self.intervals: list[dict] = []  # rows of the INTERVALS table
 
     @staticmethod
     def prefix(split: str) -> str:
@@ -122,8 +126,14 @@ class SamplingProbe:
         metrics, tables = {}, {}
         for name, split in self.splits.items():
             samples = self.sampler.sample(model, tokenizer, list(split["prompt"]))
-            values, curve, table, per_problem = score(samples, list(split["answer"]), self.extractor, self.ks)
+            values, curve, table, per_problem, intervals = score(
+                samples, list(split["answer"]), self.extractor, self.ks
+            )
             self.per_problem[(name, step)] = per_problem
+            self.intervals += [
+                {"step": step, "split": name, "k": k, "measure": "pass_at_k", "value": curve[k], "lo": lo, "hi": hi}
+                for k, (lo, hi) in intervals.items()
+            ]
             values["sample_rankme"] = sample_rankme(model, tokenizer, samples, self.probe)
             metrics |= {self.prefix(name) + key: value for key, value in values.items()}
             self.curves[f"{name} step {step}"] = curve
@@ -131,8 +141,8 @@ class SamplingProbe:
         return metrics, tables
 
     def change(self) -> dict[str, float]:
-        """pass@k at the last sampled step minus the first, on the same problems, with a paired 95% bootstrap
-        interval over problems (``behavior/pass_at_<k>_change``, ``_change_lo``, ``_change_hi``)."""
+        """pass@k at the last sampled step minus the first, on the same problems (``behavior/pass_at_<k>_change``);
+        its paired 95% bootstrap interval over problems joins the INTERVALS table."""
         metrics = {}
         for name in self.splits:
             steps = sorted(step for split, step in self.per_problem if split == name)
@@ -143,5 +153,13 @@ class SamplingProbe:
                 difference = self.per_problem[(name, after)][k] - first
                 key = f"{self.prefix(name)}pass_at_{k}_change"
                 metrics[key] = float(difference.mean())
-                metrics[f"{key}_lo"], metrics[f"{key}_hi"] = bootstrap_interval(difference)
+                lo, hi = bootstrap_interval(difference)
+                self.intervals.append(
+                    {"step": after, "split": name, "k": k, "measure": "pass_at_k_change"}
+                    | {"value": metrics[key], "lo": lo, "hi": hi}
+                )
         return metrics
+
+    def interval_table(self) -> pd.DataFrame:
+        """Every pass@k and pass@k change with its 95% interval: the INTERVALS artifact."""
+        return pd.DataFrame(self.intervals, columns=["step", "split", "k", "measure", "value", "lo", "hi"])

@@ -41,10 +41,16 @@ def spectra_table(points, layer: int) -> pd.DataFrame:
 
 def layers_table(points) -> pd.DataFrame:
     """Every measure at every layer of every checkpoint, long: step, revision, tokens, layer, metric, value, se
-    (NaN where the measure has no jackknife SE)."""
+    (NaN where the measure has no jackknife SE). Layers are hidden_states indices counted from the embeddings
+    (0), as the weight spectra's blocks are (weights_table): with every layer measured (probe.layers=all) the
+    final one, measured as -1, is its own index, the model's depth; a list of layers keeps its indices."""
+    measured = {layer for p in points for layer in p.geometry}
+    below = measured - {-1}
+    every = -1 in measured and bool(below) and below == set(range(max(below) + 1))
     rows = []
     for p in points:
         for layer, g in p.geometry.items():
+            layer = max(below) + 1 if every and layer == -1 else layer
             values = g.metrics()
             for key, value in values.items():
                 if key.endswith("_se") or not key.startswith("geometry/"):
@@ -100,9 +106,11 @@ def summarize_trace(
     stages: Sequence[str] | None = None,
     errors: tuple[Sequence[float], Sequence[float]] | None = None,
     title: str = "",
+    accuracy: dict[str, Sequence[float]] | None = None,
 ) -> TraceSummary:
-    """Phases (from 3 checkpoints on) and the trajectory figure (from 2 on) of one trace. A trace over the
-    stages of a post-training pipeline has no pretraining phases: its figure is labelled by stage instead."""
+    """Phases (from 3 checkpoints on) and the trajectory figure (from 2 on) of one trace, with downstream
+    ``accuracy`` (task -> values) where measured. A trace over the stages of a post-training pipeline has no
+    pretraining phases: its figure is labelled by stage instead."""
     phases = (
         detect(list(steps), list(rankme), rule.min_change, rule.bandwidth) if len(steps) > 2 and not stages else None
     )
@@ -117,6 +125,7 @@ def summarize_trace(
             stages=stages,
             errors=errors,
             title=title,
+            accuracy=accuracy,
         )
     return TraceSummary(list(steps), phases, figure)
 
@@ -151,15 +160,25 @@ def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | N
     if stages and STAGE_KEY in frame:  # a stage runs from where the last one ended to its own last step
         ends = frame.groupby(STAGE_KEY)["step"].max()
         spans = [(stages[int(i)], ends.get(i - 1, 0), end) for i, end in ends.items()]
+    paired = all(f"geometry/{m}_change{s}" in geometry for m in ("rankme", "alpha_req") for s in ("", "_se"))
+    if paired:  # the change from the base with its paired SE: the bands of two levels would overlap
+        values = [list(geometry[f"geometry/{m}_change"]) for m in ("rankme", "alpha_req")]
+        errors = tuple(list(geometry[f"geometry/{m}_change_se"]) for m in ("rankme", "alpha_req"))
+        names = ("RankMe − base", "α-ReQ − base")
+    else:
+        values = [list(geometry["geometry/rankme"]), list(geometry["geometry/alpha_req"])]
+        errors = (list(geometry[RANKME_SE]), list(geometry[ALPHA_SE])) if RANKME_SE in geometry else None
+        names = ("RankMe", "α-ReQ")
     return plots.trajectory(
         list(geometry["step"]),
-        list(geometry["geometry/rankme"]),
-        list(geometry["geometry/alpha_req"]),
+        *values,
         loss=list(geometry["eval/probe_loss"]) if "eval/probe_loss" in geometry else None,
         xlabel=f"{method} step",
         spans=spans,
-        errors=(list(geometry[RANKME_SE]), list(geometry[ALPHA_SE])) if RANKME_SE in geometry else None,
+        errors=errors,
         title=title,
+        names=names,
+        log_x=False,  # post-training's steps are evenly spaced: a log axis crowds them to the right
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -57,9 +58,10 @@ def eigenspectra(spectra: dict[int, torch.Tensor], fits: dict, fit_start: int, f
     return fig
 
 
-def _titled(title: str, what: str) -> str:
-    """A figure's title: the run or sweep it shows, then what it shows."""
-    return f"{title}\n{what}" if title else what
+def _titled(title: str, what: str, width: int = 60) -> str:
+    """A figure's title: the run or sweep it shows (wrapped, so a long run name never runs off the figure), then
+    what it shows."""
+    return "\n".join([*textwrap.wrap(title, width, break_on_hyphens=False), what]) if title else what
 
 
 def trajectory(
@@ -73,19 +75,31 @@ def trajectory(
     spans: Sequence[tuple[str, float, float]] | None = None,
     errors: tuple[Sequence[float], Sequence[float]] | None = None,
     title: str = "",
+    names: tuple[str, str] = ("RankMe", "α-ReQ"),
+    log_x: bool = True,
+    accuracy: dict[str, Sequence[float]] | None = None,
 ):
-    """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis; shaded by phase if given.
+    """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis (``log_x``: pretraining's
+    log-spaced checkpoints; else linear, for post-training's evenly spaced steps); shaded by phase if given.
     With ``stages`` (released stages traced as checkpoints) the x axis is the stages in order, labelled by name;
     ``spans`` (name, first step, last step) shade the stages of a post-training pipeline on the step axis;
-    ``errors`` (RankMe's and alpha's standard errors) draw +-1 SE bands."""
+    ``errors`` (RankMe's and alpha's standard errors) draw +-1 SE bands; ``accuracy`` (task -> one value per step)
+    adds a panel of downstream accuracy on the same axis, a line per task."""
     bands = errors or (None, None)
-    panels = [("RankMe", rankme, "tab:blue", bands[0]), ("α-ReQ", alpha, "tab:orange", bands[1])]
+    panels = [(names[0], rankme, "tab:blue", bands[0]), (names[1], alpha, "tab:orange", bands[1])]
     if loss is not None:
         panels.append(("loss", loss, "tab:gray", None))
+    if accuracy:
+        panels.append(("accuracy", accuracy, None, None))
     fig = Figure(figsize=(7, 2.2 * len(panels)))
     axes = fig.subplots(len(panels), 1, sharex=True)
     for ax, (name, values, color, se) in zip(axes, panels):
-        ax.plot(steps, values, "o-", color=color, ms=3)
+        if isinstance(values, dict):  # one line per task
+            for task, series in values.items():
+                ax.plot(steps, series, "o-", ms=3, label=task)
+            ax.legend(loc="best", fontsize=7)
+        else:
+            ax.plot(steps, values, "o-", color=color, ms=3)
         if se is not None:
             low = [v - e for v, e in zip(values, se)]
             ax.fill_between(steps, low, [v + e for v, e in zip(values, se)], color=color, alpha=0.25, lw=0)
@@ -100,7 +114,7 @@ def trajectory(
     if stages:
         axes[-1].set_xticks(list(steps), list(stages))
         axes[-1].set_xlabel("stage")
-    elif spans:  # post-training steps: evenly spaced
+    elif spans or not log_x:  # post-training steps: evenly spaced
         axes[-1].set_xlabel(xlabel)
     else:
         axes[-1].set_xscale("symlog", linthresh=1)
@@ -162,7 +176,7 @@ def layer_heatmap(table, metric: str, title: str = "", of: str = "layer"):
     the final layer listed as -1 sits on top."""
     rows = table[table["metric"] == metric]
     grid = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="mean")
-    grid = grid.reindex(sorted(grid.index, key=lambda layer: (layer == -1, layer)))
+    grid = grid.reindex(sorted(grid.index, key=lambda layer: (layer == -1, layer)))  # a final layer as -1: on top
     fig = Figure(figsize=(max(5.0, 0.35 * grid.shape[1] + 2.5), max(3.0, 0.3 * grid.shape[0] + 1.5)))
     ax = fig.subplots()
     image = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
@@ -170,14 +184,13 @@ def layer_heatmap(table, metric: str, title: str = "", of: str = "layer"):
     ticks = list(range(0, grid.shape[1], max(1, grid.shape[1] // 12)))
     ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks], rotation=45)
     ax.set_xlabel("step")
-    ax.set_ylabel("layer (-1: final)" if of == "layer" else "block (its output's layer)")
+    ax.set_ylabel("layer (hidden state; 0: embeddings)" if of == "layer" else "block (its output's hidden state)")
     fig.colorbar(image, ax=ax, label=metric)
-    short = title if len(title) <= 70 else title[:69] + "…"
     what = (
         f"{metric} by layer and step"
         if of == "layer"
         else f"weights' {metric} by block and step (mean of its matrices)"
     )
-    ax.set_title(_titled(short, what), fontsize=9)
+    ax.set_title(_titled(title, what), fontsize=9)
     fig.tight_layout()
     return fig

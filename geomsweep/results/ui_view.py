@@ -125,6 +125,12 @@ def section(name: str) -> dict:
     }
 
 
+def header_width(column: str) -> int:
+    """Pixels for a column of the runs table to show its whole name (``metrics.`sft/rankme_change_ci95```)."""
+    name = column.split(".", 1)[1].strip("`")
+    return min(420, 40 + 7 * len(name))
+
+
 def page_state(run_ids, columns: list[str], sections: list[dict], charts: list[dict], group_by: list[str]) -> dict:
     """The page state the runs page restores: its search facets and its UI state, as the page itself writes them."""
     grouping = None
@@ -145,7 +151,7 @@ def page_state(run_ids, columns: list[str], sections: list[dict], charts: list[d
         "modelVersionFilter": "All Runs",
         "selectedColumns": columns,
         "columnOrder": ["run_name", *columns],
-        "columnWidths": {"run_name": 260},
+        "columnWidths": {"run_name": 260, **{column: header_width(column) for column in columns}},
         "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": charts,
         "compareRunSections": sections,

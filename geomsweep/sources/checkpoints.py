@@ -68,8 +68,7 @@ class Checkpoint:
                 f"{self.where} has no tokenizer ({', '.join(tokenizer_files)}): save one beside the weights with "
                 f"tokenizer.save_pretrained(<that folder>)"
             )
-        config = Path(self.location) / "config.json"
-        if local and not trust_remote_code and config.is_file() and "auto_map" in json.loads(config.read_text()):
+        if local and not trust_remote_code and "auto_map" in readable_json(Path(self.location) / "config.json"):
             # a class transformers knows would load and the folder's own code be ignored: the folder means its code
             raise RemoteCodeRefused.at(self.where)
         try:
@@ -99,6 +98,15 @@ class Checkpoint:
     def where(self) -> str:
         """``model '<dir or hub id>' revision '<name>'``, for messages."""
         return f"model {self.location!r} revision {self.revision!r}"
+
+
+def readable_json(path: Path) -> dict:
+    """A JSON file's object, or {} when it is missing or unreadable (loading it reports that with the fix)."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 class RemoteCodeRefused(RuntimeError):
