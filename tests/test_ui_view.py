@@ -104,7 +104,7 @@ def test_a_post_training_sweeps_view_shows_its_changes_grouped_by_method(experim
         "method,seed",
         {"sft/rankme_change": {0: 1.0}, "sft/rankme_change_ci95": {0: 2.5}, "sft/rankme_change_uncertainty": {0: 0.2}},
     )
-    client.set_tag(parent.info.run_id, "geomsweep.verdict.sft.rankme", "within noise (indicative: 2 seeds)")
+    client.set_tag(parent.info.run_id, "geomsweep.verdict.sft", "RankMe +1.0 ± 2.5 within noise; 2 seeds: indicative")
     parent = client.get_run(parent.info.run_id)
     other = make_run(client, exp, "another job", {"cfg.method.name": "sft"}, {"geometry/rankme_change": {1: 5.0}})
     ((name, key),) = ui_view.save_views(client, exp, cells, parent)
@@ -131,8 +131,9 @@ def test_a_post_training_sweeps_view_shows_its_changes_grouped_by_method(experim
     # grouped by method, the page would average each run's own SE over seeds: the uncertainty of nothing. The
     # parent's interval and verdict stand in the table instead.
     assert not [c for c in columns if c.endswith(("_se`", "_uncertainty`"))]
-    assert "tags.`geomsweep.verdict.sft.rankme`" in columns
-    assert state["columnOrder"][:2] == ["run_name", "metrics.`geometry/rankme_change`"]
+    assert "tags.`geomsweep.verdict.sft`" in columns
+    # the first columns answer "is it beyond noise?": each group's verdict, then the changes themselves
+    assert state["columnOrder"][:3] == ["run_name", "tags.`geomsweep.verdict.sft`", "metrics.`geometry/rankme_change`"]
     charts = {(c["type"], c.get("metricKey")) for c in state["compareRunCharts"]}
     assert {("BAR", "geometry/rankme_change"), ("BAR", "behavior/pass_at_8_change")} <= charts
     lines = [c for c in state["compareRunCharts"] if c["type"] == "LINE"]

@@ -254,15 +254,23 @@ def group_metrics(folded: pd.DataFrame, swept: list[str]) -> dict[str, float]:
 
 
 def group_verdicts(folded: pd.DataFrame, swept: list[str]) -> dict[str, str]:
-    """Each group's verdicts as tags of the sweep parent (``geomsweep.verdict.sft.rankme``: ``up (indicative: 2
-    seeds)``), so the saved view shows them beside the interval columns."""
+    """Each group's answer in one tag of the sweep parent (``geomsweep.verdict.sft``: ``RankMe -1.9 ± 3.5 within
+    noise; α-ReQ +0.09 ± 0.62 within noise; 2 seeds: indicative``), a column the saved view shows first."""
     keys = [key for key in swept if key != SEED and key in folded]
-    return {
-        f"{TAG_VERDICT_PREFIX}{group_label(row, keys)}.{column.removesuffix('_change_verdict')}": str(row[column])
-        for _, row in folded.iterrows()
-        for column in row.index
-        if column.endswith("_change_verdict")
-    }
+    tags = {}
+    for _, row in folded.iterrows():
+        parts = [
+            f"{label} {plus_minus(row[f'{name}_change'], row[f'{name}_change_ci95'])} "
+            + str(row[f"{name}_change_verdict"]).split(" (indicative")[0]
+            for name, label in (("rankme", "RankMe"), ("alpha_req", "α-ReQ"))
+            if f"{name}_change_verdict" in row
+        ]
+        seeds = int(row["seeds"])
+        if seeds < FEW_SEEDS:
+            parts.append(f"{seeds} seed{'s' if seeds > 1 else ''}: indicative")
+        if parts:
+            tags[f"{TAG_VERDICT_PREFIX}{group_label(row, keys)}"] = "; ".join(parts)
+    return tags
 
 
 def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:

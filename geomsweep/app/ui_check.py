@@ -146,6 +146,17 @@ CARDS = """() => [...document.querySelectorAll('[data-testid=experiment-view-com
     return {text: card.innerText, xaxis: layout ? layout.xaxis.type : null, types: data.map(t => t.type)};
 })"""
 CELLS = """() => [...document.querySelectorAll('[col-id]')].map(e => [e.getAttribute('col-id'), e.innerText])"""
+WIDE = {"width": 20000, "height": 1000}  # the table draws only the columns in view: all of them, to read each
+
+
+def table_cells(page) -> list[list[str]]:
+    """(column id, text) of every cell of the runs table, every column drawn (a viewport wide enough for all)."""
+    page.set_viewport_size(WIDE)
+    page.wait_for_timeout(2000)
+    cells = page.evaluate(CELLS)
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(500)
+    return cells
 
 
 def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: Path) -> list[Path]:
@@ -155,7 +166,7 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
     page.goto(table)
     page.get_by_text(re.compile(r"\d+ matching runs?")).first.wait_for(timeout=WAIT_MS)
     page.wait_for_timeout(3000)
-    cells = page.evaluate(CELLS)
+    cells = table_cells(page)
     for metric in CHANGE_COLUMNS:
         values = [text for col, text in cells if col == f"metrics.`{metric}`" and re.match(r"-?\d", text)]
         assert values, f"the post-training view's table shows no numbers in a {metric} column"
@@ -166,8 +177,10 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
     for method in ("sft", "dpo", "rlvr"):
         interval = f"metrics.`{method}/rankme_change_ci95`"
         assert [t for c, t in cells if c == interval and re.match(r"\d", t)], f"no number in the parent's {interval}"
-        verdict = f"tags.`geomsweep.verdict.{method}.rankme`"
-        assert [t for c, t in cells if c == verdict and "indicative" in t], f"no two-seed verdict in {verdict}"
+        verdict = f"tags.`geomsweep.verdict.{method}`"
+        assert [t for c, t in cells if c == verdict and "RankMe" in t and "2 seeds: indicative" in t], (
+            f"no two-seed verdict in {verdict}"
+        )
     shots = [out / f"view-{key}-table.png", out / f"view-{key}-charts.png"]
     page.screenshot(path=str(shots[0]), full_page=True)
     page.set_viewport_size(TALL)  # the page draws only the chart cards in view: all of them, below the bars too
@@ -205,7 +218,7 @@ def check_trace_view(page, uri: str, experiment_id: str, key: str, out: Path) ->
     page.goto(table)
     page.get_by_text(re.compile(r"\d+ matching runs?")).first.wait_for(timeout=WAIT_MS)
     page.wait_for_timeout(3000)
-    phases = [text for col, text in page.evaluate(CELLS) if col == "tags.`geomsweep.phases`"]
+    phases = [text for col, text in table_cells(page) if col == "tags.`geomsweep.phases`"]
     assert [t for t in phases if "warmup" in t or "seeking" in t], f"the trace view's table names no phase: {phases}"
     shots = [out / f"view-{key}-table.png", out / f"view-{key}-charts.png"]
     page.screenshot(path=str(shots[0]), full_page=True)

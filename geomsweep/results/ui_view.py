@@ -202,11 +202,11 @@ def post_training_view(cells, parent=None) -> dict:
         *(key for passed in passes for key in (passed, f"{passed}_change")),
     ]
     columns = [column("metrics", key) for key in metrics] + [column("params", param) for param in group_by]
-    if parent is not None:  # the parent's row: each group's change, its 95% half-width and its verdict
-        columns += [
-            column("metrics", key) for key in sorted(parent.data.metrics) if key.endswith(("_change", "_change_ci95"))
-        ]
-        columns += [column("tags", key) for key in sorted(parent.data.tags) if key.startswith(TAG_VERDICT_PREFIX)]
+    if parent is not None:  # the parent's row: each group's verdict first, then its change and 95% half-width
+        verdicts = [column("tags", key) for key in sorted(parent.data.tags) if key.startswith(TAG_VERDICT_PREFIX)]
+        geometric = tuple(f"{name}{end}" for name in ("rankme_change", "alpha_req_change") for end in ("", "_ci95"))
+        columns = verdicts + columns
+        columns += [column("metrics", key) for key in sorted(parent.data.metrics) if key.endswith(geometric)]
     bars, lines = (
         section("geomsweep: changes by group"),
         section("geomsweep: geometry against post-training step (log)"),

@@ -18,7 +18,7 @@ TAG_STAGE_PREFIX = "geomsweep.stage."  # a stage trace: geomsweep.stage.<step> =
 TAG_NONFINITE = "geomsweep.nonfinite"  # checkpoints whose representations held NaN or inf (their metrics: NaN)
 TAG_PROBE_DIGEST = "geomsweep.probe_digest"  # sha256 of the probe texts: the same digest, the same texts
 TAG_BASE_REVISION, TAG_BASE_STEP = "geomsweep.base_revision", "geomsweep.base_step"
-TAG_VERDICT_PREFIX = "geomsweep.verdict."  # on a sweep parent: geomsweep.verdict.<group>.<measure> = its verdict
+TAG_VERDICT_PREFIX = "geomsweep.verdict."  # on a sweep parent: geomsweep.verdict.<group> = its changes' verdicts
 TAG_CELLS, TAG_FAILED_CELLS = "geomsweep.cells", "geomsweep.failed_cells"
 TAG_MODEL, TAG_MODEL_REVISION = "geomsweep.model", "geomsweep.model_revision"
 TAG_VERSION, TAG_GIT_COMMIT = "geomsweep.version", "geomsweep.git_commit"  # provenance (plugins/run_context.py)
