@@ -125,13 +125,22 @@ def section(name: str) -> dict:
     }
 
 
-def header_width(column: str) -> int:
-    """Pixels for a column of the runs table to show its whole name (``metrics.`sft/rankme_change_ci95```)."""
+def longest(runs, column: str) -> int:
+    """The longest value of a tag column among ``runs`` (0 for other columns: numbers are short)."""
+    kind, _, key = column.partition(".")
+    return max((len(run.data.tags.get(key.strip("`"), "")) for run in runs), default=0) if kind == "tags" else 0
+
+
+def header_width(column: str, longest: int = 0) -> int:
+    """Pixels for a column of the runs table to show its whole name (``metrics.`sft/rankme_change_ci95```), or its
+    ``longest`` value when that is longer (a verdict's sentence)."""
     name = column.split(".", 1)[1].strip("`")
-    return min(420, 40 + 7 * len(name))
+    return min(560, 40 + 7 * max(len(name), longest))
 
 
-def page_state(run_ids, columns: list[str], sections: list[dict], charts: list[dict], group_by: list[str]) -> dict:
+def page_state(
+    run_ids, columns: list[str], sections: list[dict], charts: list[dict], group_by: list[str], runs=()
+) -> dict:
     """The page state the runs page restores: its search facets and its UI state, as the page itself writes them."""
     grouping = None
     expanded = {}
@@ -151,7 +160,7 @@ def page_state(run_ids, columns: list[str], sections: list[dict], charts: list[d
         "modelVersionFilter": "All Runs",
         "selectedColumns": columns,
         "columnOrder": ["run_name", *columns],
-        "columnWidths": {"run_name": 260, **{column: header_width(column) for column in columns}},
+        "columnWidths": {"run_name": 260, **{col: header_width(col, longest(runs, col)) for col in columns}},
         "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": charts,
         "compareRunSections": sections,
@@ -182,7 +191,7 @@ def trace_view(cells, parent=None) -> dict:
     shown = [key for key in [*TRACE_CHARTS, *extra] if has_metric(cells, key)]
     charts = [line_chart(key, lines["uuid"], log_x=True) for key in shown]
     ids = [run.info.run_id for run in cells] + ([parent.info.run_id] if parent is not None and group_by else [])
-    return page_state(ids, columns, [lines], charts, group_by)
+    return page_state(ids, columns, [lines], charts, group_by, cells)
 
 
 def post_training_view(cells, parent=None) -> dict:
@@ -218,7 +227,7 @@ def post_training_view(cells, parent=None) -> dict:
     shown = [key for key in [*POST_TRAINING_LINES, *suite_metrics(cells)] if has_metric(cells, key)]
     charts += [line_chart(key, lines["uuid"], log_x=True) for key in shown]
     ids = [run.info.run_id for run in cells] + ([parent.info.run_id] if parent is not None else [])
-    return page_state(ids, columns, [bars, lines], charts, group_by)
+    return page_state(ids, columns, [bars, lines], charts, group_by, [*cells, *([parent] if parent else [])])
 
 
 def suite_metrics(runs) -> list[str]:
