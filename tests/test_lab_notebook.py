@@ -235,7 +235,7 @@ def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir,
         assert "with 2 jobs" in proc.stdout
         return
     shots = sorted(p.name for p in (tmp_path / "ui").glob("*.png"))
-    assert {"experiment-from-list.png", "sweep-overview.png"} <= set(shots) and len(shots) == 5
+    assert {"experiment-from-list.png", "sweep-overview.png"} <= set(shots) and len(shots) == 6  # 2 views x 2
     spoiled = subprocess.run(
         args + ["--store", f"sqlite:///{tmp_path / 'ui' / 'mlflow.db'}", "--break-view"],
         capture_output=True,
