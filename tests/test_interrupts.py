@@ -68,3 +68,33 @@ def test_a_signal_stops_every_process_and_the_run_stays_killed(tmp_path, cache_d
     if signum == signal.SIGTERM:  # the cell runs again (it was not FINISHED), once
         run_app(LONG, tmp_path, cache_dir, store)
         assert sorted(r.info.status for r in runs_of(store, "job")) == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_ends_a_one_process_job_killed_in_one_line(tmp_path, cache_dir, tiny_checkpoints, store, signum):
+    """SIGHUP (a closed terminal, a dropped ssh) is SIGTERM's twin; Ctrl-C ends the run KILLED with one line."""
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    args = [*TINY, "eval.toy_n_docs=0", "sampler.n=0", "probe.n_sequences=4096"]  # still measuring at the signal
+    with open(tmp_path / "job.log", "w") as log:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "geomsweep", *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 300
+        while job.poll() is None and time.monotonic() < deadline:
+            try:
+                if any(r.info.status == "RUNNING" for r in runs_of(store, "job")):
+                    break
+            except Exception:  # the store or the experiment does not exist yet
+                pass
+            time.sleep(0.2)
+        assert job.poll() is None, "the job ended before it could be signalled"
+        job.send_signal(signum)
+        assert job.wait(timeout=120) == 128 + signum
+    (run,) = runs_of(store, "job")
+    assert run.info.status == "KILLED"
+    output = (tmp_path / "job.log").read_text()
+    assert "Traceback" not in output
+    if signum == signal.SIGHUP:
+        assert "terminated by SIGHUP (a closed terminal or a dropped ssh session)" in run.data.tags["geomsweep.error"]
+    else:
+        assert "geomsweep: interrupted (Ctrl-C)" in output
