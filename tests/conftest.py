@@ -6,12 +6,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import geomsweep.config.schema  # noqa: F401  registers the typed schema that conf/config.yaml lists first (as the app does)
 from geomsweep.app.ui_check import SMALL_PROBE, SMALL_TOY, SMALL_WORLD
+from geomsweep.tracking import server as tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,3 +187,38 @@ def own_keys(run, trainer: str | None = None) -> list[str]:
     """A run's metric keys (less the trainer's own, logged under ``trainer/``) and its ``geomsweep.`` tag keys."""
     metrics = [f"metric {key}" for key in run.data.metrics if not (trainer and key.startswith(f"{trainer}/"))]
     return metrics + [f"tag {key}" for key in run.data.tags if key.startswith("geomsweep.")]
+
+
+@contextmanager
+def a_job_writing_to_a_server(tmp_path, cache_dir, args):
+    """(server process, job process, server URI): a local MLflow server, and a job writing to it under MLflow's
+    own HTTP defaults less geomsweep's budget, yielded once the job's run exists; the server is stopped after."""
+    import mlflow
+
+    port = free_port()
+    proc = tracking_server.start(
+        "127.0.0.1", port, f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "art"), tmp_path / "server.log"
+    )
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    for key in [k for k in env if k.startswith("MLFLOW_HTTP_REQUEST_")]:
+        env.pop(key)
+    try:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "geomsweep", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        client = mlflow.MlflowClient(uri)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and job.poll() is None:
+            experiment = client.get_experiment_by_name("geomsweep")
+            if experiment and client.search_runs([experiment.experiment_id]):
+                break
+            time.sleep(0.3)
+        yield proc, job, uri
+    finally:
+        tracking_server.stop(proc)

@@ -730,36 +730,3 @@ def test_a_model_without_layers_is_named_not_an_index_error(tiny_checkpoints):
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(ValueError, match="the model has num_hidden_layers=0: no layer whose representations"):
         check_layers(model, resolve_layers(model, "all"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shared_folder", [False, True], ids=["two-seconds-apart", "same-sweep-folder"])
-def test_two_identical_sweeps_each_summarise_every_cell_and_run_each_once(
-    tmp_path, cache_dir, tiny_checkpoints, store, shared_folder
-):
-    """Started 2 s apart they have a parent each, and each parent's summary covers all three cells (those the
-    other sweep ran are awaited); started in the same second they share their folder and so one parent."""
-    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
-    args = ["-m", *GEOMETRY, "checkpoint=final", "probe.n_sequences=1024", "seed=0,1,2"]
-    sweeps = []
-    for i in range(2):
-        folder = tmp_path / ("multirun" if shared_folder else f"multirun{i}")
-        sweeps.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "geomsweep", *args, f"hydra.sweep.dir={folder}"],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-        time.sleep(2)
-    outputs = [sweep.communicate(timeout=600)[0] for sweep in sweeps]
-    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs[1][-3000:]
-    jobs = runs_of(store, "job")
-    assert sorted(r.info.status for r in jobs) == ["FINISHED"] * 3  # each cell ran once
-    parents = runs_of(store, "sweep")
-    assert len(parents) == (1 if shared_folder else 2)
-    for parent in parents:
-        assert parent.info.status == "FINISHED" and parent.data.tags["geomsweep.cells"] == "3"

@@ -1,8 +1,13 @@
-"""A multi-process job (``method.processes=2``: torchrun and its training workers) stopped by SIGTERM, Ctrl-C or
-SIGHUP: every process it started is gone soon after, the run ends KILLED and stays so (no worker closes it
-FINISHED later), and a re-run completes the cell with one FINISHED run beside the KILLED one.
+"""Faults injected into real runs, each waiting on a real process:
 
-Run by ``make test-interrupts`` (CI), not by ``make test``: each case trains for real until the signal lands."""
+- a multi-process job (``method.processes=2``: torchrun and its training workers) stopped by SIGTERM, Ctrl-C or
+  SIGHUP: every process it started is gone soon after, the run ends KILLED and stays so (no worker closes it
+  FINISHED later), and a re-run completes the cell with one FINISHED run beside the KILLED one; a one-process job
+  stopped by SIGHUP or Ctrl-C;
+- a tracking server frozen mid-job;
+- two identical sweeps at once.
+
+Run by ``make test-faults`` (CI), not by ``make test``: each case waits for its fault to land mid-run."""
 
 import os
 import signal
@@ -13,9 +18,10 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import REPO, TINY, run_app, runs_of
+from tests.conftest import GEOMETRY_ONLY, REPO, TINY, a_job_writing_to_a_server, run_app, runs_of
+from tests.test_bad_inputs import GEOMETRY, wait_for_a_running_job
 
-pytestmark = pytest.mark.interrupts
+pytestmark = pytest.mark.faults
 
 LONG = [
     *TINY,
@@ -79,15 +85,7 @@ def test_a_signal_ends_a_one_process_job_killed_in_one_line(tmp_path, cache_dir,
         job = subprocess.Popen(
             [sys.executable, "-m", "geomsweep", *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 300
-        while job.poll() is None and time.monotonic() < deadline:
-            try:
-                if any(r.info.status == "RUNNING" for r in runs_of(store, "job")):
-                    break
-            except Exception:  # the store or the experiment does not exist yet
-                pass
-            time.sleep(0.2)
-        assert job.poll() is None, "the job ended before it could be signalled"
+        wait_for_a_running_job(job, store)
         job.send_signal(signum)
         assert job.wait(timeout=120) == 128 + signum
     (run,) = runs_of(store, "job")
@@ -98,3 +96,52 @@ def test_a_signal_ends_a_one_process_job_killed_in_one_line(tmp_path, cache_dir,
         assert "terminated by SIGHUP (a closed terminal or a dropped ssh session)" in run.data.tags["geomsweep.error"]
     else:
         assert "geomsweep: interrupted (Ctrl-C)" in output
+
+
+def test_a_frozen_tracking_server_ends_the_job_within_30_seconds(tmp_path, cache_dir, tiny_checkpoints):
+    """A server that stops answering without closing its sockets (SIGSTOP: a hung host, a full disk under its
+    database) costs one call's budget, not the budget again for every write the job's failure path makes."""
+    with a_job_writing_to_a_server(tmp_path, cache_dir, [*GEOMETRY_ONLY, "probe.n_sequences=4096"]) as (proc, job, uri):
+        assert job.poll() is None, "the job ended before the server froze"
+        os.killpg(proc.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            out, err = job.communicate(timeout=180)
+            took = time.monotonic() - frozen_at
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)  # a stopped server would not take the SIGTERM that stops it
+    print(f"the job ended {took:.1f} s after the server froze")
+    assert job.returncode != 0 and took < 30, (took, err[-2000:])
+    assert f"the MLflow server at {uri} stopped answering" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("shared_folder", [False, True], ids=["two-seconds-apart", "same-sweep-folder"])
+def test_two_identical_sweeps_each_summarise_every_cell_and_run_each_once(
+    tmp_path, cache_dir, tiny_checkpoints, store, shared_folder
+):
+    """Started 2 s apart they have a parent each, and each parent's summary covers all three cells (those the
+    other sweep ran are awaited); started in the same second they share their folder and so one parent."""
+    env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    args = ["-m", *GEOMETRY, "checkpoint=final", "probe.n_sequences=1024", "seed=0,1,2"]
+    sweeps = []
+    for i in range(2):
+        folder = tmp_path / ("multirun" if shared_folder else f"multirun{i}")
+        sweeps.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "geomsweep", *args, f"hydra.sweep.dir={folder}"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+        time.sleep(2)
+    outputs = [sweep.communicate(timeout=600)[0] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs[1][-3000:]
+    jobs = runs_of(store, "job")
+    assert sorted(r.info.status for r in jobs) == ["FINISHED"] * 3  # each cell ran once
+    parents = runs_of(store, "sweep")
+    assert len(parents) == (1 if shared_folder else 2)
+    for parent in parents:
+        assert parent.info.status == "FINISHED" and parent.data.tags["geomsweep.cells"] == "3"
