@@ -5,6 +5,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
+from geomsweep.config.schema import check
 from geomsweep.sources import checkpoints as ckpts
 from tests.conftest import REPO, run_app
 
@@ -22,8 +23,9 @@ def composed(*overrides):
 
 @pytest.mark.parametrize("model", presets("model"))
 def test_every_model_preset_composes(model):
-    cfg = composed(f"model={model}", "model.path=/x" if model == "local" else "seed=0")
-    assert cfg.model.name == model
+    needs = {"local": "model.path=/x", "mlflow": "model.uri=runs:/0123456789abcdef/model"}  # the user's own value
+    cfg = composed(f"model={model}", needs.get(model, "seed=0"))
+    assert check(cfg).model.name == model  # composed and checked: the schema's every rule, TRL's fields
     if cfg.model.source == "hub":
         hub_ids = [s.hub_id for s in cfg.model.stages] if cfg.model.stages else [cfg.model.hub_id]
         assert all(h.count("/") == 1 for h in hub_ids) and cfg.model.width > 0 and cfg.model.depth > 0
@@ -51,9 +53,10 @@ def test_every_other_preset_composes(group):
             "step": ["checkpoint.step=1"],
             "steps": ["checkpoint.steps=[1]"],
             "every": ["checkpoint.every=1000"],
+            "files": ["data.path=/x"] if group == "data" else [],
         }.get(name, [])
-        cfg = composed(f"{group}={name}", *extra)
-        assert cfg[group] is not None
+        settings = check(composed(f"{group}={name}", *extra))  # a preset the schema refuses fails here
+        assert getattr(settings, group) is not None
 
 
 @pytest.mark.parametrize("overrides", [[], *([f"+experiment={name}"] for name in presets("experiment"))])
