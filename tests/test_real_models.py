@@ -157,7 +157,7 @@ def test_a_missing_stage_directory_is_named(tmp_path):
         available(model, str(tmp_path))
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_a_real_lm_on_real_english_text_end_to_end(tmp_path, cache_dir, store):
     """SmolLM2-135M (shipped by a PyPI package) on 256 sequences of 64 tokens of English, offline."""
     pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
