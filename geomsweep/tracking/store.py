@@ -127,22 +127,24 @@ def writable_sqlite(path: Path) -> None:
 
 
 def intact_sqlite(path: Path) -> None:
-    """An existing sqlite store passes sqlite's own ``quick_check``, or a StoreError naming the file and the fix:
-    writing into a damaged store loses data, and an empty file is a truncated store, not a new one."""
+    """An existing sqlite store passes sqlite's own ``quick_check`` and holds MLflow's tables only, or a StoreError
+    naming the file and the fix: writing into a damaged store loses data, an empty file is a truncated store, not
+    a new one, and another program's database would get MLflow's tables added to it."""
     if not path.exists():
         return
     fix = f"restore {path} from a backup, or move it aside to start a new store"
     if path.stat().st_size == 0:
         raise StoreError(f"the MLflow store {path} is an empty file (0 bytes), not a store: {fix}")
+    tables = []
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=20)) as db:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict == "ok":
+                tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
     except sqlite3.DatabaseError as err:
         verdict = str(err)
     if verdict != "ok":
         raise StoreError(f"the MLflow store {path} is damaged (sqlite: {verdict}): {fix}")
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=20)) as db:
-        tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
     if tables and "alembic_version" not in tables:  # MLflow's own tables come with their migration record
         shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
         raise StoreError(
