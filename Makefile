@@ -79,14 +79,14 @@ wheel-check:
 	TORCH_SPEC="$(TORCH_SPEC)" .ci/wheel-check
 
 bench: install install-vllm
-	$(BIN)/python -m geomsweep.app.bench
-	.venv-vllm/bin/python -m geomsweep.app.bench --vllm-only
+	$(BIN)/python -m geomsweep.devtools bench
+	.venv-vllm/bin/python -m geomsweep.devtools bench --vllm-only
 
 # On one CUDA GPU (~8 minutes, nothing downloaded: Pythia-1B- and OLMo-2-7B-shaped models with random weights):
 # extraction against bare forward passes and the authors' procedure, vLLM against the hf sampler, a LoRA DPO step's
-# memory plan against CUDA's peak. Printed, and written to bench-gpu.json (geomsweep/app/bench_gpu.py).
+# memory plan against CUDA's peak. Printed, and written to bench-gpu.json (geomsweep/devtools/bench_gpu.py).
 bench-gpu: install-vllm
-	.venv-vllm/bin/python -m geomsweep.app.bench_gpu --out bench-gpu.json
+	.venv-vllm/bin/python -m geomsweep.devtools bench-gpu --out bench-gpu.json
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
@@ -96,7 +96,7 @@ ui: install
 ui-check: install
 	@command -v chromium >/dev/null || { echo "ui-check needs Debian's chromium: apt-get install chromium"; exit 1; }
 	$(BIN)/pip install -q "playwright>=1.40"
-	$(BIN)/python -m geomsweep.app.ui_check --out ui-check
+	$(BIN)/python -m geomsweep.devtools ui-check --out ui-check
 
 clean:
 	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check bench-gpu.json .pytest_cache .venv-ray .venv-vllm \

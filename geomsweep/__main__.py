@@ -17,9 +17,9 @@ def main(cfg: DictConfig) -> None:
         settings = check(cfg)
     except ConfigError as err:  # one line, before any model loads or any MLflow run opens
         raise SystemExit(f"geomsweep: invalid config: {err}") from None
-    from geomsweep.app import cli  # noqa: PLC0415  the heavy layers, once the config is known to be good
+    from geomsweep.app import preflight  # noqa: PLC0415  the heavy layers, once the config is known to be good
 
-    cli.run(cfg, settings)
+    preflight.run(cfg, settings)
 
 
 def entry() -> None:

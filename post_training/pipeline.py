@@ -14,10 +14,10 @@ from peft import PeftModel
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.config.schema import stage_configs
 from geomsweep.core.measure import resolve_device
-from geomsweep.post_training.run import Measurer, load_base, log_pass_at_k, log_peak, train_stage
+from geomsweep.keys.tags import TAG_STAGE_PREFIX
+from geomsweep.post_training.run import Measurer, load_base, log_history, log_pass_at_k, log_peak, train_stage
 from geomsweep.results.artifacts import STAGE_KEY
 from geomsweep.sources.data import ProbeSet
-from geomsweep.tracking.keys import TAG_STAGE_PREFIX
 
 
 def run_pipeline(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
@@ -41,4 +41,4 @@ def run_pipeline(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
         measure.log_spectra(offset)
     log_peak(log, meter)
     log_pass_at_k(sampling, log)
-    return history
+    return log_history(settings, history, log)

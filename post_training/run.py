@@ -19,29 +19,30 @@ from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
 from transformers.integrations import MLflowCallback
 
-from geomsweep.app.memory import GIB, PeakMeter, plan_memory
 from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import change_metrics
 from geomsweep.core.weights import weight_metrics, weight_spectra
+from geomsweep.estimate.memory import GIB, PeakMeter, plan_memory
+from geomsweep.keys.tags import TAG_BASE_REVISION, TAG_BASE_STEP
 from geomsweep.post_training.callbacks import GeometryCallback, MethodMLflowCallback
 from geomsweep.post_training.evaluate import evaluate_split
 from geomsweep.post_training.launch import in_worker, launch
-from geomsweep.results import plots
+from geomsweep.results import artifacts, plots
 from geomsweep.results.artifacts import spectrum_table
 from geomsweep.sources import checkpoints as ckpts
 from geomsweep.sources.data import ProbeSet
+from geomsweep.sources.models import model_source, resolve
 from geomsweep.sources.tasks import load_task
-from geomsweep.tracking.keys import TAG_BASE_REVISION, TAG_BASE_STEP
 
 
 def base_checkpoint(settings) -> ckpts.Checkpoint:
     """The one pretraining checkpoint post-training starts from (``checkpoint=`` is the sweep axis)."""
-    selected = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)
+    selected = resolve(settings.model, settings.checkpoint, settings.cache_dir)
     if len(selected) != 1:
-        steps = [c.step for c in ckpts.available(settings.model, settings.cache_dir)]
+        steps = [c.step for c in model_source(settings.model).available(settings.model, settings.cache_dir)]
         raise ValueError(
             f"method={settings.method.name} post-trains one base checkpoint, but checkpoint.select="
             f"{settings.checkpoint.select} picks {len(selected)} "
@@ -118,7 +119,7 @@ def post_train(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
     """Train, measuring as configured; returns the callback's history (post-training step -> metrics). With
     ``method.processes`` > 1, in that many processes (geomsweep.post_training.launch), each of which runs this again."""
     if settings.method.processes > 1 and not in_worker():
-        return launch(settings, probe, log)
+        return log_history(settings, launch(settings, probe, log), log)
     if not settings.progress:
         datasets.disable_progress_bars()
     device = resolve_device(settings.device)
@@ -130,6 +131,16 @@ def post_train(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
         measure.log_spectra(max(history))
     log_peak(log, meter)
     log_pass_at_k(sampling, log)
+    return history if in_worker() else log_history(settings, history, log)
+
+
+def log_history(settings, history: dict[int, dict[str, float]], log) -> dict[int, dict[str, float]]:
+    """The job's post-training history as a table and its trajectory figure (in the process that owns the run)."""
+    frame = artifacts.post_training_history(history)
+    log.table(frame, "post_training/history.csv")
+    figure = artifacts.post_training_figure(frame, settings.method.name, settings.method.stages, log.name)
+    if figure is not None:
+        log.figure(figure, "plots/trajectory.png")
     return history
 
 

@@ -11,16 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 import geomsweep.config.schema  # noqa: F401  registers the typed schema that conf/config.yaml lists first (as the app does)
-from geomsweep.app.ui_check import SMALL_PROBE, SMALL_TOY, SMALL_WORLD
 from geomsweep.tracking import server as tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
 
 # The toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
-# shrunk to its width: defined once, where make ui-check uses it too.
-TINY_TOY, TINY_PROBE, TINY = SMALL_TOY, SMALL_PROBE, SMALL_WORLD
+# shrunk to its width: a shipped preset, which make ui-check runs on too.
+SMALL = OmegaConf.load(REPO / "conf/experiment/small.yaml")
+TINY = ["+experiment=small"]
+TINY_TOY = OmegaConf.to_container(SMALL.model.toy)
+TINY_PROBE = [f"probe.{key}={value}" for key, value in SMALL.probe.items()]  # for a real model, without the toy
 # Geometry only: no toy-task evaluation, no sampling (for tests of the tracking and launch machinery).
 GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
 

@@ -529,7 +529,7 @@ def test_a_sweep_started_in_a_folder_with_a_quote_in_its_path_works(tmp_path, ca
 def test_a_model_uri_that_names_no_saved_model_leaves_the_cache_untouched(tmp_path, store, monkeypatch, artifact):
     import mlflow
 
-    from geomsweep.sources.checkpoints import download_model, mlflow_model_dir
+    from geomsweep.sources.models import download_model, mlflow_model_dir
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.chdir(tmp_path)  # the store's artifacts go beside it, not into the working tree

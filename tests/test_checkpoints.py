@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources import revisions
 
 
 @pytest.mark.parametrize(
@@ -18,16 +19,16 @@ from geomsweep.sources import checkpoints as ckpts
     ],
 )
 def test_parse_revision(name, expected):
-    assert ckpts.parse_revision(name) == expected
+    assert revisions.parse_revision(name) == expected
 
 
 def test_parse_revision_rejects_other_names():
     with pytest.raises(ValueError, match="cannot read a step from revision 'main'"):
-        ckpts.parse_revision("main")
+        revisions.parse_revision("main")
 
 
 def test_toy_cache_is_a_hub_style_mirror(tiny_checkpoints):
-    found = ckpts.local_revisions(tiny_checkpoints, tokens_per_step=100)
+    found = revisions.local_revisions(tiny_checkpoints, tokens_per_step=100)
     steps = [c.step for c in found]
     assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 40
     assert all(c.tokens == c.step * 100 for c in found)
@@ -37,12 +38,12 @@ def test_toy_cache_is_a_hub_style_mirror(tiny_checkpoints):
 def test_olmo_style_mirror_and_single_model_dir(tiny_checkpoints, tmp_path):
     for name, src in [("stage1-step20-tokens1B", "step0"), ("stage1-step3-tokens0B", "step1")]:
         shutil.copytree(tiny_checkpoints / src, tmp_path / "olmo" / name)
-    found = ckpts.local_revisions(tmp_path / "olmo", tokens_per_step=None)
+    found = revisions.local_revisions(tmp_path / "olmo", tokens_per_step=None)
     assert [(c.revision, c.step, c.tokens) for c in found] == [
         ("stage1-step3-tokens0B", 3, 0),
         ("stage1-step20-tokens1B", 20, 10**9),
     ]
-    single = ckpts.local_revisions(tiny_checkpoints / "step40", None)
+    single = revisions.local_revisions(tiny_checkpoints / "step40", None)
     assert [c.revision for c in single] == ["final"]
     model, tokenizer = found[-1].load()
     assert model.config.hidden_size == 32 and tokenizer.eos_token == "<eos>"
@@ -50,20 +51,20 @@ def test_olmo_style_mirror_and_single_model_dir(tiny_checkpoints, tmp_path):
 
 def test_missing_and_empty_paths_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"model.path '{tmp_path / 'nope'}' does not exist"):
-        ckpts.local_revisions(tmp_path / "nope", None)
+        revisions.local_revisions(tmp_path / "nope", None)
     with pytest.raises(FileNotFoundError, match="holds neither a model"):
-        ckpts.local_revisions(tmp_path, None)
+        revisions.local_revisions(tmp_path, None)
 
 
 def test_select(tiny_checkpoints):
-    found = ckpts.local_revisions(tiny_checkpoints, None)
-    assert ckpts.select(found, "all") == found
-    assert [c.step for c in ckpts.select(found, "final")] == [40]
-    assert [c.step for c in ckpts.select(found, "steps", [40, 0])] == [40, 0]
+    found = revisions.local_revisions(tiny_checkpoints, None)
+    assert revisions.select(found, "all") == found
+    assert [c.step for c in revisions.select(found, "final")] == [40]
+    assert [c.step for c in revisions.select(found, "steps", [40, 0])] == [40, 0]
     with pytest.raises(ValueError, match=r"steps \[7\] that are not available; valid steps: \[0, "):
-        ckpts.select(found, "steps", [0, 7])
+        revisions.select(found, "steps", [0, 7])
     with pytest.raises(ValueError, match="unknown checkpoint.select 'some'; valid: all, final, steps"):
-        ckpts.select(found, "some")
+        revisions.select(found, "some")
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
@@ -79,14 +80,14 @@ def test_checkpoints_stream_in_order_with_or_without_prefetch(tiny_checkpoints, 
         reps = accumulate(model, encode_batches(tokenizer, texts, 16, 48), progress=False)
         return spectral_geometry(reps.covariances[-1], fit_start=2, fit_end=20).rankme
 
-    found = ckpts.local_revisions(tiny_checkpoints, None)
+    found = revisions.local_revisions(tiny_checkpoints, None)
     streamed = [(c.step, rankme(m, t)) for c, m, t in ckpts.loaded(found, "cpu", "float32", prefetch=prefetch)]
     one_by_one = [(c.step, rankme(*c.load())) for c in found]
     assert streamed == one_by_one
 
 
 def test_prefetch_auto_is_on_for_gpus_only_and_bad_values_are_named():
-    from geomsweep.app.trace import resolve_prefetch
+    from geomsweep.trace.pipeline import resolve_prefetch
 
     assert resolve_prefetch("auto", "cuda:0") and not resolve_prefetch("auto", "cpu")
     assert resolve_prefetch(True, "cpu") and not resolve_prefetch(False, "cuda")
@@ -101,7 +102,7 @@ def test_device_map_loading_measures_the_same_geometry(tiny_checkpoints):
     from tests.conftest import TINY_TOY
 
     texts = probe_documents(ToyConfig(**TINY_TOY), 32)
-    final = ckpts.local_revisions(tiny_checkpoints, None)[-1]
+    final = revisions.local_revisions(tiny_checkpoints, None)[-1]
     plain, dispatched = final.load(), final.load(device_map="auto")
     reps = [accumulate(m, encode_batches(t, texts, 16, 48), progress=False) for m, t in (plain, dispatched)]
     assert torch.allclose(reps[0].covariances[-1].compute(), reps[1].covariances[-1].compute(), atol=1e-6)

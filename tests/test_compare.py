@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from geomsweep.app.compare import (
+from geomsweep.core.spectra import PowerLawFit
+from geomsweep.results import plots, ui_view
+from geomsweep.results.compare import (
     comparison_markdown,
     describe,
     group_metrics,
@@ -18,8 +20,6 @@ from geomsweep.app.compare import (
     rounded,
     verdict,
 )
-from geomsweep.core.spectra import PowerLawFit
-from geomsweep.results import plots, ui_view
 from tests.conftest import GEOMETRY_ONLY, assert_keys_pinned, own_keys, run_app, runs_of
 
 
@@ -143,7 +143,7 @@ def test_a_seed_sweep_parent_is_named_by_its_overrides_and_compares_cells(tmp_pa
 
 
 def test_the_comparison_figure_shows_each_methods_paired_change_apart(store, tmp_path):
-    from geomsweep.app.report import LEGEND_FONT, geometry_figure, pass_at_k_curves
+    from geomsweep.results.report import LEGEND_FONT, geometry_figure, pass_at_k_curves
 
     client = mlflow.MlflowClient(store)
     experiment = client.create_experiment("figure", artifact_location=str(tmp_path / "artifacts"))
@@ -177,7 +177,7 @@ def test_the_comparison_figure_shows_each_methods_paired_change_apart(store, tmp
 
 
 def test_a_mixed_sweep_draws_its_traces_apart_shaded_by_their_phases(store, tmp_path):
-    from geomsweep.app.report import geometry_figure, log_comparison
+    from geomsweep.results.report import geometry_figure, log_comparison
 
     client = mlflow.MlflowClient(store)
     experiment = client.create_experiment("mixed", artifact_location=str(tmp_path / "artifacts"))

@@ -2,7 +2,7 @@
 them were spelt otherwise still read (the keys each kind of run carries are pinned in tests/golden/ by the tests
 that make those runs: test_app, test_post_training, test_compare)."""
 
-from geomsweep.tracking import keys
+from geomsweep.keys import tags as keys
 from tests.conftest import assert_keys_pinned
 
 

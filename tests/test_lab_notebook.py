@@ -170,7 +170,7 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
 
     # the command, over the whole experiment: the single job and the two shards share one trace key
     proc = subprocess.run(
-        [sys.executable, "-m", "geomsweep.app.rollup", "--tracking-uri", store],
+        [sys.executable, "-m", "geomsweep.results.rollup", "--tracking-uri", store],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -184,7 +184,7 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
 def test_report_overlays_runs_and_logs_to_the_sweep(tmp_path, cache_dir, tiny_checkpoints, store):
     run_app(["-m", *TINY, "eval.toy_n_docs=0", "checkpoint=final", "probe.norm=post,pre"], tmp_path, cache_dir, store)
     proc = subprocess.run(
-        [sys.executable, "-m", "geomsweep.app.report", "--tracking-uri", store, "--out", str(tmp_path / "report")],
+        [sys.executable, "-m", "geomsweep.results.report", "--tracking-uri", store, "--out", str(tmp_path / "report")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -223,7 +223,7 @@ def _browser_available() -> bool:
 def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir, tiny_checkpoints, store, mode):
     """REST: over a store the suite makes; browser: ui-check's own trace and post-training sweep, then the same
     check over views spoiled so that each must fail."""
-    args = [sys.executable, "-m", "geomsweep.app.ui_check", "--out", str(tmp_path / "ui")]
+    args = [sys.executable, "-m", "geomsweep.devtools", "ui-check", "--out", str(tmp_path / "ui")]
     if mode == "rest":
         run_app(["-m", *GEOMETRY_ONLY, "probe.norm=post,pre"], tmp_path, cache_dir, store)
         args += ["--store", store, "--rest-only"]

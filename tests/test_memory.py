@@ -6,9 +6,9 @@ from hydra import compose, initialize
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from geomsweep.app.memory import GIB, count_parameters, plan_memory
 from geomsweep.config.schema import LoraSettings, check
-from geomsweep.sources.toy.config import ToyConfig
+from geomsweep.config.toy import ToyConfig
+from geomsweep.estimate.memory import GIB, count_parameters, plan_memory
 from geomsweep.sources.toy.pretrain import model_config as toy_model_config
 from tests.conftest import TINY_TOY, run_app
 
@@ -76,7 +76,7 @@ def test_a_job_that_cannot_fit_stops_before_loading_with_the_figures(tmp_path, c
     ],
 )
 def test_a_refusal_suggests_only_changes_that_fit(monkeypatch, available_gib, said):
-    from geomsweep.app import memory
+    from geomsweep.estimate import memory
 
     monkeypatch.setattr(memory, "device_memory", lambda device: available_gib * GIB)
     dpo = settings("model=olmo-7b", "method=dpo")

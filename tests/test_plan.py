@@ -2,7 +2,7 @@
 
 import pytest
 
-from geomsweep.app.plan import TracePlan
+from geomsweep.trace.plan import TracePlan
 from tests.conftest import GEOMETRY_ONLY, run_app, runs_of
 
 

@@ -266,7 +266,7 @@ def test_lora_dpo_trains_adapters_against_the_disabled_adapter_and_its_saved_mod
     proc = run_app(["model=mlflow", f"model.uri={missing}", *probe], tmp_path, cache_dir, store, check=False)
     assert proc.returncode != 0 and f"model.uri={missing}: no such model" in proc.stderr
     # a damaged cached copy is fetched again from the run, and measures the same
-    from geomsweep.sources.checkpoints import mlflow_model_dir
+    from geomsweep.sources.models import mlflow_model_dir
 
     (weights,) = mlflow_model_dir(uri, str(cache_dir)).glob("*.safetensors")
     weights.write_bytes(weights.read_bytes()[:1000])

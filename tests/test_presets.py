@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from geomsweep.config.schema import check
 from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources import models, revisions
 from tests.conftest import REPO, run_app
 
 CONF = REPO / "conf"
@@ -85,10 +86,10 @@ def test_the_toy_preset_is_the_toy_dataclass_default_and_picks_a_fit_inside_its_
 
 
 def test_pythia_revisions_and_tokens():
-    names = ckpts.pythia_revisions()
+    names = revisions.pythia_revisions()
     assert len(names) == 154 and names[:3] == ["step0", "step1", "step2"] and names[-1] == "step143000"
     cfg = composed("model=pythia-70m").model
-    found = [ckpts.Checkpoint(n, *ckpts.parse_revision(n), cfg.hub_id) for n in names]
+    found = [ckpts.Checkpoint(n, *revisions.parse_revision(n), cfg.hub_id) for n in names]
     assert [c.step for c in found] == sorted(c.step for c in found)
 
 
@@ -96,8 +97,8 @@ def test_olmo_revisions_come_from_the_cached_branch_list(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub_id = "allenai/OLMo-2-0425-1B"
     with pytest.raises(RuntimeError, match="cannot list the revisions of 'allenai/OLMo-2-0425-1B'.*model=local"):
-        ckpts.cached_refs(hub_id, str(tmp_path))
-    cache = ckpts.refs_cache(hub_id, str(tmp_path))
+        revisions.cached_refs(hub_id, str(tmp_path))
+    cache = revisions.refs_cache(hub_id, str(tmp_path))
     cache.parent.mkdir(parents=True)
     cache.write_text(
         json.dumps(
@@ -110,39 +111,41 @@ def test_olmo_revisions_come_from_the_cached_branch_list(tmp_path, monkeypatch):
             ]
         )
     )
-    names = ckpts.cached_refs(hub_id, str(tmp_path))
+    names = revisions.cached_refs(hub_id, str(tmp_path))
     assert names == ["stage1-step1000-tokens3B", "step5000-tokens21B", "stage1-step20000-tokens42B"]
-    assert ckpts.parse_revision(names[-1]) == (20000, 42 * 10**9)
+    assert revisions.parse_revision(names[-1]) == (20000, 42 * 10**9)
 
 
 def pythia_checkpoints() -> list[ckpts.Checkpoint]:
-    return [ckpts.Checkpoint(n, *ckpts.parse_revision(n), "EleutherAI/pythia-70m") for n in ckpts.pythia_revisions()]
+    return [
+        ckpts.Checkpoint(n, *revisions.parse_revision(n), "EleutherAI/pythia-70m") for n in revisions.pythia_revisions()
+    ]
 
 
 def test_checkpoint_presets_select_from_pythias_list():
     pythia = pythia_checkpoints()
     paper = composed("checkpoint=pythia_paper").checkpoint
-    chosen = ckpts.select(pythia, paper.select, paper.steps)
+    chosen = revisions.select(pythia, paper.select, paper.steps)
     assert [c.step for c in chosen][:11] == [0] + [2**i for i in range(10)] and chosen[-1].step == 143000
-    log = [c.step for c in ckpts.select(pythia, "log", num=24)]
+    log = [c.step for c in revisions.select(pythia, "log", num=24)]
     assert log[0] == 0 and log[-1] == 143000 and log == sorted(log) and 12 <= len(log) <= 24
     gaps = [b / a for a, b in zip(log[1:], log[2:])]  # roughly even in log-step once past the dense early steps
     assert max(gaps) < 3 * min(g for g in gaps if g > 1)
-    every = [c.step for c in ckpts.select(pythia, "every", every=10000)]
+    every = [c.step for c in revisions.select(pythia, "every", every=10000)]
     assert every == [0, *range(10000, 140001, 10000), 143000]
     with pytest.raises(ValueError, match="checkpoint.num=1 must be an integer >= 2"):
-        ckpts.select(pythia, "log", num=1)
+        revisions.select(pythia, "log", num=1)
     with pytest.raises(ValueError, match="checkpoint.every=0 must be a positive integer"):
-        ckpts.select(pythia, "every", every=0)
+        revisions.select(pythia, "every", every=0)
 
 
 def test_shards_split_a_checkpoint_list_round_robin():
     cps = [ckpts.Checkpoint(f"step{s}", s, None, "x") for s in (0, 1, 3, 12, 40)]
-    assert [c.step for c in ckpts.shard(cps, 0, 2)] == [0, 3, 40]
-    assert [c.step for c in ckpts.shard(cps, 1, 2)] == [1, 12]
-    assert ckpts.shard(cps, 0, 1) == cps
+    assert [c.step for c in revisions.shard(cps, 0, 2)] == [0, 3, 40]
+    assert [c.step for c in revisions.shard(cps, 1, 2)] == [1, 12]
+    assert revisions.shard(cps, 0, 1) == cps
     with pytest.raises(ValueError, match="checkpoint.shard=2 must lie in 0..checkpoint.num_shards-1"):
-        ckpts.shard(cps, 2, 2)
+        revisions.shard(cps, 2, 2)
 
 
 @pytest.mark.slow
@@ -173,7 +176,7 @@ def test_the_offline_english_texts_fill_the_probe_of_a_real_model(cache_dir):
     from geomsweep.sources.data import probe_texts
 
     cfg = composed("model=smollm2-135m")
-    (checkpoint,) = ckpts.available(cfg.model, str(cache_dir))
+    (checkpoint,) = models.available(cfg.model, str(cache_dir))
     tokenizer = checkpoint.load_tokenizer()
     texts = probe_texts(cfg.data, None, cfg.probe.n_sequences, tokenizer=tokenizer)
     assert len(texts) == cfg.probe.n_sequences == 768 and cfg.probe.max_length == 128

@@ -11,8 +11,8 @@ from datasets import IterableDataset
 from hydra import compose, initialize_config_dir
 
 from geomsweep.config.schema import DataConfig, check
-from geomsweep.sources.checkpoints import local_revisions
 from geomsweep.sources.data import document_rows, english_texts, english_windows, probe_set, probe_texts
+from geomsweep.sources.revisions import local_revisions
 from tests.conftest import REPO, TINY_PROBE, run_app, runs_of
 
 
@@ -150,7 +150,7 @@ def test_a_local_stage_mirror_traces_as_one_run_with_stage_tags(tmp_path, cache_
 
 
 def test_a_missing_stage_directory_is_named(tmp_path):
-    from geomsweep.sources.checkpoints import available
+    from geomsweep.sources.models import available
 
     model = settings("model=local", f"model.path={tmp_path}", "model.stages=[{name: base}]").model
     with pytest.raises(FileNotFoundError, match=r"stage 'base': .* is not a saved model"):

@@ -11,8 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from geomsweep.app.messages import results_message, saved_views
 from geomsweep.results import ui_view
+from geomsweep.results.messages import results_message, saved_views
 
 CAPTURED = Path(__file__).parent / "data" / "mlflow_3.17.2_saved_view.json"
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from geomsweep.app.compare import seed_change
 from geomsweep.core.spectra import StreamingCovariance, change_metrics, spectral_geometry, with_errors
+from geomsweep.results.compare import seed_change
 
 D, N, GROUPS = 12, 240, 8
 FIT = {"fit_start": 2, "fit_end": 10, "max_eigs": None}

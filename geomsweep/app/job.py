@@ -10,42 +10,32 @@ names it).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import mlflow
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from geomsweep.app.messages import results_message, saved_views
-from geomsweep.app.trace import ablation_plan, trace
-from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.config.schema import Config
-from geomsweep.core.definitions import headline_layer
-from geomsweep.results import artifacts, plots
-from geomsweep.sources import checkpoints as ckpts
-from geomsweep.sources.data import ProbeSet, probe_set
-from geomsweep.sources.toy.config import ToyConfig
-from geomsweep.sources.toy.pretrain import ensure_pretrained
-from geomsweep.tracking.context import in_multirun, job_context, job_run
-from geomsweep.tracking.identity import config_hash, data_files_digest
-from geomsweep.tracking.keys import (
+from geomsweep.keys.tags import (
     ROLE_JOB,
-    TAG_ABLATION,
-    TAG_ALPHA_FIT,
     TAG_HOST,
-    TAG_NONFINITE,
     TAG_PARENT,
     TAG_PID,
     TAG_REUSED_PREFIX,
     TAG_ROLE,
-    TAG_STAGE_PREFIX,
 )
+from geomsweep.results.messages import results_message, saved_views
+from geomsweep.sources.data import ProbeSet, probe_set
+from geomsweep.sources.models import model_source, resolve
+from geomsweep.trace.run import run_trace
+from geomsweep.tracking.context import in_multirun, job_context, job_run
+from geomsweep.tracking.identity import config_hash, data_files_digest
 from geomsweep.tracking.liveness import earlier_runs, process_tags
 from geomsweep.tracking.store import setup_store
 from geomsweep.tracking.writer import RunLogger, when_no_write
@@ -174,20 +164,12 @@ def sigterm_ends_run() -> Iterator[None]:
 def prepare_model(settings: Config) -> None:
     """Make the model's checkpoints available: the toy world is pretrained on first use (minutes, cached); a
     model saved in MLflow is downloaded into the cache once."""
-    if settings.model.source == "toy":
-        ensure_pretrained(ToyConfig.from_cfg(settings.model.toy), settings.cache_dir, settings.progress)
-    if settings.model.source == "mlflow":
-        directory = ckpts.mlflow_model_dir(settings.model.uri, settings.cache_dir)
-        if directory.is_dir() and not ckpts.intact_model_dir(directory):
-            print(f"geomsweep: the cached copy {directory} of model.uri={settings.model.uri} is damaged: fetched again")
-            shutil.rmtree(directory)
-        if not directory.is_dir():
-            ckpts.download_model(settings.model.uri, directory)
+    model_source(settings.model).prepare(settings.model, settings.cache_dir, settings.progress)
 
 
 def measure_and_report(settings: Config, log: RunLogger) -> None:
     prepare_model(settings)
-    selected = ckpts.resolve(settings.model, settings.checkpoint, settings.cache_dir)
+    selected = resolve(settings.model, settings.checkpoint, settings.cache_dir)
     # data.min_tokens counts tokens the way the measured model does (its checkpoints share one tokenizer)
     trust = settings.model.trust_remote_code
     tokenizer = selected[0].load_tokenizer(trust) if settings.data.min_tokens else None
@@ -198,104 +180,10 @@ def measure_and_report(settings: Config, log: RunLogger) -> None:
             f"{settings.probe.n_sequences}"
         )
     log.probe_input(probe.texts, name=str(settings.data.name or settings.data.path or "toy"))
-    if settings.method.name != "none":
-        history = get_method(settings.method.runner)(settings, probe, log)
-        frame = artifacts.post_training_history(history)
-        log.table(frame, "post_training/history.csv")
-        figure = artifacts.post_training_figure(frame, settings.method.name, settings.method.stages, log.name)
-        if figure is not None:
-            log.figure(figure, "plots/trajectory.png")
-        return
-    trace_checkpoints(settings, selected, probe, log)
+    runner(settings)(settings, probe, log)
 
 
-def no_fit_reason(n_eigs: int, probe) -> str:
-    return (
-        f"no alpha-ReQ: {n_eigs} eigenvalues, fewer than the fit range {probe.fit_start}..{probe.fit_end} needs "
-        f"(RankMe is measured; probe.fit_end <= {n_eigs} fits alpha)"
-    )
-
-
-def errors(points, layer: int) -> tuple[list[float], list[float]]:
-    """Each point's jackknife standard errors of RankMe and alpha (NaN where its representations were not finite)."""
-    nan = float("nan")
-    return (
-        [p.geometry[layer].errors.get(artifacts.RANKME_SE, nan) for p in points],
-        [p.geometry[layer].errors.get(artifacts.ALPHA_SE, nan) for p in points],
-    )
-
-
-def accuracies(points) -> dict[str, list[float]] | None:
-    """Downstream accuracy per task (``eval/<task>_acc``) at each checkpoint (NaN where one was not measured)."""
-    keys = sorted({key for p in points for key in p.metrics if key.startswith("eval/") and key.endswith("_acc")})
-    return {key.removeprefix("eval/"): [p.metrics.get(key, float("nan")) for p in points] for key in keys} or None
-
-
-def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe: ProbeSet, log: RunLogger) -> None:
-    """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
-    phases, spectra, figures and tables."""
-    ablation_k, skipped = ablation_plan(settings)
-    if skipped:
-        log.tags({TAG_ABLATION: skipped})
-    points, nonfinite = [], []
-    with sampling_probe(settings) as sampling:
-        for point in trace(settings, selected, probe, sampling, ablation_k):
-            log.metrics(point.metrics, step=point.checkpoint.step)
-            headline = point.geometry[headline_layer(settings.probe.layers)]
-            if not headline.finite:
-                nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
-                log.tags({TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
-            if len(headline.eigs) < settings.probe.fit_end and not points:
-                log.tags({TAG_ALPHA_FIT: no_fit_reason(len(headline.eigs), settings.probe)})
-            for path, table in point.tables.items():
-                log.json_table(table, path)
-            points.append(point)
-    if sampling is not None and sampling.curves:
-        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
-        log.table(sampling.interval_table(), INTERVALS)
-    layer, probe = headline_layer(settings.probe.layers), settings.probe
-    steps = [p.checkpoint.step for p in points]
-    stages = [p.checkpoint.stage for p in points] if settings.model.stages else None
-    if stages:
-        log.tags({f"{TAG_STAGE_PREFIX}{step}": stage for step, stage in zip(steps, stages)})
-    summary = artifacts.summarize_trace(
-        steps,
-        [p.geometry[layer].rankme for p in points],
-        [p.geometry[layer].fit.alpha for p in points],
-        [p.loss for p in points] if probe.loss else None,
-        settings.phases,
-        stages,
-        errors(points, layer) if probe.jackknife else None,
-        title=log.name,
-        accuracy=accuracies(points),
-    )
-    if summary.phases:
-        log.history(summary.phase_history())
-        log.tags(summary.phase_tags())
-    log.table(artifacts.spectra_table(points, layer), "spectra/eigenspectra.csv")
-    by_layer = artifacts.layers_table(points)
-    log.table(by_layer, "spectra/metrics_by_layer.csv")
-    if by_layer["layer"].nunique() > 1:  # a layer x step heatmap per measure
-        for metric in by_layer["metric"].unique():
-            if metric != "n_eigs":
-                log.figure(plots.layer_heatmap(by_layer, metric, log.name), f"plots/layers_{metric}.png")
-    if probe.weights:  # each block matrix's weight spectrum, on the same step axis
-        weights = artifacts.weights_table(points)
-        log.table(weights, "spectra/weights_by_layer.csv")
-        for metric in weights["metric"].unique():
-            log.figure(plots.layer_heatmap(weights, metric, log.name, of="block"), f"plots/weights_{metric}.png")
-    log.figure(
-        plots.eigenspectra(
-            {p.checkpoint.step: p.geometry[layer].eigs for p in points},
-            {p.checkpoint.step: p.geometry[layer].fit for p in points},
-            probe.fit_start,
-            probe.fit_end,
-            log.name,
-        ),
-        "plots/eigenspectrum.png",
-    )
-    if summary.figure is not None:
-        log.figure(summary.figure, "plots/trajectory.png")
-    table = artifacts.ablation_table(points, summary.phases)
-    if table is not None:
-        log.table(table, "ablation/tail_ablation.csv")
+def runner(settings: Config) -> Callable[[Config, ProbeSet, RunLogger], object]:
+    """The pipeline a job hands over to, called the same way for both: the trace (method=none), or the method's
+    runner, a dotted path the config names (``method.runner``; the app never imports post-training)."""
+    return get_method(settings.method.runner) if settings.method.runner else run_trace

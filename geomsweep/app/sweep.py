@@ -19,18 +19,12 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig
 
-from geomsweep.app import plan
-from geomsweep.app.cli import check_memory, check_vllm
-from geomsweep.app.compare import headline, rounded
-from geomsweep.app.messages import results_message, saved_views
-from geomsweep.app.report import log_comparison, summary
-from geomsweep.app.rollup import roll_up_traces
+from geomsweep.app.preflight import check_memory, check_vllm
 from geomsweep.config.overrides import override_key, swept_keys, varied
 from geomsweep.config.schema import Config, ConfigError
 from geomsweep.core.definitions import PhaseRule
 from geomsweep.core.measure import resolve_device
-from geomsweep.tracking.context import find_sweep_parent, sweep_dir
-from geomsweep.tracking.keys import (
+from geomsweep.keys.tags import (
     ROLE_JOB,
     ROLE_SWEEP,
     TAG_CELLS,
@@ -43,6 +37,12 @@ from geomsweep.tracking.keys import (
     TAG_SWEEP_DIR,
     TAG_SWEPT,
 )
+from geomsweep.results.compare import headline, rounded
+from geomsweep.results.messages import results_message, saved_views
+from geomsweep.results.report import log_comparison, summary
+from geomsweep.results.rollup import roll_up_traces
+from geomsweep.trace import plan
+from geomsweep.tracking.context import find_sweep_parent, sweep_dir
 from geomsweep.tracking.liveness import mark_killed, process_alive, process_tags
 from geomsweep.tracking.store import StoreError, setup_store
 from geomsweep.tracking.writer import RunLogger

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from geomsweep.behavior.choices import Backend
+from geomsweep.config.choices import Backend
 from geomsweep.core.extract import eval_mode
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from geomsweep.behavior.ngram import KneserNeyLM, NgramReference, ngram_alignment
+from geomsweep.config.toy import ToyConfig
 from geomsweep.core.extract import eval_mode, last_token_index
-from geomsweep.sources.toy.config import ToyConfig
 from geomsweep.sources.toy.corpus import RECALL_MARKER
 from geomsweep.sources.toy.pretrain import documents, language, train_documents
 

@@ -25,8 +25,20 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from geomsweep.behavior.choices import VLLM_ENGINES, Backend, SampleAt, Split
+from geomsweep.config.choices import (
+    VLLM_ENGINES,
+    Backend,
+    DataSource,
+    Extractor,
+    SampleAt,
+    Selection,
+    Source,
+    Split,
+    TaskSchema,
+    TaskSource,
+)
 from geomsweep.config.overrides import without
+from geomsweep.config.toy import ToyConfig
 from geomsweep.core.definitions import (
     ALL_LAYERS,
     METRICS,
@@ -40,8 +52,6 @@ from geomsweep.core.definitions import (
     PhaseRule,
     RankMeVariant,
 )
-from geomsweep.sources.choices import DataSource, Extractor, Selection, Source, TaskSchema, TaskSource
-from geomsweep.sources.toy.config import ToyConfig
 
 MIN_TOY_DOCS = 2  # the toy tasks split their held-out documents into two halves
 

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
 from geomsweep import __version__
-from geomsweep.tracking import keys
+from geomsweep.keys import tags as keys
 from geomsweep.tracking.current import current_job
 
 

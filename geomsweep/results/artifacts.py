@@ -11,8 +11,8 @@ import torch
 
 from geomsweep.core.definitions import PhaseRule
 from geomsweep.core.phases import Phases, detect
+from geomsweep.keys.tags import TAG_PHASE_BOUNDARIES, TAG_PHASES
 from geomsweep.results import plots
-from geomsweep.tracking.keys import TAG_PHASE_BOUNDARIES, TAG_PHASES
 
 
 def spectrum_table(eigs: torch.Tensor, **columns) -> pd.DataFrame:

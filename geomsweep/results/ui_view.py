@@ -21,7 +21,7 @@ import time
 import zlib
 
 from geomsweep.core.definitions import METRICS, PAPER_METRICS
-from geomsweep.tracking.keys import TAG_PHASES, TAG_SWEPT, TAG_VERDICT_PREFIX
+from geomsweep.keys.tags import TAG_PHASES, TAG_SWEPT, TAG_VERDICT_PREFIX
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 SHARE_PARAM = "viewStateShareKey"

@@ -18,9 +18,9 @@ from pathlib import Path
 from datasets import load_dataset
 from datasets.exceptions import DatasetGenerationError
 
-from geomsweep.sources.choices import DataSource
+from geomsweep.config.choices import DataSource
+from geomsweep.config.toy import ToyConfig
 from geomsweep.sources.files import check_file
-from geomsweep.sources.toy.config import ToyConfig
 from geomsweep.sources.toy.pretrain import probe_documents
 
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

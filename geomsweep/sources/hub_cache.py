@@ -16,6 +16,8 @@ from pathlib import Path
 
 from huggingface_hub import constants, scan_cache_dir, try_to_load_from_cache
 
+from geomsweep.sources.models import model_source
+
 logger = logging.getLogger(__name__)
 GIB = 1024**3
 
@@ -34,7 +36,7 @@ def cached_revisions(hub_id: str, cache_dir: str) -> list:
 
 def evicts(settings) -> bool:
     """``cache.evict``: true, false, or auto (on for hub traces, whose revisions are downloaded)."""
-    hub_trace = settings.model.source == "hub" and not settings.model.stages
+    hub_trace = model_source(settings.model).downloads and not settings.model.stages
     return settings.cache.evict is True or (settings.cache.evict == "auto" and hub_trace)
 
 
@@ -98,7 +100,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def unavailable_offline(model_cfg, cache_dir: str) -> str | None:
     """Why a hub model cannot be had here (no copy of its config in the Hugging Face cache, and the hub out of
     reach), or None when it can (or does not come from the hub)."""
-    if model_cfg.source != "hub" or model_cfg.stages:
+    if not model_source(model_cfg).downloads or model_cfg.stages:
         return None
     if isinstance(try_to_load_from_cache(model_cfg.hub_id, "config.json"), str) or hub_reachable():
         return None

@@ -22,7 +22,7 @@ import numpy as np
 from datasets import Dataset, load_dataset
 from omegaconf import OmegaConf
 
-from geomsweep.sources.choices import Extractor, TaskSchema, TaskSource
+from geomsweep.config.choices import Extractor, TaskSchema, TaskSource
 from geomsweep.sources.files import check_file
 
 COLUMNS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"), "rlvr": ("prompt", "answer")}

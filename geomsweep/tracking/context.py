@@ -16,9 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from geomsweep.config.overrides import varied
-from geomsweep.tracking.current import CURRENT_JOB
-from geomsweep.tracking.identity import trace_key
-from geomsweep.tracking.keys import (
+from geomsweep.keys.tags import (
     ROLE_JOB,
     ROLE_SWEEP,
     TAG_CONFIG_HASH,
@@ -29,6 +27,8 @@ from geomsweep.tracking.keys import (
     TAG_SWEPT,
     TAG_TRACE_KEY,
 )
+from geomsweep.tracking.current import CURRENT_JOB
+from geomsweep.tracking.identity import trace_key
 from geomsweep.tracking.liveness import lease, process_tags
 from geomsweep.tracking.store import quoted
 from geomsweep.tracking.writer import one_write

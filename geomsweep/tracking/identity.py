@@ -15,8 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from geomsweep.config.toy import ADDED_FIELDS as TOY_ADDED_FIELDS
 from geomsweep.sources.data import data_files, english_windows
-from geomsweep.sources.toy.config import ADDED_FIELDS as TOY_ADDED_FIELDS
 
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
 LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch", "plan", "tflops", "cache")  # results never differ

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mlflow
 
-from geomsweep.tracking.keys import (
+from geomsweep.keys.tags import (
     ROLE_JOB,
     TAG_CONFIG_HASH,
     TAG_HEARTBEAT,

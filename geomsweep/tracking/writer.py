@@ -21,8 +21,8 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.utils import mlflow_tags
 from omegaconf import DictConfig, OmegaConf
 
+from geomsweep.keys.tags import TAG_ERROR, TAG_PROBE_DIGEST
 from geomsweep.tracking.identity import flatten
-from geomsweep.tracking.keys import TAG_ERROR, TAG_PROBE_DIGEST
 from geomsweep.tracking.server import healthy
 
 MAX_TAG_CHARS = 5000

@@ -33,7 +33,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from geomsweep.sources.toy.config import COMPLETE_MARKER, ToyConfig
+from geomsweep.config.toy import COMPLETE_MARKER, ToyConfig
 from geomsweep.sources.toy.corpus import generate_documents, make_language
 
 TRAIN_SEED_OFFSET, PROBE_SEED_OFFSET = 1_000, 2_000

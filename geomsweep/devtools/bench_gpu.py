@@ -27,15 +27,15 @@ from datasets import Dataset
 from hydra import compose, initialize_config_module
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, Olmo2Config
 
-from geomsweep.app.memory import GIB, ModelShape, PeakMeter, count_parameters, plan_for_shape
-from geomsweep.behavior.choices import VLLM_ENGINES
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
+from geomsweep.config.choices import VLLM_ENGINES
 from geomsweep.config.schema import check
+from geomsweep.config.toy import ToyConfig
 from geomsweep.core.definitions import REFERENCE_FIT
 from geomsweep.core.extract import accumulate
 from geomsweep.core.spectra import rankme, spectral_geometry
+from geomsweep.estimate.memory import GIB, ModelShape, PeakMeter, count_parameters, plan_for_shape
 from geomsweep.sources.tasks import arithmetic_task
-from geomsweep.sources.toy.config import ToyConfig
 from geomsweep.sources.toy.pretrain import train_documents, train_tokenizer
 
 
@@ -288,20 +288,18 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This command's options (``python -m geomsweep.devtools bench-gpu --help``)."""
     parser.add_argument("--shapes", choices=("real", "tiny"), default="real")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench-gpu.json"))
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> dict:
     if args.shapes == "real" and not args.device.startswith("cuda"):
-        parser.error(f"--shapes real needs a CUDA GPU (got --device {args.device}); --shapes tiny runs anywhere")
+        raise SystemExit(f"--shapes real needs a CUDA GPU (got --device {args.device}); --shapes tiny runs anywhere")
     results = run(real_shapes() if args.shapes == "real" else tiny_shapes(), args.device)
     print(report(results))
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {args.out}")
     return results
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ Screenshots are saved. ``--break-view`` first spoils each saved view (a linear a
 grouping) and passes only if every view check then fails: the check can fail. Needs Debian's ``chromium`` and
 ``pip install playwright`` (the system Chromium is used through ``executable_path``; nothing is downloaded).
 
-    python -m geomsweep.app.ui_check [--store URI] [--out ui-check] [--rest-only] [--break-view]
+    python -m geomsweep.devtools ui-check [--store URI] [--out ui-check] [--rest-only] [--break-view]
 """
 
 from __future__ import annotations
@@ -35,32 +35,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from geomsweep.app.messages import view_pages
+from geomsweep.keys.tags import TAG_ROLE
 from geomsweep.results import ui_view
+from geomsweep.results.messages import view_pages
 from geomsweep.tracking import server
-from geomsweep.tracking.keys import TAG_ROLE
 
-# A toy world small enough to pretrain in seconds (a 600-word language, width 32, 40 steps), with the fit range
-# shrunk to its width; the test suite runs on the same one (tests/conftest.py).
-SMALL_TOY = {
-    "max_steps": 40,
-    "n_checkpoints": 4,
-    "hidden_size": 32,
-    "num_heads": 2,
-    "n_train_docs": 1500,
-    "n_words": 600,
-    "vocab_size": 512,
-    "lr_scheduler": "cosine",
-}
-SMALL_PROBE = ["probe.n_sequences=64", "probe.batch_size=16", "probe.fit_start=2", "probe.fit_end=20"]
-SMALL_WORLD = [
-    *(f"model.toy.{key}={value}" for key, value in SMALL_TOY.items()),
-    "eval.toy_n_docs=60",
-    "eval.ablation_k=[2,8]",
-    "sampler.n=4",
-    *SMALL_PROBE,
-    "progress=false",
-]
+# The toy world the test suite runs on too (conf/experiment/small.yaml): pretrained in seconds.
+SMALL_WORLD = ["+experiment=small"]
 POST_TRAINING_SWEEP = ["-m", *SMALL_WORLD, "method=sft,dpo,rlvr", "seed=0,1"]
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -321,14 +302,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This command's options (``python -m geomsweep.devtools ui-check --help``)."""
     parser.add_argument("--store", default=None, help="a tracking store URI (default: make one as described)")
     parser.add_argument("--experiment", default="geomsweep")
     parser.add_argument("--out", default="ui-check")
     parser.add_argument("--rest-only", action="store_true", help="check through the REST API only (no browser)")
     parser.add_argument("--break-view", action="store_true", help="spoil the saved views: each check must fail")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     store = args.store or make_store(out)
@@ -346,7 +329,3 @@ def main(argv=None) -> None:
             print(f"ui-check: browser ok; screenshots: {', '.join(str(s.name) for s in shots)} in {out}")
     finally:
         server.stop(proc)
-
-
-if __name__ == "__main__":
-    main()

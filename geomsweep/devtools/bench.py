@@ -36,9 +36,8 @@ import time
 import torch
 from hydra import compose, initialize_config_module
 
-from geomsweep.app.plan import measure_tflops
-from geomsweep.behavior.choices import VLLM_ENGINES
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
+from geomsweep.config.choices import VLLM_ENGINES
 from geomsweep.config.schema import ProbeConfig, check
 from geomsweep.core.definitions import METRICS
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
@@ -46,10 +45,13 @@ from geomsweep.core.measure import measure_model
 from geomsweep.core.spectra import jackknife_errors, rankme, spectral_geometry
 from geomsweep.core.states import jackknife_groups
 from geomsweep.core.weights import power_law_fit, weight_spectra
-from geomsweep.sources.checkpoints import available, loaded, local_revisions
+from geomsweep.sources.checkpoints import loaded
 from geomsweep.sources.data import english_texts
+from geomsweep.sources.models import available
+from geomsweep.sources.revisions import local_revisions
 from geomsweep.sources.tasks import arithmetic_task
 from geomsweep.sources.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
+from geomsweep.trace.plan import measure_tflops
 
 BATCH, MAX_LEN = 64, 64
 
@@ -262,13 +264,15 @@ def peak_rss_mb(n: int, cache_dir: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This command's options (``python -m geomsweep.devtools bench --help``)."""
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--n", type=int, default=2000, help="sequences for the speed comparisons")
     parser.add_argument("--peak-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--vllm-only", action="store_true", help="(d)'s vLLM figures only (in .venv-vllm)")
-    args = parser.parse_args()
+
+
+def command(args: argparse.Namespace) -> None:
     cache_dir = args.cache_dir or default_cache_dir()
     if args.vllm_only:
         print(vllm_ratios(*final_checkpoint(cache_dir)))
@@ -301,7 +305,7 @@ def main() -> None:
 
     def rss(n: int) -> float:
         out = subprocess.run(
-            [sys.executable, "-m", "geomsweep.app.bench", "--cache-dir", cache_dir, "--peak-rss", str(n)],
+            [sys.executable, "-m", "geomsweep.devtools.bench", "--cache-dir", cache_dir, "--peak-rss", str(n)],
             capture_output=True,
             text=True,
             check=True,
@@ -359,7 +363,3 @@ def main() -> None:
         f"{planned:.2f}s; small matrices run far below the throughput of large ones)"
     )
     print(real_model_ratios(cache_dir))
-
-
-if __name__ == "__main__":
-    main()

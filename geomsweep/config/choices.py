@@ -1,9 +1,11 @@
-"""Where models, checkpoints, texts and tasks come from: the valid choices, defined once (pure Python, so the
-config's schema imports them without loading torch)."""
+"""Every closed set of choices the config offers (model sources, selections, data and task sources, samplers), defined
+once at the bottom of the config layer: pure Python, so the schema and every layer below it take typed values
+without loading torch."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class Source(StrEnum):
@@ -51,3 +53,27 @@ class LRScheduler(StrEnum):  # the toy's pretraining schedule (transformers' nam
     constant_with_warmup = "constant_with_warmup"
     cosine = "cosine"
     linear = "linear"
+
+
+class Backend(StrEnum):
+    hf = "hf"
+    vllm = "vllm"
+
+
+class SampleAt(StrEnum):
+    last = "last"
+    all = "all"
+
+
+class Split(StrEnum):
+    id = "id"
+    ood = "ood"
+
+
+# vllm.LLM(...) arguments by the platform vLLM runs on (sampler.engine.<platform>.<argument> overrides one).
+VLLM_ENGINES: dict[str, dict[str, Any]] = {
+    # leave room for the model geomsweep itself holds on the same GPU
+    "cuda": {"gpu_memory_utilization": 0.4},
+    # no graph compilation (it adds ~25 s to each engine start on 2 cores for short samples); a 1 GiB KV cache
+    "cpu": {"enforce_eager": True, "kv_cache_memory_bytes": 1 << 30},
+}

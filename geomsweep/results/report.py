@@ -1,6 +1,6 @@
 """Compare runs: overlay plots and a summary table, written to disk and logged to the sweep's parent run.
 
-    python -m geomsweep.app.report [--experiment geomsweep] [--sweep RUN_ID] [--out report] [--tracking-uri URI]
+    python -m geomsweep.devtools report [--experiment geomsweep] [--sweep RUN_ID] [--out report] [--tracking-uri URI]
 
 - ``geometry.png``: RankMe and alpha-ReQ against step, one line per run (traces by pretraining step,
   post-training runs by post-training step).
@@ -20,7 +20,9 @@ import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
-from geomsweep.app.compare import (
+from geomsweep.keys.tags import ROLE_SWEEP, TAG_CONFIG_HASH, TAG_ERROR, TAG_PARENT, TAG_ROLE, TAG_SWEPT
+from geomsweep.results import plots
+from geomsweep.results.compare import (
     SEED,
     cell_row,
     comparison_markdown,
@@ -30,8 +32,6 @@ from geomsweep.app.compare import (
     rounded,
     swept_value,
 )
-from geomsweep.results import plots
-from geomsweep.tracking.keys import ROLE_SWEEP, TAG_CONFIG_HASH, TAG_ERROR, TAG_PARENT, TAG_ROLE, TAG_SWEPT
 from geomsweep.tracking.store import tracking_uri
 from geomsweep.tracking.writer import RunLogger
 
@@ -270,13 +270,15 @@ def write_report(client, experiment_id: str, out: Path, sweep: str | None = None
     return written
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This command's options (``python -m geomsweep.devtools report --help``)."""
     parser.add_argument("--experiment", default="geomsweep")
     parser.add_argument("--sweep", default=None, help="compare this sweep parent's runs only")
     parser.add_argument("--out", default="report", help="directory for the plots and the table")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> None:
     uri = args.tracking_uri or tracking_uri()
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(args.experiment)
@@ -286,7 +288,3 @@ def main(argv=None) -> None:
         )
     written = write_report(client, experiment.experiment_id, Path(args.out), args.sweep)
     print("geomsweep: report written: " + ", ".join(str(p) for p in written.values()))
-
-
-if __name__ == "__main__":
-    main()

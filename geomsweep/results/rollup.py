@@ -4,7 +4,7 @@ phase detection and the shaded trajectory plot, as if one job had measured every
 
 It runs at the end of every multirun (for that sweep's jobs) and as a command for existing experiments:
 
-    python -m geomsweep.app.rollup --experiment geomsweep [--tracking-uri URI] [--sweep RUN_ID]
+    python -m geomsweep.devtools rollup --experiment geomsweep [--tracking-uri URI] [--sweep RUN_ID]
 
 A trace is rebuilt from scratch each time (an earlier trace run of the same key and sweep is deleted first).
 """
@@ -17,8 +17,8 @@ from collections import defaultdict
 import mlflow
 
 from geomsweep.core.definitions import PhaseRule
+from geomsweep.keys.tags import ROLE_JOB, ROLE_TRACE, TAG_PARENT, TAG_ROLE, TAG_TRACE_KEY, TAG_TRACE_MEMBERS
 from geomsweep.results.artifacts import summarize_trace
-from geomsweep.tracking.keys import ROLE_JOB, ROLE_TRACE, TAG_PARENT, TAG_ROLE, TAG_TRACE_KEY, TAG_TRACE_MEMBERS
 from geomsweep.tracking.store import tracking_uri
 from geomsweep.tracking.writer import RunLogger
 
@@ -107,12 +107,14 @@ def roll_up_traces(client, experiment_id: str, parent: str | None = None, rule: 
     ]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This command's options (``python -m geomsweep.devtools rollup --help``)."""
     parser.add_argument("--experiment", default="geomsweep")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parser.add_argument("--sweep", default=None, help="roll up this sweep parent's jobs only")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> None:
     client = mlflow.MlflowClient(args.tracking_uri or tracking_uri())
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
@@ -120,7 +122,3 @@ def main(argv=None) -> None:
         raise SystemExit(f"no experiment {args.experiment!r} in {client.tracking_uri}; there are: {names}")
     made = roll_up_traces(client, experiment.experiment_id, args.sweep)
     print(f"geomsweep: {len(made)} trace run(s) in experiment {experiment.experiment_id}: {', '.join(made) or '-'}")
-
-
-if __name__ == "__main__":
-    main()

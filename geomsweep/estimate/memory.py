@@ -15,7 +15,6 @@ gradients, optimizer states and reference under FSDP or ZeRO-3; on a CPU the N p
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import itertools
@@ -25,14 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from huggingface_hub import try_to_load_from_cache
 from hydra.utils import get_class
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from geomsweep.config.schema import stage_configs
-from geomsweep.sources.checkpoints import gguf_path, mlflow_model_dir, no_remote_code
-from geomsweep.sources.toy.config import ToyConfig
-from geomsweep.sources.toy.pretrain import model_config as toy_model_config
+from geomsweep.sources.models import model_source
 
 GIB = 1024**3
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -183,7 +179,7 @@ def plan_for_shape(method, shape: ModelShape, device: str, dtype: str) -> Memory
 def model_shape(model_cfg, cache_dir: str, lora) -> ModelShape | None:
     """A model's size without loading weights: exact from its config where one is on this machine, else estimated
     from the preset's width and depth; None when neither is known."""
-    config = model_config(model_cfg, cache_dir)
+    config = model_source(model_cfg).config(model_cfg, cache_dir)
     if config is not None:
         parameters, lora_parameters = count_parameters(config, lora, model_cfg.trust_remote_code)
         dims = config.hidden_size, config.num_hidden_layers, config.vocab_size
@@ -248,42 +244,6 @@ def with_changes(method, labels) -> object:
         else:
             args[key] = value
     return replace(method, peft=peft, args=args)
-
-
-@functools.cache
-def gguf_config(path: Path, trust_remote_code: bool):
-    """A GGUF file's config, read once per process: transformers parses all of its metadata for it, the whole
-    vocabulary included (seconds for SmolLM2), and a pipeline's plan asks for it once per stage."""
-    return AutoConfig.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code)
-
-
-def model_config(model_cfg, cache_dir: str):
-    """The model's transformers config, read without loading weights, or None when none is on this machine. Code
-    shipped in a model folder never runs unless ``model.trust_remote_code=true`` says so."""
-    source, trust = model_cfg.source, {"trust_remote_code": bool(model_cfg.trust_remote_code)}
-    if source == "toy":
-        toy = ToyConfig.from_cfg(model_cfg.toy)
-        return toy_model_config(toy, toy.vocab_size)
-    if source == "gguf":
-        converted = Path(cache_dir).expanduser() / f"gguf-{model_cfg.name}"
-        if (converted / "config.json").exists():
-            return AutoConfig.from_pretrained(converted, **trust)
-        return copy.deepcopy(gguf_config(gguf_path(model_cfg.package, model_cfg.gguf_file), **trust))
-    directory = None
-    if source == "local":
-        directory = Path(str(model_cfg.path)).expanduser()
-    elif source == "mlflow":
-        directory = mlflow_model_dir(model_cfg.uri, cache_dir)
-    elif source == "hub" and not model_cfg.stages:
-        cached = try_to_load_from_cache(model_cfg.hub_id, "config.json")
-        directory = Path(cached).parent if isinstance(cached, str) else None
-    if directory is None or not directory.is_dir():
-        return None
-    found = sorted(directory.glob("config.json")) or sorted(directory.glob("*/config.json"))
-    if not found:
-        return None
-    with no_remote_code(f"model.path={found[-1].parent}" if source == "local" else str(found[-1].parent)):
-        return AutoConfig.from_pretrained(found[-1].parent, **trust)
 
 
 def count_parameters(config, lora, trust_remote_code: bool = False) -> tuple[int, int]:

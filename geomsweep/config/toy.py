@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from geomsweep.sources.choices import LRScheduler
+from geomsweep.config.choices import LRScheduler
 
 COMPLETE_MARKER = "COMPLETE"  # written last into a toy world's directory, once every checkpoint is saved
 # Fields added after worlds were cached: at these values a world keeps the key (and the cache) it had before them.

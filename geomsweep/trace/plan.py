@@ -20,12 +20,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from geomsweep.app.memory import BYTES, model_shape, plan_memory
-from geomsweep.app.trace import resolve_prefetch
 from geomsweep.core.measure import resolve_device, resolve_dtype
-from geomsweep.sources import checkpoints as ckpts
+from geomsweep.estimate.memory import BYTES, model_shape, plan_memory
 from geomsweep.sources.hub_cache import evicts
-from geomsweep.sources.toy.config import ToyConfig
+from geomsweep.sources.models import model_source, resolve
+from geomsweep.trace.pipeline import resolve_prefetch
 from geomsweep.tracking.identity import config_hash, data_files_digest
 from geomsweep.tracking.liveness import finished_cell
 
@@ -85,25 +84,14 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.3g} h"
 
 
-def offered(settings) -> list[ckpts.Checkpoint]:
-    """The checkpoints the model offers, known without the hub, a download or pretraining the toy."""
-    model = settings.model
-    if model.source == "toy":
-        toy = ToyConfig.from_cfg(model.toy)
-        if not toy.is_pretrained(settings.cache_dir):
-            return [ckpts.Checkpoint(f"step{s}", s, s * toy.tokens_per_step, "") for s in toy.checkpoint_steps()]
-    if model.source == "gguf":
-        return [ckpts.Checkpoint("final", 0, None, "")]  # one released model (converted on first use)
-    return ckpts.available(model, settings.cache_dir, reachable=False)
-
-
 def plan_trace(settings, cell: str, tflops: float) -> TracePlan:
     """The plan of one cell (``settings``: its typed Config)."""
     model, probe = settings.model, settings.probe
-    selected = ckpts.resolve(model, settings.checkpoint, settings.cache_dir, offered(settings))
+    source = model_source(model)
+    selected = resolve(model, settings.checkpoint, settings.cache_dir, source.offered(model, settings.cache_dir))
     shape = model_shape(model, settings.cache_dir, settings.method.lora)
     parameters = shape.parameters if shape else None
-    downloads = model.source == "hub"
+    downloads = source.downloads
     device = resolve_device(settings.device)
     return TracePlan(
         cell=cell,

@@ -11,13 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from geomsweep.app.job import run_job
-from geomsweep.app.memory import plan_memory, refusal
-from geomsweep.app.plan import report
 from geomsweep.behavior.sampling import vllm_platform
 from geomsweep.config.overrides import cell_name
 from geomsweep.config.schema import Config, ConfigError
 from geomsweep.core.measure import resolve_device, resolve_dtype
+from geomsweep.estimate.memory import plan_memory, refusal
 from geomsweep.sources.hub_cache import unavailable_offline
+from geomsweep.trace.plan import report
 from geomsweep.tracking.store import StoreError, store_fault
 
 

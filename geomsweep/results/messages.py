@@ -8,9 +8,8 @@ from pathlib import Path
 
 import mlflow
 
-from geomsweep.app import compare
-from geomsweep.results import ui_view
-from geomsweep.tracking.keys import ROLE_JOB, ROLE_TRACE, TAG_PHASES, TAG_ROLE, read_tag
+from geomsweep.keys.tags import ROLE_JOB, ROLE_TRACE, TAG_PHASES, TAG_ROLE, read_tag
+from geomsweep.results import compare, ui_view
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from scipy import stats
 
 from geomsweep.behavior.sample_eval import INTERVALS
 from geomsweep.core.definitions import METRICS
-from geomsweep.tracking.keys import TAG_PROBE_DIGEST, TAG_VERDICT_PREFIX
+from geomsweep.keys.tags import TAG_PROBE_DIGEST, TAG_VERDICT_PREFIX
 
 SEED = "seed"
 PROBE = "probe_digest"  # the cell's probe texts: seeds that share them share their probe noise

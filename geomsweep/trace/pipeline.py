@@ -12,18 +12,19 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from geomsweep.app.memory import BYTES, model_shape
 from geomsweep.behavior.sample_eval import SamplingProbe
 from geomsweep.behavior.toy_eval import ToyEvaluation
+from geomsweep.config.toy import ToyConfig
 from geomsweep.core.ablation import tail_ablation
 from geomsweep.core.definitions import ALL_LAYERS, headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import Geometry
 from geomsweep.core.weights import MatrixSpectrum, weight_metrics, weight_spectra
+from geomsweep.estimate.memory import BYTES, model_shape
 from geomsweep.sources import checkpoints as ckpts
 from geomsweep.sources.data import ProbeSet
 from geomsweep.sources.hub_cache import RevisionCache, evicts
-from geomsweep.sources.toy.config import ToyConfig
+from geomsweep.sources.models import model_source
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Point:
 
 def toy_evaluation(settings) -> ToyEvaluation | None:
     """The toy world's behavior probes, when the model speaks the toy language (else None)."""
-    if settings.model.source != "toy" or not settings.eval.toy_n_docs:
+    if not model_source(settings.model).toy_world or not settings.eval.toy_n_docs:
         return None
     return ToyEvaluation(
         ToyConfig.from_cfg(settings.model.toy),
@@ -54,7 +55,7 @@ def toy_evaluation(settings) -> ToyEvaluation | None:
 def ablation_plan(settings) -> tuple[list[int], str | None]:
     """The ablation's K list (empty without the toy tasks it scores), or ([], the reason) when the probe does not
     measure the unembedding's input, e.g. in a sweep over probe.norm, where the other cells still run theirs."""
-    if settings.model.source != "toy" or not settings.eval.toy_n_docs:
+    if not model_source(settings.model).toy_world or not settings.eval.toy_n_docs:
         return [], None
     ks = list(settings.eval.ablation_k)
     final = settings.probe.layers == ALL_LAYERS or -1 in settings.probe.layers
@@ -133,7 +134,7 @@ def trace(
 def revision_cache(settings) -> RevisionCache | None:
     """A hub trace's use of the Hugging Face cache (``cache.evict``: auto is on), made before anything downloads."""
     model = settings.model
-    if model.source != "hub" or model.stages:
+    if not model_source(model).downloads or model.stages:
         return None
     shape = model_shape(model, settings.cache_dir, settings.method.lora)
     size = shape.parameters * BYTES[str(model.dtype or "float32")] if shape else None

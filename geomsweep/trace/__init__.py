@@ -1,0 +1,1 @@
+"""The trace pipeline (method=none): measure each pretraining checkpoint, log it, summarise the trace; and its plan."""

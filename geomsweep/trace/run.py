@@ -1,0 +1,112 @@
+"""The trace runner (method=none): each selected checkpoint's metrics logged at its step as soon as it is measured,
+then the trace's phases, spectra, figures and tables, all in the job's run."""
+
+from __future__ import annotations
+
+from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
+from geomsweep.config.schema import Config
+from geomsweep.core.definitions import headline_layer
+from geomsweep.keys.tags import TAG_ABLATION, TAG_ALPHA_FIT, TAG_NONFINITE, TAG_STAGE_PREFIX
+from geomsweep.results import artifacts, plots
+from geomsweep.sources import checkpoints as ckpts
+from geomsweep.sources.data import ProbeSet
+from geomsweep.sources.models import resolve
+from geomsweep.trace.pipeline import ablation_plan, trace
+from geomsweep.tracking.writer import RunLogger
+
+
+def run_trace(settings: Config, probe: ProbeSet, log: RunLogger) -> None:
+    """The runner a job calls for method=none (the post-training runners take the same arguments)."""
+    trace_checkpoints(settings, resolve(settings.model, settings.checkpoint, settings.cache_dir), probe, log)
+
+
+def no_fit_reason(n_eigs: int, probe) -> str:
+    return (
+        f"no alpha-ReQ: {n_eigs} eigenvalues, fewer than the fit range {probe.fit_start}..{probe.fit_end} needs "
+        f"(RankMe is measured; probe.fit_end <= {n_eigs} fits alpha)"
+    )
+
+
+def errors(points, layer: int) -> tuple[list[float], list[float]]:
+    """Each point's jackknife standard errors of RankMe and alpha (NaN where its representations were not finite)."""
+    nan = float("nan")
+    return (
+        [p.geometry[layer].errors.get(artifacts.RANKME_SE, nan) for p in points],
+        [p.geometry[layer].errors.get(artifacts.ALPHA_SE, nan) for p in points],
+    )
+
+
+def accuracies(points) -> dict[str, list[float]] | None:
+    """Downstream accuracy per task (``eval/<task>_acc``) at each checkpoint (NaN where one was not measured)."""
+    keys = sorted({key for p in points for key in p.metrics if key.startswith("eval/") and key.endswith("_acc")})
+    return {key.removeprefix("eval/"): [p.metrics.get(key, float("nan")) for p in points] for key in keys} or None
+
+
+def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe: ProbeSet, log: RunLogger) -> None:
+    """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
+    phases, spectra, figures and tables."""
+    ablation_k, skipped = ablation_plan(settings)
+    if skipped:
+        log.tags({TAG_ABLATION: skipped})
+    points, nonfinite = [], []
+    with sampling_probe(settings) as sampling:
+        for point in trace(settings, selected, probe, sampling, ablation_k):
+            log.metrics(point.metrics, step=point.checkpoint.step)
+            headline = point.geometry[headline_layer(settings.probe.layers)]
+            if not headline.finite:
+                nonfinite.append(f"step {point.checkpoint.step} ({point.checkpoint.revision})")
+                log.tags({TAG_NONFINITE: "non-finite representations at " + ", ".join(nonfinite)})
+            if len(headline.eigs) < settings.probe.fit_end and not points:
+                log.tags({TAG_ALPHA_FIT: no_fit_reason(len(headline.eigs), settings.probe)})
+            for path, table in point.tables.items():
+                log.json_table(table, path)
+            points.append(point)
+    if sampling is not None and sampling.curves:
+        log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
+        log.table(sampling.interval_table(), INTERVALS)
+    layer, probe = headline_layer(settings.probe.layers), settings.probe
+    steps = [p.checkpoint.step for p in points]
+    stages = [p.checkpoint.stage for p in points] if settings.model.stages else None
+    if stages:
+        log.tags({f"{TAG_STAGE_PREFIX}{step}": stage for step, stage in zip(steps, stages)})
+    summary = artifacts.summarize_trace(
+        steps,
+        [p.geometry[layer].rankme for p in points],
+        [p.geometry[layer].fit.alpha for p in points],
+        [p.loss for p in points] if probe.loss else None,
+        settings.phases,
+        stages,
+        errors(points, layer) if probe.jackknife else None,
+        title=log.name,
+        accuracy=accuracies(points),
+    )
+    if summary.phases:
+        log.history(summary.phase_history())
+        log.tags(summary.phase_tags())
+    log.table(artifacts.spectra_table(points, layer), "spectra/eigenspectra.csv")
+    by_layer = artifacts.layers_table(points)
+    log.table(by_layer, "spectra/metrics_by_layer.csv")
+    if by_layer["layer"].nunique() > 1:  # a layer x step heatmap per measure
+        for metric in by_layer["metric"].unique():
+            if metric != "n_eigs":
+                log.figure(plots.layer_heatmap(by_layer, metric, log.name), f"plots/layers_{metric}.png")
+    if probe.weights:  # each block matrix's weight spectrum, on the same step axis
+        weights = artifacts.weights_table(points)
+        log.table(weights, "spectra/weights_by_layer.csv")
+        for metric in weights["metric"].unique():
+            log.figure(plots.layer_heatmap(weights, metric, log.name, of="block"), f"plots/weights_{metric}.png")
+    log.figure(
+        plots.eigenspectra(
+            {p.checkpoint.step: p.geometry[layer].eigs for p in points},
+            {p.checkpoint.step: p.geometry[layer].fit for p in points},
+            probe.fit_start,
+            probe.fit_end,
+            log.name,
+        ),
+        "plots/eigenspectrum.png",
+    )
+    if summary.figure is not None:
+        log.figure(summary.figure, "plots/trajectory.png")
+    table = artifacts.ablation_table(points, summary.phases)
+    if table is not None:
+        log.table(table, "ablation/tail_ablation.csv")
