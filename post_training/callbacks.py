@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from transformers.integrations import MLflowCallback
 
 from geomsweep.core.extract import eval_mode
+from geomsweep.keys import metrics as M
 
 
 class GeometryCallback(TrainerCallback):
@@ -39,7 +40,7 @@ class GeometryCallback(TrainerCallback):
         step += self.offset
         with eval_mode(model):
             metrics = self.measure_geometry(model)
-            if not math.isfinite(metrics.get("geometry/rankme", 0.0)):
+            if not math.isfinite(metrics.get(M.RANKME, 0.0)):
                 self.log.metrics(metrics, step=step)
                 raise FloatingPointError(
                     f"non-finite representations at post-training step {step}: training diverged (NaN or inf "

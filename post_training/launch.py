@@ -25,6 +25,7 @@ from pathlib import Path
 
 import mlflow
 
+from geomsweep.keys import metrics as M
 from geomsweep.sources.data import ProbeSet
 from geomsweep.tracking.server import stop as stop_group
 
@@ -64,7 +65,7 @@ def launch(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
         if status != 0:
             raise RuntimeError(f"method.processes={n}: a training process exited with status {status} (output above)")
         log.params({"post_training.processes": str(n)})
-        log.metrics({"post_training/seconds": time.perf_counter() - started}, step=0)
+        log.metrics({M.POST_TRAINING_SECONDS: time.perf_counter() - started}, step=0)
         history = json.loads((Path(work) / HISTORY).read_text())
     return {int(step): metrics for step, metrics in history.items()}
 

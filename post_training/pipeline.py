@@ -14,9 +14,9 @@ from peft import PeftModel
 from geomsweep.behavior.sample_eval import sampling_probe
 from geomsweep.config.schema import stage_configs
 from geomsweep.core.measure import resolve_device
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_STAGE_PREFIX
 from geomsweep.post_training.run import Measurer, load_base, log_history, log_pass_at_k, log_peak, train_stage
-from geomsweep.results.artifacts import STAGE_KEY
 from geomsweep.sources.data import ProbeSet
 
 
@@ -31,12 +31,12 @@ def run_pipeline(settings, probe: ProbeSet, log) -> dict[int, dict[str, float]]:
         measure = Measurer(settings, tokenizer, probe, log, sampling)
         for index, (name, stage) in enumerate(stages):
             log.tags({f"{TAG_STAGE_PREFIX}{offset}": name})
-            log.metrics({STAGE_KEY: index}, step=offset)
+            log.metrics({M.STAGE: index}, step=offset)
             stage_history, model = train_stage(stage, model, tokenizer, measure, log, device, offset, f"{name}.")
             if isinstance(model, PeftModel):  # the next stage trains the weights this one's adapters changed
                 model = model.merge_and_unload()
             for step, metrics in stage_history.items():
-                history.setdefault(step, {}).update(metrics | {STAGE_KEY: index})
+                history.setdefault(step, {}).update(metrics | {M.STAGE: index})
             offset = max(stage_history)
         measure.log_spectra(offset)
     log_peak(log, meter)

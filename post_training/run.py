@@ -26,6 +26,7 @@ from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import change_metrics
 from geomsweep.core.weights import weight_metrics, weight_spectra
 from geomsweep.estimate.memory import GIB, PeakMeter, plan_memory
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_BASE_REVISION, TAG_BASE_STEP
 from geomsweep.post_training.callbacks import GeometryCallback, MethodMLflowCallback
 from geomsweep.post_training.evaluate import evaluate_split
@@ -210,7 +211,7 @@ class Measurer:
         task_cfg = self.settings.task
         splits = {"id": self.task.id_eval, "ood": self.task.ood_eval}
         metrics = {
-            f"eval/{name}_{key}": value
+            f"{M.EVAL}{name}_{key}": value
             for name, split in splits.items()
             if split is not None
             for key, value in evaluate_split(

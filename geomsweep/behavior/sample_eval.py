@@ -23,6 +23,7 @@ from geomsweep.behavior.sampling import Samples, SampleSettings, make_sampler
 from geomsweep.core.definitions import headline_layer
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
 from geomsweep.core.spectra import eigenspectrum, rankme
+from geomsweep.keys import metrics as M
 from geomsweep.sources.tasks import answer_of, load_task
 
 SPLITS = ("id", "ood")
@@ -119,7 +120,7 @@ class SamplingProbe:
 
     @staticmethod
     def prefix(split: str) -> str:
-        return "behavior/" if split == "id" else f"behavior/{split}/"
+        return M.behavior_prefix(split)
 
     def update(self, model, tokenizer, step: int) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
         """(``behavior/*`` metrics, completions tables by artifact path) of the model at ``step``."""

@@ -11,6 +11,7 @@ import torch
 from geomsweep.behavior.ngram import KneserNeyLM, NgramReference, ngram_alignment
 from geomsweep.config.toy import ToyConfig
 from geomsweep.core.extract import eval_mode, last_token_index
+from geomsweep.keys import metrics as M
 from geomsweep.sources.toy.corpus import RECALL_MARKER
 from geomsweep.sources.toy.pretrain import documents, language, train_documents
 
@@ -101,9 +102,9 @@ class ToyEvaluation:
     def behavior(self, model, tokenizer, tasks: dict[str, float] | None = None) -> dict[str, float]:
         """``tasks``: this model's accuracies where already measured (they are not measured twice)."""
         tasks = self.tasks(model, tokenizer) if tasks is None else tasks
-        metrics = {f"eval/{name}": value for name, value in tasks.items()}
+        metrics = {M.EVAL + name: value for name, value in tasks.items()}
         if self.ngram_order:
-            metrics["behavior/ngram_alignment"] = ngram_alignment(
+            metrics[M.NGRAM_ALIGNMENT] = ngram_alignment(
                 model, self._ngram_reference(tokenizer), tokenizer.pad_token_id
             )
         return metrics

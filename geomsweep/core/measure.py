@@ -13,6 +13,7 @@ from geomsweep.core.definitions import Dtype
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode, resolve_layers
 from geomsweep.core.spectra import Geometry, StreamingCovariance, jackknife_se, spectral_geometry, with_errors
 from geomsweep.core.states import jackknife_groups
+from geomsweep.keys import metrics as M
 
 
 def resolve_device(device: str) -> str:
@@ -45,7 +46,7 @@ class Measurement:
 
     def metrics(self, layer: int, with_loss: bool = True) -> dict[str, float]:
         """The headline metrics of ``layer``: ``geometry/*`` and ``eval/probe_loss``."""
-        return self.geometry[layer].metrics() | ({"eval/probe_loss": self.loss} if with_loss else {})
+        return self.geometry[layer].metrics() | ({M.PROBE_LOSS: self.loss} if with_loss else {})
 
 
 def measure_model(
@@ -93,14 +94,16 @@ def measure_model(
             if layer in reps.directions:
                 replicates = [suite.anisotropy(*rest) for rest in reps.directions[layer].leave_one_out()]
                 se = float(jackknife_se(torch.tensor(replicates, dtype=torch.float64)[:, None])[0])
-                errors = geometry[layer].errors | {"geometry/anisotropy_se": se}
+                errors = geometry[layer].errors | {M.se(M.geometry("anisotropy")): se}
                 geometry[layer] = replace(geometry[layer], errors=errors)
             if layer in reps.reservoirs:  # TwoNN of the kept rows outside each group in turn
                 kept = reps.reservoirs[layer]
                 kept_groups = assignment[kept.indices]
                 replicates = [suite.two_nn(kept.rows[kept_groups != g]) for g in range(len(groups))]
                 se = float(jackknife_se(torch.tensor(replicates, dtype=torch.float64)[:, None])[0])
-                geometry[layer] = replace(geometry[layer], errors=geometry[layer].errors | {"geometry/twonn_se": se})
+                geometry[layer] = replace(
+                    geometry[layer], errors=geometry[layer].errors | {M.se(M.geometry("twonn")): se}
+                )
     return Measurement(geometry, reps.loss, covariances)
 
 
@@ -110,7 +113,7 @@ def suite_measures(reps, layer: int, cov: StreamingCovariance, geometry: Geometr
         return {}
     values = suite.covariance_measures(cov.compute(), geometry.eigs, cov.count, names)
     if "anisotropy" in names:
-        values["geometry/anisotropy"] = suite.anisotropy(*reps.directions[layer].compute())
+        values[M.geometry("anisotropy")] = suite.anisotropy(*reps.directions[layer].compute())
     if "twonn" in names:
-        values["geometry/twonn"] = suite.two_nn(reps.reservoirs[layer].compute())
+        values[M.geometry("twonn")] = suite.two_nn(reps.reservoirs[layer].compute())
     return values

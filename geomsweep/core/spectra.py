@@ -15,6 +15,7 @@ import torch
 
 from geomsweep.core.definitions import REFERENCE_FIT, REFERENCE_MAX_EIGS, RankMeVariant
 from geomsweep.core.suite import COVARIANCE_MEASURES, covariance_measures
+from geomsweep.keys import metrics as M
 
 RANKME_EPS = 1e-7
 R2_WIDE_LAST = 500  # the wide R^2 window ends at rank 500 when 512 or more eigenvalues are kept, else at kept - 10
@@ -208,11 +209,11 @@ class Geometry:
     def metrics(self) -> dict[str, float]:
         return (
             {
-                "geometry/rankme": self.rankme,
-                "geometry/alpha_req": self.fit.alpha,
-                "geometry/alpha_r2": self.fit.r2,
-                "geometry/alpha_r2_wide": self.fit.r2_wide,
-                "geometry/n_eigs": float(len(self.eigs)),
+                M.RANKME: self.rankme,
+                M.ALPHA_REQ: self.fit.alpha,
+                M.ALPHA_R2: self.fit.r2,
+                M.ALPHA_R2_WIDE: self.fit.r2_wide,
+                M.N_EIGS: float(len(self.eigs)),
             }
             | self.measures
             | self.errors
@@ -280,7 +281,7 @@ def jackknife_se(replicates: torch.Tensor) -> torch.Tensor:
 
 
 def _errors(se: torch.Tensor, what: str = "se") -> dict[str, float]:
-    return {f"geometry/rankme_{what}": float(se[0]), f"geometry/alpha_req_{what}": float(se[1])}
+    return {f"{M.RANKME}_{what}": float(se[0]), f"{M.ALPHA_REQ}_{what}": float(se[1])}
 
 
 def jackknife_errors(groups: list[StreamingCovariance], **geometry_args) -> dict[str, float]:
@@ -294,7 +295,7 @@ def with_errors(geometry: Geometry, groups: list[StreamingCovariance], measures=
     replicates = leave_one_out(groups, measures, **geometry_args)
     se = jackknife_se(replicates)
     names = [name for name in measures if name in COVARIANCE_MEASURES]
-    errors = _errors(se) | {f"geometry/{name}_se": float(value) for name, value in zip(names, se[2:])}
+    errors = _errors(se) | {M.se(M.geometry(name)): float(value) for name, value in zip(names, se[2:])}
     return replace(geometry, errors=errors, replicates=replicates[:, :2])
 
 
@@ -304,8 +305,8 @@ def change_metrics(before: Geometry, after: Geometry) -> dict[str, float]:
     differences of their replicates: what the two share, the probe set's own sampling noise, cancels (adding
     their SEs in quadrature would count it twice)."""
     change = {
-        "geometry/rankme_change": after.rankme - before.rankme,
-        "geometry/alpha_req_change": after.fit.alpha - before.fit.alpha,
+        M.RANKME_CHANGE: after.rankme - before.rankme,
+        M.ALPHA_CHANGE: after.fit.alpha - before.fit.alpha,
     }
     if before.replicates is None or after.replicates is None:
         return change

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from geomsweep.keys import metrics as M
+
 TOP_K = 10  # top-k explained variance: the share of the variance in the k largest directions
 
 
@@ -76,7 +78,7 @@ COVARIANCE_MEASURES = {
 def covariance_measures(covariance: torch.Tensor, eigs: torch.Tensor, n: int, names) -> dict[str, float]:
     """``geometry/<name>`` of each covariance measure in ``names`` (others are skipped)."""
     return {
-        f"geometry/{name}": COVARIANCE_MEASURES[name].compute(covariance, eigs, n)
+        M.geometry(name): COVARIANCE_MEASURES[name].compute(covariance, eigs, n)
         for name in names
         if name in COVARIANCE_MEASURES
     }

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from geomsweep.keys import metrics as M
+
 CHUNK = 512  # x_min candidates scored at once: CHUNK x len(eigenvalues) doubles of scratch memory
 
 
@@ -137,6 +139,6 @@ def weight_metrics(spectra: list[MatrixSpectrum]) -> dict[str, float]:
         return {}
     per_matrix = [s.metrics() for s in spectra]
     return {
-        f"weights/{key}": float(torch.tensor([m[key] for m in per_matrix], dtype=torch.float64).nanmean())
+        M.weights(key): float(torch.tensor([m[key] for m in per_matrix], dtype=torch.float64).nanmean())
         for key in per_matrix[0]
     }

@@ -35,6 +35,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_ROLE
 from geomsweep.results import ui_view
 from geomsweep.results.messages import view_pages
@@ -54,7 +55,7 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 60_000
 VIEWPORT, TALL = {"width": 1600, "height": 1000}, {"width": 1600, "height": 2400}
-CHANGE_COLUMNS = ("geometry/rankme_change", "geometry/alpha_req_change", "behavior/pass_at_1_change")
+CHANGE_COLUMNS = (M.RANKME_CHANGE, M.ALPHA_CHANGE, M.change(M.pass_at(1)))
 
 
 def make_store(out: Path) -> str:
@@ -167,11 +168,11 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
     page.set_viewport_size(TALL)  # the page draws only the chart cards in view: all of them, below the bars too
     page.goto(charts)
     cards = settled_cards(page)
-    bars = [c for c in cards if "bar" in c["types"] and "geometry/rankme_change" in c["text"]]
+    bars = [c for c in cards if "bar" in c["types"] and M.RANKME_CHANGE in c["text"]]
     assert bars, "the post-training view's charts have no bar chart of geometry/rankme_change"
     missing = [m for m in ("sft", "dpo", "rlvr") if not re.search(rf"\b{m}\b", bars[0]["text"])]
     assert not missing, f"the geometry/rankme_change bars are not grouped by method: no bar for {missing}"
-    rankme = [c for c in cards if c["text"].split("\n", 1)[0].strip() == "geometry/rankme"]
+    rankme = [c for c in cards if c["text"].split("\n", 1)[0].strip() == M.RANKME]
     assert rankme and rankme[0]["xaxis"] == "log", "the post-training view has no geometry/rankme chart on a log axis"
     page.screenshot(path=str(shots[1]), full_page=True)
     page.set_viewport_size(VIEWPORT)
@@ -205,7 +206,7 @@ def check_trace_view(page, uri: str, experiment_id: str, key: str, out: Path) ->
     page.screenshot(path=str(shots[0]), full_page=True)
     page.goto(charts)
     cards = settled_cards(page)
-    for metric in ("geometry/rankme", "geometry/phase"):
+    for metric in (M.RANKME, M.PHASE):
         found = [c for c in cards if c["text"].split("\n", 1)[0].strip() == metric]
         assert found, f"the trace view has no {metric} chart"
         assert found[0]["xaxis"] == "log", f"the trace view's {metric} step axis is {found[0]['xaxis']}, not log"
@@ -321,8 +322,7 @@ def command(args: argparse.Namespace) -> None:
     try:
         exp, sweep, jobs = check_rest(uri, urllib.parse.quote(args.experiment))
         print(
-            f"ui-check: REST ok: sweep {sweep['info']['run_name']!r} with {len(jobs)} jobs, "
-            f"geometry/rankme history in each"
+            f"ui-check: REST ok: sweep {sweep['info']['run_name']!r} with {len(jobs)} jobs, {M.RANKME} history in each"
         )
         if not args.rest_only:
             shots = check_browser(uri, exp, sweep, out, args.break_view)

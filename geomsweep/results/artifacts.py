@@ -11,6 +11,7 @@ import torch
 
 from geomsweep.core.definitions import PhaseRule
 from geomsweep.core.phases import Phases, detect
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_PHASE_BOUNDARIES, TAG_PHASES
 from geomsweep.results import plots
 
@@ -53,9 +54,9 @@ def layers_table(points) -> pd.DataFrame:
             layer = max(below) + 1 if every and layer == -1 else layer
             values = g.metrics()
             for key, value in values.items():
-                if key.endswith("_se") or not key.startswith("geometry/"):
+                if key.endswith("_se") or not key.startswith(M.GEOMETRY):
                     continue
-                metric = key.removeprefix("geometry/")
+                metric = key.removeprefix(M.GEOMETRY)
                 se = values.get(f"{key}_se", float("nan"))
                 rows.append(
                     {"step": p.checkpoint.step, "revision": p.checkpoint.revision, "tokens": p.checkpoint.tokens}
@@ -86,7 +87,7 @@ class TraceSummary:
     figure: object | None  # None with a single checkpoint
 
     def phase_history(self) -> dict[str, dict[int, float]]:
-        return {"geometry/phase": dict(zip(self.steps, self.phases.labels))} if self.phases else {}
+        return {M.PHASE: dict(zip(self.steps, self.phases.labels))} if self.phases else {}
 
     def phase_tags(self) -> dict[str, str]:
         if not self.phases:
@@ -141,10 +142,6 @@ def ablation_table(points, phases: Phases | None) -> pd.DataFrame | None:
     return tail_ablation_table(rows) if rows else None
 
 
-RANKME_SE, ALPHA_SE = "geometry/rankme_se", "geometry/alpha_req_se"  # probe.jackknife's error bars
-STAGE_KEY = "post_training/stage"  # a pipeline's stage (0, 1, ...) at each measured step
-
-
 def post_training_history(history: dict[int, dict[str, float]]) -> pd.DataFrame:
     """Every measurement of a post-training job by post-training step."""
     return pd.DataFrame.from_dict(history, orient="index").rename_axis("step").reset_index()
@@ -153,26 +150,26 @@ def post_training_history(history: dict[int, dict[str, float]]) -> pd.DataFrame:
 def post_training_figure(frame: pd.DataFrame, method: str, stages: list[str] | None = None, title: str = ""):
     """The trajectory over post-training steps, a pipeline's ``stages`` shaded, or None with fewer than two
     geometry measurements."""
-    geometry = frame.dropna(subset=["geometry/rankme"])
+    geometry = frame.dropna(subset=[M.RANKME])
     if len(geometry) < 2:
         return None
     spans = None
-    if stages and STAGE_KEY in frame:  # a stage runs from where the last one ended to its own last step
-        ends = frame.groupby(STAGE_KEY)["step"].max()
+    if stages and M.STAGE in frame:  # a stage runs from where the last one ended to its own last step
+        ends = frame.groupby(M.STAGE)["step"].max()
         spans = [(stages[int(i)], ends.get(i - 1, 0), end) for i, end in ends.items()]
-    paired = all(f"geometry/{m}_change{s}" in geometry for m in ("rankme", "alpha_req") for s in ("", "_se"))
+    paired = all(M.change(M.geometry(m)) + s in geometry for m in ("rankme", "alpha_req") for s in ("", "_se"))
     if paired:  # the change from the base with its paired SE: the bands of two levels would overlap
-        values = [list(geometry[f"geometry/{m}_change"]) for m in ("rankme", "alpha_req")]
-        errors = tuple(list(geometry[f"geometry/{m}_change_se"]) for m in ("rankme", "alpha_req"))
+        values = [list(geometry[M.change(M.geometry(m))]) for m in ("rankme", "alpha_req")]
+        errors = tuple(list(geometry[M.se(M.change(M.geometry(m)))]) for m in ("rankme", "alpha_req"))
         names = ("RankMe − base", "α-ReQ − base")
     else:
-        values = [list(geometry["geometry/rankme"]), list(geometry["geometry/alpha_req"])]
-        errors = (list(geometry[RANKME_SE]), list(geometry[ALPHA_SE])) if RANKME_SE in geometry else None
+        values = [list(geometry[M.RANKME]), list(geometry[M.ALPHA_REQ])]
+        errors = (list(geometry[M.RANKME_SE]), list(geometry[M.ALPHA_SE])) if M.RANKME_SE in geometry else None
         names = ("RankMe", "α-ReQ")
     return plots.trajectory(
         list(geometry["step"]),
         *values,
-        loss=list(geometry["eval/probe_loss"]) if "eval/probe_loss" in geometry else None,
+        loss=list(geometry[M.PROBE_LOSS]) if M.PROBE_LOSS in geometry else None,
         xlabel=f"{method} step",
         spans=spans,
         errors=errors,

@@ -29,17 +29,18 @@ from scipy import stats
 
 from geomsweep.behavior.sample_eval import INTERVALS
 from geomsweep.core.definitions import METRICS
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_PROBE_DIGEST, TAG_VERDICT_PREFIX
 
 SEED = "seed"
 PROBE = "probe_digest"  # the cell's probe texts: seeds that share them share their probe noise
 LEVEL = 0.95  # the verdicts' two-sided confidence level
 FEW_SEEDS = 3  # below this many seeds a verdict is only indicative
-GEOMETRY = {"rankme": "geometry/rankme", "alpha_req": "geometry/alpha_req"}
+GEOMETRY = {"rankme": M.RANKME, "alpha_req": M.ALPHA_REQ}
 # the suite's other measures (probe.metrics), compared the same way where a sweep measured them
-SUITE = {name: f"geometry/{name}" for name in METRICS if name not in GEOMETRY}
-SUITE["weights_alpha"] = "weights/alpha"  # probe.weights: the mean power-law alpha of the block matrices
-PASS_AT = re.compile(r"behavior/pass_at_(\d+)(_lo|_hi|_change|_change_lo|_change_hi)?")
+SUITE = {name: M.geometry(name) for name in METRICS if name not in GEOMETRY}
+SUITE["weights_alpha"] = M.WEIGHTS_ALPHA  # probe.weights: the mean power-law alpha of the block matrices
+PASS_AT = M.PASS_AT_VARIANTS
 
 
 def cell_row(client, run, swept: list[str]) -> dict:
@@ -56,7 +57,7 @@ def cell_row(client, run, swept: list[str]) -> dict:
         row[f"{name}_points"] = len(values)
         se_first, se_last = errors.get(first_step, math.nan), errors.get(last_step, math.nan)
         # post-training logs the paired SE of its change; otherwise the two SEs in quadrature (an upper bound)
-        paired = client.get_metric_history(run.info.run_id, f"geometry/{name}_change_se")
+        paired = client.get_metric_history(run.info.run_id, M.se(M.change(M.geometry(name))))
         change_se = max(paired, key=lambda m: m.step).value if paired else math.hypot(se_first, se_last)
         row[f"{name}_last_se"], row[f"{name}_change_se"] = se_last, change_se
     for key, value in run.data.metrics.items():
@@ -68,7 +69,7 @@ def cell_row(client, run, swept: list[str]) -> dict:
 def pass_at_k_intervals(client, run) -> dict[str, float]:
     """The ID split's pass@k intervals at the run's last sampled step, and its pass@k changes' (``pass_at_4_lo``,
     ``pass_at_4_change_hi``, ...), from the run's intervals table; {} for a run that sampled nothing."""
-    if not any(key.startswith("behavior/pass_at_") for key in run.data.metrics):
+    if not any(key.startswith(M.BEHAVIOR + "pass_at_") for key in run.data.metrics):
         return {}
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -245,7 +246,7 @@ def group_metrics(folded: pd.DataFrame, swept: list[str]) -> dict[str, float]:
         for column in row.index:
             wanted = (
                 column.endswith(("_change", "_change_uncertainty", "_change_ci95"))
-                or PASS_AT.fullmatch(f"behavior/{column}") is not None
+                or PASS_AT.fullmatch(M.BEHAVIOR + column) is not None
                 and column.endswith("_change")
             )
             if wanted and isinstance(row[column], int | float) and math.isfinite(row[column]):

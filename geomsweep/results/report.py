@@ -13,13 +13,13 @@ Without ``--sweep`` it covers every job and trace run of the experiment and logs
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import ROLE_SWEEP, TAG_CONFIG_HASH, TAG_ERROR, TAG_PARENT, TAG_ROLE, TAG_SWEPT
 from geomsweep.results import plots
 from geomsweep.results.compare import (
@@ -37,14 +37,14 @@ from geomsweep.tracking.writer import RunLogger
 
 NOTE = "mlflow.note.content"  # MLflow renders it as markdown on the run's Overview
 HEADLINE_METRICS = (
-    "geometry/rankme",
-    "geometry/alpha_req",
-    "eval/probe_loss",
-    "eval/long_range_acc",
-    "behavior/ngram_alignment",
-    "behavior/pass_at_1",
-    "eval/id_acc",
-    "eval/ood_acc",
+    M.RANKME,
+    M.ALPHA_REQ,
+    M.PROBE_LOSS,
+    M.accuracy("long_range"),
+    M.NGRAM_ALIGNMENT,
+    M.pass_at(1),
+    M.accuracy("id"),
+    M.accuracy("ood"),
 )
 
 
@@ -85,7 +85,7 @@ def metric_history(client, run, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
 
 
-GEOMETRY_PANELS = (("geometry/rankme", "RankMe"), ("geometry/alpha_req", "α-ReQ"))
+GEOMETRY_PANELS = ((M.RANKME, "RankMe"), (M.ALPHA_REQ, "α-ReQ"))
 LEGEND_FONT = 9  # readable at the UI's artifact-preview size
 
 
@@ -184,7 +184,7 @@ def geometry_figure(client, runs, title: str = "Representation geometry of each 
 
 def shared_phases(client, runs) -> tuple[list[int], list[int]] | None:
     """(steps, phase labels) when every trace was tagged with the same phases at the same steps, for shading."""
-    labelled = {tuple(sorted(metric_history(client, run, "geometry/phase").items())) for run in runs}
+    labelled = {tuple(sorted(metric_history(client, run, M.PHASE).items())) for run in runs}
     if len(labelled) != 1 or not (only := labelled.pop()):
         return None
     return [step for step, _ in only], [int(label) for _, label in only]
@@ -222,12 +222,12 @@ def pass_at_k_curves(runs, client=None) -> dict[str, dict[int, float]]:
     post-training (the mean over the post-training runs of their first sampled step), the curve the methods move."""
     curves, bases = {}, []
     for run in runs:
-        ks = [int(m.group(1)) for key in run.data.metrics if (m := re.fullmatch(r"behavior/pass_at_(\d+)", key))]
+        ks = [int(m.group(1)) for key in run.data.metrics if (m := M.PASS_AT.fullmatch(key))]
         if not ks:
             continue
-        curves[label(run)] = {k: run.data.metrics[f"behavior/pass_at_{k}"] for k in ks}
+        curves[label(run)] = {k: run.data.metrics[M.pass_at(k)] for k in ks}
         if client is not None and run.data.params.get("cfg.method.name", "none") != "none":
-            histories = {k: metric_history(client, run, f"behavior/pass_at_{k}") for k in ks}
+            histories = {k: metric_history(client, run, M.pass_at(k)) for k in ks}
             bases.append({k: h[min(h)] for k, h in histories.items() if h and min(h) < max(h)})
     bases = [base for base in bases if base]
     if bases:

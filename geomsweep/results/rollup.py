@@ -17,6 +17,7 @@ from collections import defaultdict
 import mlflow
 
 from geomsweep.core.definitions import PhaseRule
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import ROLE_JOB, ROLE_TRACE, TAG_PARENT, TAG_ROLE, TAG_TRACE_KEY, TAG_TRACE_MEMBERS
 from geomsweep.results.artifacts import summarize_trace
 from geomsweep.tracking.store import tracking_uri
@@ -43,7 +44,7 @@ def merged_history(client, members) -> dict[str, dict[int, float]]:
     merged: dict[str, dict[int, float]] = defaultdict(dict)
     for run in sorted(members, key=lambda r: r.info.start_time):
         for key in run.data.metrics:
-            if key == "geometry/phase":  # per-job phases are recomputed over the whole trace
+            if key == M.PHASE:  # per-job phases are recomputed over the whole trace
                 continue
             for metric in client.get_metric_history(run.info.run_id, key):
                 merged[key][metric.step] = metric.value
@@ -79,10 +80,10 @@ def roll_up_trace(
     }
     log.history(history)
     log.params(shared)
-    rankme = history.get("geometry/rankme", {})
+    rankme = history.get(M.RANKME, {})
     steps = sorted(rankme)
     if len(steps) > 2:
-        alpha, loss = history.get("geometry/alpha_req", {}), history.get("eval/probe_loss")
+        alpha, loss = history.get(M.ALPHA_REQ, {}), history.get(M.PROBE_LOSS)
         summary = summarize_trace(
             steps,
             [rankme[s] for s in steps],

@@ -16,23 +16,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import time
 import zlib
 
 from geomsweep.core.definitions import METRICS, PAPER_METRICS
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_PHASES, TAG_SWEPT, TAG_VERDICT_PREFIX
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 SHARE_PARAM = "viewStateShareKey"
 SEED = "seed"
 NAME_LENGTH = 60  # what the page's Views menu shows of a name
-TRACE_CHARTS = ("geometry/rankme", "geometry/alpha_req", "eval/probe_loss", "geometry/phase")
+TRACE_CHARTS = (M.RANKME, M.ALPHA_REQ, M.PROBE_LOSS, M.PHASE)
 
-POST_TRAINING_LINES = ("geometry/rankme", "geometry/alpha_req")
-CHANGES = ("geometry/rankme_change", "geometry/alpha_req_change")
-PASS_AT = re.compile(r"behavior/pass_at_(\d+)")
-SUITE = (*(f"geometry/{name}" for name in METRICS if name not in PAPER_METRICS), "weights/alpha")  # probe.weights
+POST_TRAINING_LINES = (M.RANKME, M.ALPHA_REQ)
+CHANGES = (M.RANKME_CHANGE, M.ALPHA_CHANGE)
+PASS_AT = M.PASS_AT
+SUITE = (*(M.geometry(name) for name in METRICS if name not in PAPER_METRICS), M.WEIGHTS_ALPHA)  # probe.weights
 
 
 def view_key(run_ids) -> str:
@@ -52,7 +52,7 @@ def is_post_training(run) -> bool:
 def pass_at_keys(runs) -> list[str]:
     """pass@1 and the largest k any run sampled."""
     ks = sorted({int(m.group(1)) for run in runs for key in run.data.metrics if (m := PASS_AT.fullmatch(key))})
-    return [f"behavior/pass_at_{k}" for k in dict.fromkeys([ks[0], ks[-1]])] if ks else []
+    return [M.pass_at(k) for k in dict.fromkeys([ks[0], ks[-1]])] if ks else []
 
 
 def swept_param(runs, key: str) -> str | None:
@@ -181,10 +181,10 @@ def trace_view(cells, parent=None) -> dict:
     label (0 warmup, 1 entropy-seeking, 2 compression-seeking) among them, one line per run (the swept values,
     other than ``seed``, group them)."""
     group_by = [p for key in swept_keys(parent) if key != SEED and (p := swept_param(cells, key))]
-    metrics = ["geometry/rankme", "geometry/alpha_req"]
+    metrics = [M.RANKME, M.ALPHA_REQ]
     metrics = metrics if group_by else [key for key in metrics for key in (key, f"{key}_se")]
     extra = suite_metrics(cells)
-    columns = [column("metrics", key) for key in [*metrics, "eval/probe_loss", *extra]]
+    columns = [column("metrics", key) for key in [*metrics, M.PROBE_LOSS, *extra]]
     columns += [column("tags", TAG_PHASES)] if any(TAG_PHASES in run.data.tags for run in cells) else []
     columns += [column("params", param) for param in group_by]
     lines = section("geomsweep: geometry against pretraining step (log)")

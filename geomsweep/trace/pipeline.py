@@ -21,6 +21,7 @@ from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import Geometry
 from geomsweep.core.weights import MatrixSpectrum, weight_metrics, weight_spectra
 from geomsweep.estimate.memory import BYTES, model_shape
+from geomsweep.keys import metrics as M
 from geomsweep.sources import checkpoints as ckpts
 from geomsweep.sources.data import ProbeSet
 from geomsweep.sources.hub_cache import RevisionCache, evicts
@@ -121,7 +122,7 @@ def trace(
                 model, measured.covariances[-1], ablation_k, lambda m=model, t=tokenizer: toy.tasks(m, t), tasks
             )
             point.metrics.update(
-                {f"ablation/{key}": value for key, value in point.ablation.items() if not key.startswith("full/")}
+                {M.ablation(key): value for key, value in point.ablation.items() if not key.startswith("full/")}
             )
         if sampling is not None and checkpoint.step in sample_at:
             values, point.tables = sampling.update(model, tokenizer, checkpoint.step)

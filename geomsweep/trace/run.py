@@ -6,6 +6,7 @@ from __future__ import annotations
 from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.config.schema import Config
 from geomsweep.core.definitions import headline_layer
+from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_ABLATION, TAG_ALPHA_FIT, TAG_NONFINITE, TAG_STAGE_PREFIX
 from geomsweep.results import artifacts, plots
 from geomsweep.sources import checkpoints as ckpts
@@ -31,15 +32,15 @@ def errors(points, layer: int) -> tuple[list[float], list[float]]:
     """Each point's jackknife standard errors of RankMe and alpha (NaN where its representations were not finite)."""
     nan = float("nan")
     return (
-        [p.geometry[layer].errors.get(artifacts.RANKME_SE, nan) for p in points],
-        [p.geometry[layer].errors.get(artifacts.ALPHA_SE, nan) for p in points],
+        [p.geometry[layer].errors.get(M.RANKME_SE, nan) for p in points],
+        [p.geometry[layer].errors.get(M.ALPHA_SE, nan) for p in points],
     )
 
 
 def accuracies(points) -> dict[str, list[float]] | None:
     """Downstream accuracy per task (``eval/<task>_acc``) at each checkpoint (NaN where one was not measured)."""
-    keys = sorted({key for p in points for key in p.metrics if key.startswith("eval/") and key.endswith("_acc")})
-    return {key.removeprefix("eval/"): [p.metrics.get(key, float("nan")) for p in points] for key in keys} or None
+    keys = sorted({key for p in points for key in p.metrics if key.startswith(M.EVAL) and key.endswith("_acc")})
+    return {key.removeprefix(M.EVAL): [p.metrics.get(key, float("nan")) for p in points] for key in keys} or None
 
 
 def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe: ProbeSet, log: RunLogger) -> None:
