@@ -8,7 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 from geomsweep import __version__
-from geomsweep.config.schema import ConfigError, check
+from geomsweep.config.checks import check
+from geomsweep.config.errors import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="pkg://geomsweep.conf", config_name="config")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from peft import PeftModel
 
 from geomsweep.behavior.sample_eval import sampling_probe
-from geomsweep.config.schema import stage_configs
+from geomsweep.config.checks import stage_configs
 from geomsweep.core.measure import resolve_device
 from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_STAGE_PREFIX

@@ -57,7 +57,7 @@ def trainer_config(
     config_cls, args: dict, output_dir: str, device: str, seed: int, progress: bool, report: bool = True
 ):
     """``config_cls(**args)`` with output, reporting and device settings filled in (the user's args win); the
-    fields and their types were checked when the config was (geomsweep.config.schema.check_fields)."""
+    fields and their types were checked when the config was (geomsweep.config.trainer_fields.check_fields)."""
     on_cpu = not device.startswith("cuda")
     settings = {
         "output_dir": output_dir,

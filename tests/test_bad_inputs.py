@@ -588,7 +588,8 @@ MEANINGLESS = [
 
 @pytest.mark.parametrize("overrides, message", MEANINGLESS, ids=[" ".join(o) for o, _ in MEANINGLESS])
 def test_a_value_that_means_nothing_is_refused_in_one_line(overrides, message):
-    from geomsweep.config.schema import ConfigError, check
+    from geomsweep.config.checks import check
+    from geomsweep.config.errors import ConfigError
     from tests.test_schema import composed
 
     with pytest.raises(ConfigError) as refused:
@@ -597,7 +598,7 @@ def test_a_value_that_means_nothing_is_refused_in_one_line(overrides, message):
 
 
 def test_a_step_named_many_times_is_measured_once():
-    from geomsweep.config.schema import check
+    from geomsweep.config.checks import check
     from tests.test_schema import composed
 
     steps = check(composed("checkpoint=steps", f"checkpoint.steps=[{','.join(['40'] * 1500)},3]")).checkpoint.steps

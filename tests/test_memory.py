@@ -6,7 +6,8 @@ from hydra import compose, initialize
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from geomsweep.config.schema import LoraSettings, check
+from geomsweep.config.checks import check
+from geomsweep.config.schema import LoraSettings
 from geomsweep.config.toy import ToyConfig
 from geomsweep.estimate.memory import GIB, count_parameters, plan_memory
 from geomsweep.sources.toy.pretrain import model_config as toy_model_config

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import geomsweep
-from geomsweep.config.schema import ProbeConfig
+from geomsweep.config.measurement import ProbeConfig
 from geomsweep.core.extract import accumulate, encode_batches
 from geomsweep.core.measure import measure_model
 from geomsweep.core.spectra import spectral_geometry

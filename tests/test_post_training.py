@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from geomsweep.config.schema import ConfigError, check_fields
+from geomsweep.config.errors import ConfigError
+from geomsweep.config.trainer_fields import check_fields
 from geomsweep.post_training.rewards import exact_answer
 from geomsweep.post_training.run import trainer_config
 from geomsweep.sources.tasks import arithmetic_task, final_number, first_number, load_split, load_task

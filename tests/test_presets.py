@@ -5,7 +5,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from geomsweep.config.schema import check
+from geomsweep.config.checks import check
 from geomsweep.sources import checkpoints as ckpts
 from geomsweep.sources import models, revisions
 from tests.conftest import REPO, run_app

@@ -44,7 +44,7 @@ def _measure_in_group(rank: int, world: int, port: int, checkpoint_dir: str, out
 
     import torch.distributed as dist
 
-    from geomsweep.config.schema import ProbeConfig
+    from geomsweep.config.measurement import ProbeConfig
     from geomsweep.core import processes
     from geomsweep.core.measure import measure_model
     from geomsweep.sources.checkpoints import Checkpoint
@@ -72,7 +72,7 @@ def test_processes_measure_disjoint_shares_of_whole_batches_and_agree_with_one(t
 
     import torch.multiprocessing as mp
 
-    from geomsweep.config.schema import ProbeConfig
+    from geomsweep.config.measurement import ProbeConfig
     from geomsweep.core.measure import measure_model
     from geomsweep.sources.checkpoints import Checkpoint
     from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents

@@ -10,7 +10,8 @@ import pytest
 from datasets import IterableDataset
 from hydra import compose, initialize_config_dir
 
-from geomsweep.config.schema import DataConfig, check
+from geomsweep.config.checks import check
+from geomsweep.config.measurement import DataConfig
 from geomsweep.sources.data import document_rows, english_texts, english_windows, probe_set, probe_texts
 from geomsweep.sources.revisions import local_revisions
 from tests.conftest import REPO, TINY_PROBE, run_app, runs_of

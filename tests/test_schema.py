@@ -8,7 +8,9 @@ import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 
-from geomsweep.config.schema import Config, ConfigError, check
+from geomsweep.config.checks import check
+from geomsweep.config.errors import ConfigError
+from geomsweep.config.schema import Config
 from tests.conftest import REPO, TINY, run_app
 
 

@@ -114,7 +114,7 @@ def test_a_reservoir_keeps_the_same_rows_however_the_probe_set_is_split():
 
 
 def test_the_suite_on_a_real_pass_gets_rankmes_value_and_error_bars_for_its_covariance_measures(lm):
-    from geomsweep.config.schema import ProbeConfig
+    from geomsweep.config.measurement import ProbeConfig
     from geomsweep.core.measure import measure_model
 
     model, tokenizer, texts = lm

@@ -128,7 +128,8 @@ def test_weight_spectra_under_sharded_weights_are_refused_by_name(parallel, name
     """Under FSDP or ZeRO-3 each process holds a shard of every matrix: its spectra would be a shard's."""
     from hydra import compose, initialize
 
-    from geomsweep.config.schema import ConfigError, check
+    from geomsweep.config.checks import check
+    from geomsweep.config.errors import ConfigError
 
     with initialize(version_base="1.3", config_path="../conf"):
         with pytest.raises(ConfigError, match=f"probe.weights=true under {name}: .* valid: probe.weights=false"):

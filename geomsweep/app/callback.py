@@ -17,8 +17,9 @@ from hydra import compose
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from geomsweep.config.checks import check
 from geomsweep.config.overrides import cell_name, sweep_cells
-from geomsweep.config.schema import Config, check
+from geomsweep.config.schema import Config
 from geomsweep.tracking.server import local_server
 
 

@@ -42,7 +42,7 @@ from geomsweep.tracking.writer import RunLogger, when_no_write
 
 
 def run_job(cfg: DictConfig, settings: Config) -> None:
-    """Run one cell unless it already FINISHED. ``settings`` is ``cfg`` checked and typed (schema.check).
+    """Run one cell unless it already FINISHED. ``settings`` is ``cfg`` checked and typed (config.checks.check).
     A failure ends the run FAILED with the reason and traceback; in a multirun the job then returns normally,
     so the sweep goes on and its end-of-sweep roll-up (and exit status) reports the failed cells; a single run
     re-raises."""

@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 
 from geomsweep.app.job import run_job
 from geomsweep.behavior.sampling import vllm_platform
+from geomsweep.config.errors import ConfigError
 from geomsweep.config.overrides import cell_name
-from geomsweep.config.schema import Config, ConfigError
+from geomsweep.config.schema import Config
 from geomsweep.core.measure import resolve_device, resolve_dtype
 from geomsweep.estimate.memory import plan_memory, refusal
 from geomsweep.sources.hub_cache import unavailable_offline

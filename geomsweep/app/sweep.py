@@ -20,8 +20,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from geomsweep.app.preflight import check_memory, check_vllm
+from geomsweep.config.errors import ConfigError
 from geomsweep.config.overrides import override_key, swept_keys, varied
-from geomsweep.config.schema import Config, ConfigError
+from geomsweep.config.schema import Config
 from geomsweep.core.definitions import PhaseRule
 from geomsweep.core.measure import resolve_device
 from geomsweep.keys.tags import (

@@ -37,8 +37,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
+from geomsweep.config.checks import check
 from geomsweep.config.choices import VLLM_ENGINES
-from geomsweep.config.schema import ProbeConfig, check
+from geomsweep.config.measurement import ProbeConfig
 from geomsweep.core.definitions import METRICS
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
 from geomsweep.core.measure import measure_model

@@ -28,8 +28,8 @@ from hydra import compose, initialize_config_module
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, Olmo2Config
 
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
+from geomsweep.config.checks import check
 from geomsweep.config.choices import VLLM_ENGINES
-from geomsweep.config.schema import check
 from geomsweep.config.toy import ToyConfig
 from geomsweep.core.definitions import REFERENCE_FIT
 from geomsweep.core.extract import accumulate

@@ -27,7 +27,7 @@ import torch
 from hydra.utils import get_class
 from transformers import AutoModelForCausalLM
 
-from geomsweep.config.schema import stage_configs
+from geomsweep.config.checks import stage_configs
 from geomsweep.sources.models import model_source
 
 GIB = 1024**3

@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvaluationArtifact
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
-from geomsweep.config.schema import ProbeConfig
+from geomsweep.config.measurement import ProbeConfig
 from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model
 from geomsweep.core.weights import weight_metrics, weight_spectra
