@@ -25,7 +25,8 @@ from geomsweep.core.definitions import headline_layer
 from geomsweep.core.measure import measure_model, resolve_device, resolve_dtype
 from geomsweep.core.spectra import change_metrics
 from geomsweep.core.weights import weight_metrics, weight_spectra
-from geomsweep.estimate.memory import GIB, PeakMeter, plan_memory
+from geomsweep.estimate.memory import plan_memory
+from geomsweep.estimate.peak import GIB, PeakMeter
 from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_BASE_REVISION, TAG_BASE_STEP
 from geomsweep.post_training.callbacks import GeometryCallback, MethodMLflowCallback

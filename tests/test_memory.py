@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 from geomsweep.config.checks import check
 from geomsweep.config.schema import LoraSettings
 from geomsweep.config.toy import ToyConfig
-from geomsweep.estimate.memory import GIB, count_parameters, plan_memory
+from geomsweep.estimate.memory import count_parameters, plan_memory
+from geomsweep.estimate.peak import GIB
 from geomsweep.sources.toy.pretrain import model_config as toy_model_config
 from tests.conftest import TINY_TOY, run_app
 

@@ -1,5 +1,6 @@
-"""Metric parity with the study's own code, re-implemented here from shared/PAPER.md (numpy, as the authors'
-scripts): PCA with svd_solver='full' keeping min(2048, N, D) components, explained-variance ratios, RankMe with
+"""Metric parity with the study's own pipeline (shared/PAPER.md), independent of geomsweep's code: scikit-learn's PCA
+with svd_solver='full' keeping min(2048, N, D) components and its explained_variance_ratio_, as the authors' scripts
+call it; then, in numpy as they write it, RankMe with
 p = ratio / sum|ratio| + 1e-7, and Stringer's power-law fit over ranks 12..100 with float32 weights 1/k whose
 R^2 windows start one rank later (13..100, and 13..500 or 13..kept - 10 when fewer than 512 are kept)."""
 
@@ -8,16 +9,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 
 from geomsweep.core.spectra import StreamingCovariance, spectral_geometry
 
 
 def reference_metrics(x: np.ndarray) -> dict[str, float]:
     n, d = x.shape
-    centered = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
-    singular = np.linalg.svd(centered, compute_uv=False)
-    variance = singular**2 / (n - 1)
-    ratio = variance[: min(2048, n, d)] / variance.sum()  # explained_variance_ratio_
+    ratio = PCA(n_components=min(2048, n, d), svd_solver="full").fit(x.astype(np.float64)).explained_variance_ratio_
     p = ratio / np.abs(ratio).sum() + 1e-7
     rankme = float(np.exp(-(p * np.log(p)).sum()))
     ranks = np.arange(11, 100)  # 0-based indices of 1-based ranks 12..100

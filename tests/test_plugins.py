@@ -15,7 +15,7 @@ from geomsweep.core.spectra import spectral_geometry
 from geomsweep.core.weights import weight_metrics, weight_spectra
 from geomsweep.sources.checkpoints import Checkpoint
 from geomsweep.sources.toy.pretrain import ToyConfig, probe_documents
-from geomsweep.tracking.current import CURRENT_JOB
+from geomsweep.tracking.running_job import CURRENT_JOB
 from tests.conftest import TINY_TOY
 
 

@@ -1,9 +1,9 @@
 """The saved views of MLflow's runs page (results/ui_view.py), written into real sqlite stores and read back.
 
-What the page then shows in Chromium is `make ui-check`'s (and test_lab_notebook's browser case); here: the tag's
-format against one the page itself wrote, the runs each view selects (through MLflow's own search), its columns,
-grouping and charts, one view per set of cells, and a job that still prints a link when no view can be written.
-"""
+What the page then shows in Chromium is `make ui-check`'s (and the browser case of
+test_failures_resume_and_rollup.py); here: the tag's format against one the page itself wrote, the runs each view
+selects (through MLflow's own search), its columns, grouping and charts, one view per set of cells, and a job that
+still prints a link when no view can be written."""
 
 import json
 from pathlib import Path

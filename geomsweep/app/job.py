@@ -34,8 +34,8 @@ from geomsweep.results.messages import results_message, saved_views
 from geomsweep.sources.data import ProbeSet, probe_set
 from geomsweep.sources.models import model_source, resolve
 from geomsweep.trace.run import run_trace
-from geomsweep.tracking.context import in_multirun, job_context, job_run
 from geomsweep.tracking.identity import config_hash, data_files_digest
+from geomsweep.tracking.job_run import in_multirun, job_context, job_run
 from geomsweep.tracking.liveness import earlier_runs, process_tags
 from geomsweep.tracking.store import setup_store
 from geomsweep.tracking.writer import RunLogger, when_no_write

@@ -43,7 +43,7 @@ from geomsweep.results.messages import results_message, saved_views
 from geomsweep.results.report import log_comparison, summary
 from geomsweep.results.rollup import roll_up_traces
 from geomsweep.trace import plan
-from geomsweep.tracking.context import find_sweep_parent, sweep_dir
+from geomsweep.tracking.job_run import find_sweep_parent, sweep_dir
 from geomsweep.tracking.liveness import mark_killed, process_alive, process_tags
 from geomsweep.tracking.store import StoreError, setup_store
 from geomsweep.tracking.writer import RunLogger

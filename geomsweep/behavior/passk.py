@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -38,13 +39,21 @@ def per_problem_pass_at_k(n: int, correct: Sequence[int], ks: Sequence[int]) -> 
 def bootstrap_interval(
     values: np.ndarray, draws: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """A percentile bootstrap interval of the mean of ``values`` over problems: the problems are resampled with
+    """A percentile bootstrap interval (scipy's) of the mean of ``values`` over problems, resampled with
     replacement ``draws`` times. Given per-problem differences of paired runs (the same problems before and after
-    training), it is the interval of the mean change."""
+    training), it is the interval of the mean change. One problem has no spread to resample: its interval is its
+    value."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         raise ValueError("a bootstrap interval needs at least one problem")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(draws, values.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    if values.size == 1:
+        return float(values[0]), float(values[0])
+    found = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=draws,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(found.confidence_interval.low), float(found.confidence_interval.high)

@@ -10,8 +10,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 
 def override_key(override: str) -> str:
-    """The key an override sets: ``method`` for ``+method=sft``, ``probe.norm`` for ``~probe.norm``."""
-    return override.split("=", 1)[0].lstrip("+~")
+    """The key an override sets, as Hydra's parser reads it: ``method`` for ``+method=sft``, ``probe.norm`` for
+    ``~probe.norm``."""
+    return OverridesParser.create().parse_override(override).get_key_element().lstrip("+~")
 
 
 def without(overrides: Iterable[str], prefixes: tuple[str, ...]) -> list[str]:

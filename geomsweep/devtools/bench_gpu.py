@@ -34,7 +34,8 @@ from geomsweep.config.toy import ToyConfig
 from geomsweep.core.definitions import REFERENCE_FIT
 from geomsweep.core.extract import accumulate
 from geomsweep.core.spectra import rankme, spectral_geometry
-from geomsweep.estimate.memory import GIB, ModelShape, PeakMeter, count_parameters, plan_for_shape
+from geomsweep.estimate.memory import ModelShape, count_parameters, plan_for_shape
+from geomsweep.estimate.peak import GIB, PeakMeter
 from geomsweep.sources.tasks import arithmetic_task
 from geomsweep.sources.toy.pretrain import train_documents, train_tokenizer
 

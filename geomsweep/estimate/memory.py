@@ -18,21 +18,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import os
-import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from hydra.utils import get_class
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from geomsweep.config.checks import stage_configs
+from geomsweep.estimate.peak import GIB, device_memory
 from geomsweep.sources.models import model_source
 
-GIB = 1024**3
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-HEADS = ("lm_head", "embed_out")  # output layers peft's "all-linear" leaves alone
 DEFAULT_VOCAB = 50_304  # Pythia's and OLMo's, for a preset known only by width and depth
 
 
@@ -247,72 +244,11 @@ def with_changes(method, labels) -> object:
 
 
 def count_parameters(config, lora, trust_remote_code: bool = False) -> tuple[int, int]:
-    """(parameters, LoRA parameters at ``lora``'s rank) of the model ``config`` builds, on the meta device: shapes
-    only, no memory."""
+    """(parameters, LoRA parameters at ``lora``'s rank and targets) of the model ``config`` builds, counted by peft
+    itself on the meta device: shapes only, no memory, and every layer kind peft adapts (``Conv1D`` included)."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    parameters = sum(p.numel() for p in model.parameters())
-    targets = lora.target_modules
-    adapted = 0
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] in HEADS:
-            continue
-        if targets == "all-linear" or name.split(".")[-1] in targets:
-            adapted += lora.r * (module.in_features + module.out_features)
-    return parameters, adapted
-
-
-class PeakMeter:
-    """What a job adds to its process at the peak, from ``start``: allocated memory on a GPU (CUDA's own peak
-    counter); on a CPU the peak resident set (Linux's VmHWM, reset at ``start``) less the pages of shared libraries'
-    code faulted in since (libtorch's backward and optimizer kernels: code, not the job's data)."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.baseline = self.libraries = 0
-
-    def start(self) -> PeakMeter:
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
-            self.baseline = torch.cuda.memory_allocated(torch.device(self.device))
-            return self
-        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM) to the current one
-        self.baseline, self.libraries = _status_bytes("VmRSS:"), _library_bytes()
-        return self
-
-    def added(self) -> int:
-        """Bytes above the start at the peak so far."""
-        if self.device.startswith("cuda"):
-            return torch.cuda.max_memory_allocated(torch.device(self.device)) - self.baseline
-        return _status_bytes("VmHWM:") - self.baseline - (_library_bytes() - self.libraries)
-
-
-def _status_bytes(field: str) -> int:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
-    return int(line.split()[1]) * 1024  # kB
-
-
-def _library_bytes() -> int:
-    """Resident bytes of the process's shared libraries and interpreter (file-backed code, from /proc/self/smaps)."""
-    total, library = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if not fields[0].endswith(":"):  # a mapping's header: address perms offset dev inode [path]
-            path = fields[5] if len(fields) > 5 else ""
-            library = ".so" in Path(path).name or path == os.path.realpath(sys.executable)
-        elif library and fields[0] == "Rss:":
-            total += int(fields[1]) * 1024
-    return total
-
-
-def device_memory(device: str) -> int | None:
-    """Bytes the device offers: a GPU's total memory, or the RAM available now on a CPU."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+        parameters = model.num_parameters()
+        adapted = LoraConfig(r=lora.r, target_modules=lora.target_modules)
+        trainable, _ = get_peft_model(model, adapted).get_nb_trainable_parameters()
+    return parameters, trainable

@@ -1,7 +1,7 @@
 """The ``geomsweep`` MLflow run-context provider (entry point ``mlflow.run_context_provider``).
 
 MLflow asks every installed provider about every run started in the environment, so this one acts only inside a
-geomsweep job (``tracking.current.current_job()`` is set exactly while ``job_run`` runs): there, runs get tags
+geomsweep job (``tracking.running_job.current_job()`` is set exactly while ``job_run`` runs): there, runs get tags
 saying where they came from (geomsweep version, git commit, Hydra job name and number, SLURM job id, model and
 revision); any other program's runs, Hydra apps included, get nothing.
 """
@@ -18,7 +18,7 @@ from mlflow.tracking.context.abstract_context import RunContextProvider
 
 from geomsweep import __version__
 from geomsweep.keys import tags as keys
-from geomsweep.tracking.current import current_job
+from geomsweep.tracking.running_job import current_job
 
 
 @functools.lru_cache(maxsize=1)

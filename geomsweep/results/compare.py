@@ -92,7 +92,9 @@ def swept_value(run, key: str) -> str | None:
     for param in (f"cfg.{key}", f"cfg.{key}.name"):
         if param in params:
             return params[param]
-    named = dict(part.split("=", 1) for part in (run.info.run_name or "").split(",") if "=" in part)
+    # Hydra joins a cell's overrides with "," (override_dirname): a comma inside a list value starts no override
+    parts = re.split(r",(?=[\w.+~@/-]+=)", run.info.run_name or "")
+    named = dict(part.split("=", 1) for part in parts if "=" in part)
     return named.get(key)
 
 

@@ -170,7 +170,7 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
 
     # the command, over the whole experiment: the single job and the two shards share one trace key
     proc = subprocess.run(
-        [sys.executable, "-m", "geomsweep.results.rollup", "--tracking-uri", store],
+        [sys.executable, "-m", "geomsweep.devtools", "rollup", "--tracking-uri", store],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -184,18 +184,18 @@ def test_a_trace_sharded_over_jobs_rolls_up_into_one_trace_run(tmp_path, cache_d
 def test_report_overlays_runs_and_logs_to_the_sweep(tmp_path, cache_dir, tiny_checkpoints, store):
     run_app(["-m", *TINY, "eval.toy_n_docs=0", "checkpoint=final", "probe.norm=post,pre"], tmp_path, cache_dir, store)
     proc = subprocess.run(
-        [sys.executable, "-m", "geomsweep.results.report", "--tracking-uri", store, "--out", str(tmp_path / "report")],
+        [sys.executable, "-m", "geomsweep.devtools", "report", "--tracking-uri", store, "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert len(summary) == 2 and set(summary["status"]) == {"FINISHED"}
     assert summary["behavior/pass_at_1"].between(0, 1).all()
     for name in ("geometry.png", "pass_at_k.png"):
-        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     (parent,) = runs_of(store, "sweep")
     logged = {a.path for a in mlflow.MlflowClient(store).list_artifacts(parent.info.run_id, "report")}
     assert logged == {"report/summary.csv", "report/geometry.png", "report/pass_at_k.png"}

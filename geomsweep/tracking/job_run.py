@@ -1,6 +1,6 @@
 """The Hydra job a run belongs to: its name, its sweep parent, and the job running in this process.
 
-The running job is a ``ContextVar`` (``tracking/current.py``, read by the run-context plugin), set only inside
+The running job is a ``ContextVar`` (``tracking/running_job.py``, read by the run-context plugin), set only inside
 ``job_run``.
 """
 
@@ -27,9 +27,9 @@ from geomsweep.keys.tags import (
     TAG_SWEPT,
     TAG_TRACE_KEY,
 )
-from geomsweep.tracking.current import CURRENT_JOB
 from geomsweep.tracking.identity import trace_key
 from geomsweep.tracking.liveness import lease, process_tags
+from geomsweep.tracking.running_job import CURRENT_JOB
 from geomsweep.tracking.store import quoted
 from geomsweep.tracking.writer import one_write
 
