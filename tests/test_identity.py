@@ -2,7 +2,9 @@
 the folders became layers) is resumed without re-running any of its finished cells.
 
 ``tests/data/pre_move_store.sql.gz`` is the SQL dump of the store that geomsweep at commit c32b252 wrote for the
-two command lines below (a sweep over method=none,sft and an RLVR run); nothing here rewrites it.
+two command lines below (a sweep over method=none,sft and an RLVR run); ``pre_reorg_store.sql.gz`` the store of the
+default trace (``python -m geomsweep``) at commit 657cda9, before the folders were reorganised by role. Nothing here
+rewrites them.
 """
 
 import gzip
@@ -27,19 +29,23 @@ SWEEP = ["-m", "method=none,sft", "checkpoint=final", *GEOMETRY_ONLY, *FAST, *AS
 RLVR = ["method=rlvr", *GEOMETRY_ONLY, *FAST, "method.args.num_generations=4", *AS_THEN]
 
 
-@pytest.fixture
-def pre_move_store(tmp_path) -> str:
+def restored(tmp_path, dump: str, written_in: str) -> str:
     """The store restored here with its runs' artifact folders, as a store copied with its artifacts is: the dump
     holds the records only, so each run gets back the config.yaml every job logs first (a FINISHED run without it
     is no result to reuse: tracking/liveness.artifacts_intact)."""
     path = tmp_path / "mlflow.db"
     with sqlite3.connect(path) as db:
-        db.executescript(gzip.decompress((REPO / "tests/data/pre_move_store.sql.gz").read_bytes()).decode())
-        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, '/tmp/premove', ?)", (str(tmp_path),))
+        db.executescript(gzip.decompress((REPO / "tests/data" / dump).read_bytes()).decode())
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (written_in, str(tmp_path)))
         for (folder,) in db.execute("SELECT artifact_uri FROM runs"):
             Path(folder).mkdir(parents=True)
             (Path(folder) / "config.yaml").write_text("# restored with the store\n")
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def pre_move_store(tmp_path) -> str:
+    return restored(tmp_path, "pre_move_store.sql.gz", "/tmp/premove")
 
 
 @pytest.mark.slow
@@ -64,6 +70,15 @@ def test_a_sweep_finished_before_the_move_reruns_no_cell(tmp_path, pre_move_stor
     reused = {v for k, v in parent.data.tags.items() if k.startswith("geomsweep.reused.")}
     swept = {r.info.run_id for r in jobs if r.data.params["cfg.method.name"] in ("none", "sft")}
     assert parent.info.status == "FINISHED" and reused == swept and len(swept) == 2
+
+
+def test_the_default_trace_finished_before_the_reorganisation_is_not_run_again(tmp_path):
+    store = restored(tmp_path, "pre_reorg_store.sql.gz", "/tmp/base")
+    empty_cache = tmp_path / "cache"  # a re-run would pretrain the toy here first
+    proc = run_app([], tmp_path, empty_cache, store)
+    assert "geomsweep: skipped default: this cell (config hash 3dfcf7b11b5a5c8a) already FINISHED" in proc.stdout
+    assert not empty_cache.exists() or not list(empty_cache.glob("toy-*"))
+    assert len(mlflow.MlflowClient(store).search_runs(["1"])) == 1
 
 
 def test_a_field_added_later_leaves_the_identity_at_the_value_earlier_cells_computed():
