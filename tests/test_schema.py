@@ -31,6 +31,14 @@ BAD = [
         ["geomsweep: invalid config: checkpoint.num=1 must be an integer >= 2 for checkpoint.select=log"],
     ),
     (
+        ["checkpoint=every", "checkpoint.every=0"],
+        ["geomsweep: invalid config: checkpoint.every=0 must be a positive integer for checkpoint.select=every"],
+    ),
+    (
+        ["checkpoint.num_shards=2", "checkpoint.shard=2"],
+        ["geomsweep: invalid config: checkpoint.shard=2 must lie in 0..checkpoint.num_shards-1 (num_shards=2)"],
+    ),
+    (
         ["probe.n_sequences=10"],
         ["probe.n_sequences=10 is too few for the alpha-ReQ fit range 2..20: it needs at least 21"],
     ),

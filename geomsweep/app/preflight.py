@@ -18,7 +18,7 @@ from geomsweep.config.schema import Config
 from geomsweep.core.measure import resolve_device, resolve_dtype
 from geomsweep.estimate.memory import plan_memory, refusal
 from geomsweep.sources.hub_cache import unavailable_offline
-from geomsweep.trace.plan import report
+from geomsweep.trace.plan import plan_table
 from geomsweep.tracking.store import StoreError, store_fault
 
 
@@ -59,7 +59,7 @@ def run(cfg: DictConfig, settings: Config) -> None:
         resolve_device(settings.device)  # device=cuda on a machine without CUDA: here, not deep inside torch
         check_vllm(settings)
         if settings.plan:  # the cost of this run, printed instead of running it
-            print(report([(cell_name(HydraConfig.get().overrides.task), cfg, settings)])[0])
+            print(plan_table([(cell_name(HydraConfig.get().overrides.task), cfg, settings)])[0])
             raise SystemExit(0)
         check_memory(settings)
     except (ConfigError, ValueError, RuntimeError) as err:

@@ -59,7 +59,7 @@ def print_plan(cells: Cells) -> None:
     if not cells:
         raise SystemExit("geomsweep: plan=true covers the basic sweeper's cells; plan other sweeps cell by cell")
     try:
-        print(plan.report(cells)[0])
+        print(plan.plan_table(cells)[0])
     except Exception as err:  # Hydra would turn it into a warning and launch the jobs
         raise SystemExit(f"geomsweep: plan=true: {err}") from None
 
@@ -117,7 +117,7 @@ def create_parent(experiment_id: str, config: DictConfig, cells: Cells) -> str:
     log.params({f"swept.{override_key(o)}": o.split("=", 1)[1] for o in compared})
     log.text(" ".join(overrides), "overrides.txt")
     try:
-        _, planned = plan.report(cells) if cells else ("", None)
+        _, planned = plan.plan_table(cells) if cells else ("", None)
     except Exception as err:  # a plan that cannot be made (revisions unknown offline) stops nothing
         logger.warning("geomsweep: no plan logged for this sweep: %s", err)
         planned = None

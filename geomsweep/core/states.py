@@ -5,11 +5,31 @@ job or shard). Merging states in any split gives the state of one pass over all 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol, Self
 
 import torch
 
 from geomsweep.core.definitions import JackknifeGroups
 from geomsweep.core.spectra import StreamingCovariance
+
+
+class MergeableState(Protocol):
+    """The contract every state here keeps (torchmetrics' ``Metric``, without its syncing machinery).
+
+    - ``update(rows, first_index)`` adds a batch of probe sequences; ``first_index`` is the first one's index in the
+      whole probe set, so jackknife groups and reservoir keys are the same however the set is split.
+    - ``merge(other)`` folds in the state of *disjoint* sequences (another batch range, process, job or shard) built
+      with the same settings, in place, and returns ``self``: merging the states of any split equals one pass over
+      all the sequences, up to round-off, in any order.
+    - ``compute()`` reads the result; it changes nothing, so it may be called at any point and again after more
+      updates.
+    """
+
+    def update(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def merge(self, other: Self) -> Self: ...
+
+    def compute(self) -> Any: ...
 
 
 def jackknife_groups(
@@ -67,6 +87,7 @@ class LastTokenCovariance:
         return total
 
     def merge(self, other: LastTokenCovariance) -> LastTokenCovariance:
+        """Each group's covariance merged with the same group of ``other`` (MergeableState)."""
         for part, theirs in zip(self.groups, other.groups):
             part.merge(theirs)
         return self
@@ -90,6 +111,7 @@ class NextTokenLoss:
         return self.total / self.count if self.count else float("nan")
 
     def merge(self, other: NextTokenLoss) -> NextTokenLoss:
+        """Sums and counts added (MergeableState)."""
         self.total += other.total
         self.count += other.count
         return self
@@ -127,6 +149,7 @@ class DirectionSum:
         return [(total - part, count - int(n)) for part, n in zip(self.totals, self.counts, strict=True)]
 
     def merge(self, other: DirectionSum) -> DirectionSum:
+        """Each group's sum and count added (MergeableState)."""
         if other.totals is not None:
             self.totals = other.totals.clone() if self.totals is None else self.totals + other.totals
         self.counts += other.counts
@@ -168,6 +191,7 @@ class Reservoir:
         return self.rows
 
     def merge(self, other: Reservoir) -> Reservoir:
+        """The rows of smallest keys among both kept: what one pass would have kept (MergeableState)."""
         if other.rows is not None:
             self._keep(other.keys, other.indices, other.rows)
         return self

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
+import datetime
 import functools
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -37,24 +39,16 @@ import torch
 from hydra import compose, initialize_config_module
 
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
-from geomsweep.config.checks import check
 from geomsweep.config.choices import VLLM_ENGINES
-from geomsweep.config.measurement import ProbeConfig
-from geomsweep.core.definitions import METRICS
-from geomsweep.core.extract import accumulate, encode_batches, eval_mode
-from geomsweep.core.measure import measure_model
-from geomsweep.core.spectra import jackknife_errors, rankme, spectral_geometry
-from geomsweep.core.states import jackknife_groups
-from geomsweep.core.weights import power_law_fit, weight_spectra
+from geomsweep.core.extract import accumulate, encode_batches
+from geomsweep.core.spectra import spectral_geometry
+from geomsweep.devtools.baselines import BATCH, MAX_LEN, bare_forward, paper_procedure, timed
+from geomsweep.devtools.bench_real import jackknife_ratio, real_model_ratios
 from geomsweep.sources.checkpoints import loaded
-from geomsweep.sources.data import english_texts
-from geomsweep.sources.models import available
 from geomsweep.sources.revisions import local_revisions
 from geomsweep.sources.tasks import arithmetic_task
 from geomsweep.sources.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
 from geomsweep.trace.plan import measure_tflops
-
-BATCH, MAX_LEN = 64, 64
 
 
 @functools.cache
@@ -70,36 +64,9 @@ def final_checkpoint(cache_dir: str):
     return local_revisions(ensure_pretrained(toy, cache_dir), toy.tokens_per_step)[-1].load()
 
 
-def paper_procedure(model, tokenizer, texts, max_length: int = MAX_LEN):
-    """One unpadded sequence per forward pass, keep all N x D rows, full SVD of the centered matrix."""
-    rows = []
-    with torch.inference_mode():
-        for text in texts:
-            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
-            rows.append(model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1])
-    x = torch.stack(rows).double()
-    singular = torch.linalg.svdvals(x - x.mean(dim=0))
-    return rankme(singular**2 / (len(texts) - 1))
-
-
 def ours(model, tokenizer, texts):
     batches = encode_batches(tokenizer, texts, BATCH, MAX_LEN)
     return spectral_geometry(accumulate(model, batches, progress=False).covariances[-1]).rankme
-
-
-def bare_forward(model, batches):
-    with torch.inference_mode():
-        for batch in batches:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-
-
-def timed(fn, *args, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def sampling_speeds(model, tokenizer, n: int = 16, max_tokens: int = 8) -> dict[str, float]:
@@ -148,105 +115,6 @@ def vllm_ratios(model, tokenizer, n: int = 64, max_tokens: int = 16) -> str:
     )
 
 
-def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> str:
-    """(f): SmolLM2-135M on English text (data.english_texts), or why it was not measured."""
-    try:
-        with initialize_config_module("geomsweep.conf", version_base="1.3"):
-            model_cfg = check(compose("config", overrides=["model=smollm2-135m"])).model
-        model, tokenizer = available(model_cfg, cache_dir)[-1].load()
-    except (RuntimeError, FileNotFoundError, ImportError) as err:
-        return f"(f) real model not measured: {err}"
-    texts = english_texts()[:n]
-    with eval_mode(model, tokenizer):
-        batches = list(encode_batches(tokenizer, texts, 32, max_length))
-
-        def ours_real():
-            return spectral_geometry(accumulate(model, batches, progress=False, with_loss=False).covariances[-1])
-
-        t_ours = t_bare = float("inf")
-        for _ in range(2):  # interleaved, best of each
-            t_bare = min(t_bare, timed(bare_forward, model, batches, repeat=1))
-            t_ours = min(t_ours, timed(ours_real, repeat=1))
-        t_paper = timed(paper_procedure, model, tokenizer, texts, max_length, repeat=1)
-        jackknife = jackknife_ratio(model, batches)
-        tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
-        suite = suite_ratios(model, tokenizer, texts, max_length)
-    planned = 2 * model.num_parameters() * tokens / (measure_tflops("cpu") * 1e12)
-    return (
-        f"(f) SmolLM2-135M (d={model.config.hidden_size}), {n} English texts x {max_length} tokens: "
-        f"vs bare batched forward {t_ours / t_bare:6.3f}x time ({t_ours:.1f}s vs {t_bare:.1f}s); "
-        f"vs the authors' procedure {t_paper / t_ours:5.1f}x sequences/s ({t_paper:.1f}s)\n"
-        f"(g) SmolLM2-135M with jackknife error bars (probe.jackknife=10) vs without: {jackknife:6.3f}x time"
-        f"   target <= 1.3x\n"
-        f"(h) SmolLM2-135M: measured over plan=true's time {t_ours / planned:6.2f}x ({t_ours:.1f}s vs {planned:.1f}s)\n"
-        f"{suite}"
-    )
-
-
-def suite_ratios(model, tokenizer, texts, max_length: int) -> str:
-    """(i): the suite at every layer, TwoNN and the weight spectra, each against the paper's two on the final layer
-    (same texts, error bars on, best of 2)."""
-    base = ProbeConfig(n_sequences=len(texts), max_length=max_length, batch_size=32, loss=False)
-    covariance = [name for name in METRICS if name != "twonn"]
-    settings = {
-        "paper": base,
-        "suite": dataclasses.replace(base, layers="all", metrics=covariance),
-        "twonn": dataclasses.replace(base, metrics=["rankme", "alpha_req", "twonn"]),
-    }
-    seconds = {}
-    for _ in range(2):
-        for name, probe in settings.items():
-            t = timed(measure_model, model, tokenizer, texts, probe, False, repeat=1)
-            seconds[name] = min(seconds.get(name, float("inf")), t)
-    start = time.perf_counter()
-    spectra = weight_spectra(model)
-    t_weights = time.perf_counter() - start
-    line = (
-        f"(i) SmolLM2-135M suite, {model.config.num_hidden_layers + 1} layers x {len(covariance)} measures with error "
-        f"bars vs RankMe + alpha on the final layer: {seconds['suite'] / seconds['paper']:6.3f}x time   target <= "
-        f"1.5x\n    TwoNN on the final layer (reservoir {base.reservoir}) adds "
-        f"{(seconds['twonn'] - seconds['paper']) / seconds['paper']:6.3f}x; probe.weights ({len(spectra)} matrices) "
-        f"adds {t_weights / seconds['paper']:6.3f}x ({t_weights:.1f}s)"
-    )
-    try:
-        import powerlaw  # noqa: PLC0415  optional: the dev extra's
-    except ImportError:
-        return line + "\n    (powerlaw not installed: the fit is not compared with powerlaw.Fit)"
-    sample = spectra[: min(len(spectra), 7)]  # one block's matrices: the library takes seconds each
-    start = time.perf_counter()
-    theirs = [powerlaw.Fit(s.eigs.numpy(), verbose=False, parameter_ranges={"alpha": [1, 1000]}) for s in sample]
-    t_theirs = time.perf_counter() - start
-    start = time.perf_counter()
-    mine = [power_law_fit(s.eigs) for s in sample]
-    t_mine = time.perf_counter() - start
-    worst = max(abs(a.alpha - b.alpha) / b.alpha for a, b in zip(mine, theirs))
-    return line + (
-        f"\n    power-law fit vs powerlaw.Fit on {len(sample)} of its spectra: {t_theirs / t_mine:6.1f}x faster, "
-        f"alpha within {worst:.1e}"
-    )
-
-
-def jackknife_ratio(model, batches, groups: int = 10) -> float:
-    """Time of a measurement with K-group jackknife error bars over the time without (same batches, best of 2
-    interleaved): the K leave-one-out spectra against the forward passes."""
-
-    def plain():
-        spectral_geometry(accumulate(model, batches, progress=False, with_loss=False).covariances[-1])
-
-    def with_errors():
-        n_sequences = sum(len(batch["input_ids"]) for batch in batches)
-        assignment = jackknife_groups(n_sequences, groups)
-        reps = accumulate(model, batches, progress=False, with_loss=False, groups=assignment)
-        spectral_geometry(reps.covariances[-1])
-        jackknife_errors(reps.groups[-1])
-
-    t_plain = t_errors = float("inf")
-    for _ in range(2):
-        t_plain = min(t_plain, timed(plain, repeat=1))
-        t_errors = min(t_errors, timed(with_errors, repeat=1))
-    return t_errors / t_plain
-
-
 def trace_seconds(cache_dir: str, texts, prefetch: bool) -> float:
     """Load and measure every toy checkpoint in order, as run_trace does."""
     toy = bench_toy()
@@ -281,6 +149,10 @@ def command(args: argparse.Namespace) -> None:
     if args.peak_rss is not None:
         print(json.dumps({"peak_rss_mb": peak_rss_mb(args.peak_rss, cache_dir)}))
         return
+    print(
+        f"make bench, {datetime.datetime.now():%Y-%m-%d %H:%M}, on {platform.node()}: {platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     torch.manual_seed(0)
     model, tokenizer = final_checkpoint(cache_dir)
     texts = probe_documents(bench_toy(), args.n, seed=7)

@@ -143,29 +143,36 @@ def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
     """One row per group of cells that differ only in ``seed``: every numeric column's mean and sd over the
     seeds, and for each geometric change its uncertainty and verdict (the module's noise rule)."""
     keys = [key for key in swept if key != SEED and key in cells]
-    numeric = [c for c in cells.columns if c not in swept and pd.api.types.is_numeric_dtype(cells[c])]
-    numeric = [c for c in numeric if c != PROBE]
-    groups = cells.groupby(keys, sort=False, dropna=False) if keys else [((), cells)]
-    rows = []
-    for values, group in groups:
-        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
-        row["seeds"] = len(group)
-        for column in numeric:
-            row[column] = group[column].mean()
-            if not column.endswith(("_se", "_lo", "_hi")):  # an interval's ends and SEs are averaged only
-                row[f"{column}_sd"] = group[column].std(ddof=1) if len(group) > 1 else math.nan
-        for name in [*GEOMETRY, *SUITE]:
-            change = f"{name}_change"
-            if change not in group:
-                continue
-            ses = group[f"{change}_se"] if f"{change}_se" in group else [math.nan] * len(group)
-            shared = PROBE in group and group[PROBE].notna().all() and group[PROBE].nunique() == 1
-            judged = seed_change(group[change], ses, shared)
-            row[f"{change}_uncertainty"], row[f"{change}_ci95"] = judged.uncertainty, judged.halfwidth
-            one_point = f"{name}_points" in group and (group[f"{name}_points"] < 2).any()
-            row[f"{change}_verdict"] = "one checkpoint" if one_point else judged.verdict
-        rows.append(row)
-    return pd.DataFrame(rows)
+    numeric = [c for c in cells.columns if c not in swept and pd.api.types.is_numeric_dtype(cells[c]) and c != PROBE]
+    spread = [c for c in numeric if not c.endswith(("_se", "_lo", "_hi"))]  # an interval's ends and SEs: means only
+    grouped = cells.groupby(keys or (lambda _: 0), sort=False, dropna=False)
+    folded = pd.concat(
+        [
+            grouped.size().rename("seeds"),
+            grouped[numeric].mean(),
+            grouped[spread].std(ddof=1).add_suffix("_sd"),
+            grouped.apply(change_verdicts, include_groups=False),
+        ],
+        axis=1,
+    )
+    order = [c for column in numeric for c in (column, f"{column}_sd") if c in folded]
+    return folded[["seeds", *order, *[c for c in folded if c not in order and c != "seeds"]]].reset_index(drop=not keys)
+
+
+def change_verdicts(group: pd.DataFrame) -> pd.Series:
+    """For each geometric change of one group's seeds: its uncertainty, 95% half-width and verdict."""
+    row = {}
+    for name in [*GEOMETRY, *SUITE]:
+        change = f"{name}_change"
+        if change not in group:
+            continue
+        ses = group[f"{change}_se"] if f"{change}_se" in group else [math.nan] * len(group)
+        shared = PROBE in group and group[PROBE].notna().all() and group[PROBE].nunique() == 1
+        judged = seed_change(group[change], ses, shared)
+        row[f"{change}_uncertainty"], row[f"{change}_ci95"] = judged.uncertainty, judged.halfwidth
+        one_point = f"{name}_points" in group and (group[f"{name}_points"] < 2).any()
+        row[f"{change}_verdict"] = "one checkpoint" if one_point else judged.verdict
+    return pd.Series(row, dtype=object)
 
 
 def rounded(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

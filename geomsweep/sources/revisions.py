@@ -58,7 +58,8 @@ def select(
     every: int | None = None,
 ) -> list[Checkpoint]:
     """Apply ``checkpoint.select``: every revision, the last one, an explicit list of steps, ``num`` checkpoints
-    log-spaced in step (the phases are log-step phenomena), or every step divisible by ``every`` plus the last."""
+    log-spaced in step (the phases are log-step phenomena), or every step divisible by ``every`` plus the last.
+    ``num`` and ``every`` were checked with the config (config/measurement.py)."""
     if selection == "all":
         return available
     if selection == "final":
@@ -73,12 +74,8 @@ def select(
             )
         return [by_step[s] for s in steps]
     if selection == "log":
-        if not isinstance(num, int) or num < 2:
-            raise ValueError(f"checkpoint.num={num!r} must be an integer >= 2 for checkpoint.select=log")
         return log_spaced(available, num)
     if selection == "every":
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"checkpoint.every={every!r} must be a positive integer for checkpoint.select=every")
         chosen = [c for c in available if c.step % every == 0]
         return chosen + available[-1:] if available and available[-1] not in chosen else chosen
     raise ValueError(f"unknown checkpoint.select {selection!r}; valid: {', '.join(Selection)}")
@@ -97,9 +94,8 @@ def log_spaced(available: list[Checkpoint], num: int) -> list[Checkpoint]:
 
 def shard(selected: list[Checkpoint], index: int, count: int) -> list[Checkpoint]:
     """Shard ``index`` of ``count``: every count-th checkpoint from ``index`` on, so each job gets early and late
-    (cheap and dear) checkpoints alike. Shards of one trace are rolled up into one trace run (rollup.py)."""
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"checkpoint.shard={index} must lie in 0..checkpoint.num_shards-1 (num_shards={count})")
+    (cheap and dear) checkpoints alike (the schema has checked ``index`` and ``count``). Shards of one trace are
+    rolled up into one trace run (results/rollup.py)."""
     return selected[index::count]
 
 

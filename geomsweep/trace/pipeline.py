@@ -37,7 +37,7 @@ class Point:
     loss: float
     metrics: dict[str, float] = field(default_factory=dict)  # every metric logged at this step
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # MLflow tables by artifact path (samples)
-    ablation: dict[str, float] | None = None  # spectral-tail ablation results (geomsweep/ablation.py)
+    ablation: dict[str, float] | None = None  # spectral-tail ablation results (core/ablation.py)
     weights: list[MatrixSpectrum] = field(default_factory=list)  # probe.weights: each block matrix's spectrum
 
 

@@ -160,7 +160,7 @@ def table(plans: list[TracePlan], skipped: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def report(cells: list[tuple[str, DictConfig, object]]) -> tuple[str, pd.DataFrame | None]:
+def plan_table(cells: list[tuple[str, DictConfig, object]]) -> tuple[str, pd.DataFrame | None]:
     """What ``plan=true`` prints for the cells (name, composed config, typed config) of a run or a sweep: the
     traces' table with totals and each post-training cell's memory plan; and the traces' table as a frame."""
     traces = [(name, cfg, settings) for name, cfg, settings in cells if settings.method.name == "none"]
