@@ -50,6 +50,7 @@ BAD = [
     ),
     (["tracking.experiment="], ["geomsweep: invalid config: tracking.experiment='' must name an experiment"]),
     (["tflops=-5"], ["geomsweep: invalid config: tflops=-5.0 must be > 0"]),
+    (["prefetch=sometimes"], ["geomsweep: invalid config: prefetch='sometimes'; valid: auto, true, false"]),
     (["sampler.ks=[]"], ["geomsweep: invalid config: sampler.ks=[] names no k"]),
     (["method=sft", "method.args.max_steps=0"], ["geomsweep: invalid config: method.args.max_steps=0 trains nothing"]),
     # ... and method.args against the TRL config class they go to
