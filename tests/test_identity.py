@@ -22,9 +22,10 @@ FAST = [  # exactly as the store was made
     "++method.args.per_device_train_batch_size=4",
     "++method.args.logging_steps=1",
 ]
-# the jackknife groups those cells were measured with; the default has since become contiguous blocks (a new
-# computation, so new cells), and at this value the field is left out of the identity (identity.ADDED_FIELDS)
-AS_THEN = ["probe.jackknife_groups=interleaved"]
+# the jackknife groups those cells were measured with, and no lm-evaluation-harness tasks; the defaults have since
+# become contiguous blocks and the toy's two tasks (new computations, so new cells), and at these values the fields
+# are left out of the identity (identity.ADDED_FIELDS)
+AS_THEN = ["probe.jackknife_groups=interleaved", "eval.harness.tasks=[]"]
 SWEEP = ["-m", "method=none,sft", "checkpoint=final", *GEOMETRY_ONLY, *FAST, *AS_THEN]
 RLVR = ["method=rlvr", *GEOMETRY_ONLY, *FAST, "method.args.num_generations=4", *AS_THEN]
 
@@ -75,8 +76,11 @@ def test_a_sweep_finished_before_the_move_reruns_no_cell(tmp_path, pre_move_stor
 def test_the_default_trace_finished_before_the_reorganisation_is_not_run_again(tmp_path):
     store = restored(tmp_path, "pre_reorg_store.sql.gz", "/tmp/base")
     empty_cache = tmp_path / "cache"  # a re-run would pretrain the toy here first
-    proc = run_app([], tmp_path, empty_cache, store)
-    assert "geomsweep: skipped default: this cell (config hash 3dfcf7b11b5a5c8a) already FINISHED" in proc.stdout
+    proc = run_app(["eval.harness.tasks=[]"], tmp_path, empty_cache, store)  # as it was: no harness
+    assert (
+        "geomsweep: skipped eval.harness.tasks=[]: this cell (config hash 3dfcf7b11b5a5c8a) already FINISHED"
+        in proc.stdout
+    )
     assert not empty_cache.exists() or not list(empty_cache.glob("toy-*"))
     assert len(mlflow.MlflowClient(store).search_runs(["1"])) == 1
 

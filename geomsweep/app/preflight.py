@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from geomsweep.app.job import run_job
+from geomsweep.behavior.harness import harness_for
 from geomsweep.behavior.sampling import vllm_platform
 from geomsweep.config.errors import ConfigError
 from geomsweep.config.overrides import cell_name
@@ -51,6 +52,13 @@ def check_memory(settings: Config) -> None:
         )
 
 
+def check_harness(settings: Config) -> None:
+    """lm-evaluation-harness's tasks built now (a missing task, a task without data, a YAML it cannot read: one
+    line before any run opens); the job then reuses them."""
+    if settings.method.name == "none":
+        harness_for(settings)
+
+
 def run(cfg: DictConfig, settings: Config) -> None:
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         # MLflow logs each database error with its traceback before raising it; geomsweep reports it in one line
@@ -62,6 +70,7 @@ def run(cfg: DictConfig, settings: Config) -> None:
             print(plan_table([(cell_name(HydraConfig.get().overrides.task), cfg, settings)])[0])
             raise SystemExit(0)
         check_memory(settings)
+        check_harness(settings)
     except (ConfigError, ValueError, RuntimeError) as err:
         raise SystemExit(f"geomsweep: invalid config: {err}") from None
     if settings.method.name == "none" and settings.method.args:  # e.g. shared by a sweep over methods

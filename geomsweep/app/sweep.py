@@ -19,7 +19,7 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig
 
-from geomsweep.app.preflight import check_memory, check_vllm
+from geomsweep.app.preflight import check_harness, check_memory, check_vllm
 from geomsweep.config.errors import ConfigError
 from geomsweep.config.overrides import override_key, swept_keys, varied
 from geomsweep.config.schema import Config
@@ -71,6 +71,7 @@ def check_runtime(cells: Cells) -> None:
             resolve_device(settings.device)
             check_vllm(settings)
             check_memory(settings)
+            check_harness(settings)
         except (ConfigError, ValueError, RuntimeError) as err:
             raise SystemExit(f"geomsweep: invalid config in cell {name}: {err}") from None
 

@@ -214,10 +214,37 @@ class ProbeConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """lm-evaluation-harness on the model already loaded, at every measured checkpoint (``downstream/<task>/...``)."""
+
+    tasks: list[str] = field(
+        default_factory=list
+    )  # lm-eval task names ([]: off); toy_recall, toy_arithmetic: the toy's
+    include_path: str | None = None  # a folder of your own task YAMLs (dataset_path: json works offline)
+    num_fewshot: int | None = None  # few-shot examples (null: each task's own default, else 0)
+    limit: int | None = None  # items per task (null: all of them)
+    batch_size: int = 16
+    log_samples: bool = False  # each item's scores as downstream/samples_step<N>_<task>.json
+    bootstrap_iters: int = 1000  # lm-eval's bootstrap of the stderr of metrics without a closed form
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip()]
+        require(not bad, f"eval.harness.tasks={list(self.tasks)} holds {bad}; valid: lm-eval task names")
+        require(self.batch_size >= 1, f"eval.harness.batch_size={self.batch_size} must be >= 1")
+        require(self.limit is None or self.limit >= 1, f"eval.harness.limit={self.limit}; valid: null or >= 1")
+        require(
+            self.num_fewshot is None or self.num_fewshot >= 0,
+            f"eval.harness.num_fewshot={self.num_fewshot}; valid: null or >= 0",
+        )
+        require(self.bootstrap_iters >= 0, f"eval.harness.bootstrap_iters={self.bootstrap_iters} must be >= 0")
+
+
+@dataclass
 class EvalConfig:
     toy_n_docs: int = 300  # held-out toy documents for the toy tasks and n-gram alignment (0: off)
     ngram_order: int = 3  # Kneser-Ney order for behavior/ngram_alignment (0: off)
     ablation_k: list[int] = field(default_factory=lambda: [10, 50])  # spectral-tail ablation K ([]: off)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
     def __post_init__(self) -> None:
         require(

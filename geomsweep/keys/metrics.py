@@ -3,7 +3,9 @@
 Families: ``geometry/<measure>`` (the spectral measures of the probe's representations) with ``_se`` (jackknife
 standard error), ``_change`` and ``_change_se`` (paired change from the base model); ``weights/<measure>`` (the
 block matrices' spectra); ``eval/<task>_acc`` and ``eval/probe_loss`` (greedy evaluation); ``behavior/...``
-(sampled behavior: pass@k, diversity; ``behavior/<split>/...`` for splits other than ID); ``ablation/<variant>/...``
+(sampled behavior: pass@k, diversity; ``behavior/<split>/...`` for splits other than ID); ``downstream/<task>/
+<metric>`` and ``<metric>_stderr`` (lm-evaluation-harness tasks; ``<metric>.<filter>`` for a filter other than
+``none``); ``ablation/<variant>/...``
 (the spectral-tail ablation); ``post_training/...`` (a post-training job's own figures).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 
 GEOMETRY, WEIGHTS, EVAL, BEHAVIOR, ABLATION = "geometry/", "weights/", "eval/", "behavior/", "ablation/"
+DOWNSTREAM = "downstream/"
 
 RANKME = "geometry/rankme"
 ALPHA_REQ = "geometry/alpha_req"
@@ -59,6 +62,11 @@ def behavior_prefix(split: str) -> str:
 
 def pass_at(k: int, split: str = "id") -> str:
     return f"{behavior_prefix(split)}pass_at_{k}"
+
+
+def downstream(task: str, metric: str, filter_name: str = "none") -> str:
+    """``downstream/<task>/<metric>``: lm-eval's ``<metric>,<filter>`` result as a legal MLflow key."""
+    return f"{DOWNSTREAM}{task}/{metric}" + ("" if filter_name == "none" else f".{filter_name}")
 
 
 def ablation(name: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from geomsweep.behavior.harness import harness_for
 from geomsweep.behavior.sample_eval import SamplingProbe
 from geomsweep.behavior.toy_eval import ToyEvaluation
 from geomsweep.config.toy import ToyConfig
@@ -39,6 +40,7 @@ class Point:
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # MLflow tables by artifact path (samples)
     ablation: dict[str, float] | None = None  # spectral-tail ablation results (core/ablation.py)
     weights: list[MatrixSpectrum] = field(default_factory=list)  # probe.weights: each block matrix's spectrum
+    documents: dict[str, object] = field(default_factory=dict)  # JSON artifacts by path (the harness's results)
 
 
 def toy_evaluation(settings) -> ToyEvaluation | None:
@@ -85,6 +87,7 @@ def trace(
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
     toy = toy_evaluation(settings)
+    harness = harness_for(settings)
     sample_at = {c.step for c in selected} if settings.sampler.at == "all" else {selected[-1].step}
     layer = headline_layer(settings.probe.layers)
     cache = revision_cache(settings)
@@ -120,6 +123,13 @@ def trace(
             point.metrics.update(
                 {M.ablation(key): value for key, value in point.ablation.items() if not key.startswith("full/")}
             )
+        if harness is not None:
+            scored = harness.evaluate(model, tokenizer)
+            point.metrics.update(scored.metrics)
+            point.documents[f"downstream/results_step{checkpoint.step}.json"] = scored.results
+            if settings.eval.harness.log_samples:
+                for task, rows in scored.samples.items():
+                    point.documents[f"downstream/samples_step{checkpoint.step}_{task}.json"] = rows
         if sampling is not None and checkpoint.step in sample_at:
             values, point.tables = sampling.update(model, tokenizer, checkpoint.step)
             point.metrics.update(values)

@@ -61,6 +61,8 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe:
                 log.tags({TAG_ALPHA_FIT: no_fit_reason(len(headline.eigs), settings.probe)})
             for path, table in point.tables.items():
                 log.json_table(table, path)
+            for path, document in point.documents.items():
+                log.document(document, path)
             points.append(point)
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")

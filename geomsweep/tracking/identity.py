@@ -31,6 +31,15 @@ ADDED_FIELDS = {
     ("probe", "metrics"): ["rankme", "alpha_req"],
     ("probe", "reservoir"): 2048,
     ("probe", "weights"): False,
+    ("eval", "harness"): {  # lm-evaluation-harness off: what every cell before it computed
+        "tasks": [],
+        "include_path": None,
+        "num_fewshot": None,
+        "limit": None,
+        "batch_size": 16,
+        "log_samples": False,
+        "bootstrap_iters": 1000,
+    },
     **{("model", "toy", name): before for name, before in TOY_ADDED_FIELDS.items()},
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import threading
 import time
@@ -154,6 +155,10 @@ class RunLogger:
     def directory(self, local_dir: str | Path, path: str) -> None:
         """A directory (a saved model) as the artifact folder ``path``."""
         self.client.log_artifacts(self.run_id, str(local_dir), path)
+
+    def document(self, content, path: str) -> None:
+        """A JSON artifact; what JSON cannot hold is written as its text."""
+        self.text(json.dumps(content, indent=1, default=str), path)
 
     def json_table(self, columns: dict[str, list] | pd.DataFrame, path: str) -> None:
         """An MLflow table (readable in the UI's artifact view and through ``mlflow.load_table``)."""

@@ -1,0 +1,110 @@
+"""Downstream accuracy through lm-evaluation-harness: the same numbers as lm-eval run on its own, on the model already
+loaded, and every task that cannot be had refused in one line before any run opens."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from transformers import AutoModelForCausalLM
+
+from geomsweep.behavior.harness import Harness
+from geomsweep.behavior.toy_harness_tasks import TOY_TASKS, write_toy_tasks
+from geomsweep.config.measurement import HarnessConfig
+from geomsweep.config.toy import ToyConfig
+from geomsweep.sources.checkpoints import Checkpoint
+from tests.conftest import TINY, TINY_TOY, run_app
+
+GEOMETRY = [*TINY, "sampler.n=0", "eval.ngram_order=0", "eval.ablation_k=[]"]
+
+
+def by_itself(checkpoint_dir, task_dir, tasks, limit=None) -> dict:
+    """lm-eval as a user runs it: the checkpoint loaded from its folder by HFLM, the tasks from the folder."""
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    lm = HFLM(pretrained=str(checkpoint_dir), device="cpu", batch_size=16)
+    return simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, bootstrap_iters=1000)
+
+
+def test_the_harness_on_the_loaded_model_scores_what_lm_eval_scores_from_the_folder(tmp_path, tiny_checkpoints):
+    tasks = write_toy_tasks(ToyConfig(**TINY_TOY), tmp_path, n_docs=60, seed=7)
+    final = sorted(tiny_checkpoints.glob("step*"), key=lambda p: int(p.name[4:]))[-1]
+    model, tokenizer = Checkpoint("final", 0, None, str(final)).load()
+    harness = Harness(HarnessConfig(tasks=list(TOY_TASKS), limit=40), [tasks])
+    ours, again = harness.evaluate(model, tokenizer), harness.evaluate(model, tokenizer)  # tasks built once, reused
+    theirs = by_itself(final, tasks, TOY_TASKS, limit=40)["results"]
+    for task in TOY_TASKS:
+        for metric in ("acc", "acc_norm"):
+            assert ours.metrics[f"downstream/{task}/{metric}"] == pytest.approx(
+                theirs[task][f"{metric},none"], abs=1e-9
+            )
+            stderr = theirs[task][f"{metric}_stderr,none"]
+            assert ours.metrics[f"downstream/{task}/{metric}_stderr"] == pytest.approx(stderr, abs=1e-9)
+        assert len(ours.samples[task]) == 40
+    assert again.metrics == ours.metrics
+
+
+def test_a_trace_logs_each_checkpoints_downstream_accuracy_with_one_load_per_checkpoint(
+    tmp_path, cache_dir, tiny_checkpoints, store, monkeypatch
+):
+    loads = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    run_app([*GEOMETRY, "eval.harness.tasks=[toy_recall]", "eval.harness.log_samples=true"], tmp_path, cache_dir, store)
+    assert len(loads) == len(list(tiny_checkpoints.glob("step*")))  # the harness scored the measured model itself
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs(["1"])
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "downstream/toy_recall/acc")}
+    assert sorted(history) == [0, 1, 3, 12, 40]
+    assert (
+        "downstream/toy_recall/acc_stderr" in run.data.metrics
+        and "downstream/toy_arithmetic/acc" not in run.data.metrics
+    )
+    # the same number as lm-eval by itself on that checkpoint's folder and the task folder the job wrote
+    (task_dir,) = (cache_dir / "harness-tasks").glob("*/60-7")
+    theirs = by_itself(tiny_checkpoints / "step40", task_dir, ["toy_recall"])["results"]["toy_recall"]["acc,none"]
+    assert history[40] == pytest.approx(theirs, abs=1e-9)
+    results = client.download_artifacts(run.info.run_id, "downstream/results_step40.json", str(tmp_path))
+    results = json.loads(Path(results).read_text())
+    assert results["results"]["toy_recall"]["acc,none"] == history[40]
+    samples = client.download_artifacts(run.info.run_id, "downstream/samples_step40_toy_recall.json", str(tmp_path))
+    items = (task_dir / "toy_recall.jsonl").read_text().splitlines()
+    assert len(json.loads(Path(samples).read_text())) == len(items)
+
+
+@pytest.mark.parametrize(
+    ("setup", "said"),
+    [
+        ("unknown", "eval.harness.tasks: no task 'no_such_task' among lm-eval's"),
+        ("malformed", "eval.harness.include_path: lm-eval cannot read"),
+        ("no data", "eval.harness.tasks: task 'lost' cannot be built"),
+    ],
+)
+def test_a_task_that_cannot_be_had_is_one_line_before_any_run(tmp_path, cache_dir, setup, said):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "broken.yaml").write_text("task: broken\ndataset_path: json\noutput_type: [this is not\n")
+    (folder / "lost.yaml").write_text(
+        f"task: lost\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'missing.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: choices\n"
+        "doc_to_target: label\n"
+    )
+    if setup != "malformed":
+        (folder / "broken.yaml").unlink()
+    task = {"unknown": "no_such_task", "malformed": "broken", "no data": "lost"}[setup]
+    args = [*GEOMETRY, f"eval.harness.include_path={folder}", f"eval.harness.tasks=[{task}]"]
+    proc = run_app(args, tmp_path, cache_dir, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("geomsweep: invalid config: ") and said in line, line
+    assert "eval.harness.include_path" in line and ("broken.yaml" in line) == (setup == "malformed")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_toy_tasks_are_the_toy_worlds_only(tmp_path, cache_dir):
+    proc = run_app(["model=smollm2-135m", "eval.harness.tasks=[toy_recall]"], tmp_path, cache_dir, check=False)
+    assert "eval.harness.tasks ['toy_recall'] are the toy world's tasks, in its language: model.source=toy only" in (
+        proc.stderr
+    )
