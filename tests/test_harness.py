@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
@@ -108,3 +109,61 @@ def test_the_toy_tasks_are_the_toy_worlds_only(tmp_path, cache_dir):
     assert "eval.harness.tasks ['toy_recall'] are the toy world's tasks, in its language: model.source=toy only" in (
         proc.stderr
     )
+
+
+def english_task(folder: Path, n: int = 40) -> Path:
+    """A local 4-way next-word task over the English texts every Debian system has (offline)."""
+    import random
+
+    from geomsweep.sources.data import english_texts
+
+    texts, rng, rows = english_texts(), random.Random(0), []
+    for text in texts[:n]:
+        words = text.split()[:25]
+        others = [w for other in texts[n : n + 200] for w in other.split()[:25] if w != words[-1]]
+        choices = [words[-1], *rng.sample(others, 3)]
+        rng.shuffle(choices)
+        rows.append({"context": " ".join(words[:-1]), "choices": choices, "label": choices.index(words[-1])})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "english_next_word.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "english_next_word.yaml").write_text(
+        "task: english_next_word\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {folder / 'english_next_word.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{context}}'\ndoc_to_choice: choices\ndoc_to_target: label\n"
+    )
+    return folder
+
+
+def test_the_ablation_scores_the_harness_tasks_too(tmp_path, cache_dir, tiny_checkpoints, store):
+    args = [*GEOMETRY, "eval.harness.tasks=[toy_recall]", "eval.harness.ablate=true", "eval.ablation_k=[2,8]"]
+    run_app([*args, "eval.toy_n_docs=60"], tmp_path, cache_dir, store)
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs(["1"])
+    for variant in ("top2_only", "without_top2", "top8_only", "without_top8"):
+        assert f"ablation/{variant}/toy_recall/acc" in run.data.metrics, variant
+        assert f"ablation/{variant}/long_range_acc" in run.data.metrics, variant  # the toy's own tasks as before
+    table = client.download_artifacts(run.info.run_id, "ablation/tail_ablation.csv", str(tmp_path))
+    rows = pd.read_csv(table)
+    recall = rows[rows["task"] == "toy_recall/acc"]
+    assert len(recall) == 5 and {"full", "top2_only", "without_top2", "top8_only", "without_top8"} <= set(rows)
+    intact = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "downstream/toy_recall/acc")}
+    assert list(recall["full"]) == [intact[s] for s in recall["step"]]
+
+
+@pytest.mark.real
+def test_smollm2_scores_a_local_task_offline_with_table_1(tmp_path, cache_dir, store):
+    pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
+    folder = english_task(tmp_path / "tasks")
+    args = ["model=smollm2-135m", "data=english", "probe.n_sequences=128", "probe.max_length=32", "checkpoint=final"]
+    args += [f"eval.harness.include_path={folder}", "eval.harness.tasks=[english_next_word]", "eval.ablation_k=[10,50]"]
+    run_app([*args, "sampler.n=0", "progress=false"], tmp_path, cache_dir, store)
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs(["1"])
+    metrics = run.data.metrics
+    assert 0.25 < metrics["downstream/english_next_word/acc"] <= 1  # it reads English: above chance
+    table = client.download_artifacts(run.info.run_id, "ablation/tail_ablation.csv", str(tmp_path))
+    rows = pd.read_csv(table)
+    assert sorted(rows["task"]) == ["english_next_word/acc", "english_next_word/acc_norm"]  # rows: checkpoint, task
+    (row,) = rows[rows["task"] == "english_next_word/acc"].to_dict("records")
+    assert row["full"] == metrics["downstream/english_next_word/acc"]
+    assert {"top10_only", "without_top10", "top50_only", "without_top50"} <= set(row)

@@ -226,6 +226,7 @@ class HarnessConfig:
     batch_size: int = 16
     log_samples: bool = False  # each item's scores as downstream/samples_step<N>_<task>.json
     bootstrap_iters: int = 1000  # lm-eval's bootstrap of the stderr of metrics without a closed form
+    ablate: bool = True  # eval.ablation_k scores these tasks too (each K: two more evaluations per checkpoint)
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip()]

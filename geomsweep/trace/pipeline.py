@@ -56,9 +56,11 @@ def toy_evaluation(settings) -> ToyEvaluation | None:
 
 
 def ablation_plan(settings) -> tuple[list[int], str | None]:
-    """The ablation's K list (empty without the toy tasks it scores), or ([], the reason) when the probe does not
-    measure the unembedding's input, e.g. in a sweep over probe.norm, where the other cells still run theirs."""
-    if not model_source(settings.model).toy_world or not settings.eval.toy_n_docs:
+    """The ablation's K list (empty without tasks to score: the toy's own, or the harness's with
+    ``eval.harness.ablate``), or ([], the reason) when the probe does not measure the unembedding's input, e.g. in
+    a sweep over probe.norm, where the other cells still run theirs."""
+    toy_tasks = model_source(settings.model).toy_world and settings.eval.toy_n_docs
+    if not toy_tasks and not (settings.eval.harness.ablate and harness_for(settings) is not None):
         return [], None
     ks = list(settings.eval.ablation_k)
     final = settings.probe.layers == ALL_LAYERS or -1 in settings.probe.layers
@@ -71,6 +73,27 @@ def ablation_plan(settings) -> tuple[list[int], str | None]:
         warnings.warn(reason, stacklevel=2)
         return [], reason
     return ks, None
+
+
+def task_scores(downstream: dict[str, float]) -> dict[str, float]:
+    """The harness's scores as the ablation's tasks: ``<task>/<metric>``, stderrs left out."""
+    return {
+        key.removeprefix(M.DOWNSTREAM): value
+        for key, value in downstream.items()
+        if "_stderr" not in key.rsplit("/")[-1]
+    }
+
+
+def ablation_scorer(toy: ToyEvaluation | None, harness, model, tokenizer):
+    """What the ablation scores under each projection: the toy's own tasks and the harness's, as configured."""
+
+    def score() -> dict[str, float]:
+        scores = toy.tasks(model, tokenizer) if toy is not None else {}
+        if harness is not None:
+            scores |= task_scores(harness.evaluate(model, tokenizer).metrics)
+        return scores
+
+    return score
 
 
 def resolve_prefetch(prefetch, device: str) -> bool:
@@ -112,17 +135,10 @@ def trace(
         if settings.probe.weights:
             point.weights = weight_spectra(model)
             point.metrics.update(weight_metrics(point.weights))
-        tasks = None  # the intact model's toy accuracies, measured once for behaviour and the ablation
+        intact = {}  # the intact model's task scores, measured once for behaviour and the ablation
         if toy is not None:
-            tasks = toy.tasks(model, tokenizer)
-            point.metrics.update(toy.behavior(model, tokenizer, tasks))
-        if ablation_k:
-            point.ablation = tail_ablation(
-                model, measured.covariances[-1], ablation_k, lambda m=model, t=tokenizer: toy.tasks(m, t), tasks
-            )
-            point.metrics.update(
-                {M.ablation(key): value for key, value in point.ablation.items() if not key.startswith("full/")}
-            )
+            intact = toy.tasks(model, tokenizer)
+            point.metrics.update(toy.behavior(model, tokenizer, intact))
         if harness is not None:
             scored = harness.evaluate(model, tokenizer)
             point.metrics.update(scored.metrics)
@@ -130,6 +146,14 @@ def trace(
             if settings.eval.harness.log_samples:
                 for task, rows in scored.samples.items():
                     point.documents[f"downstream/samples_step{checkpoint.step}_{task}.json"] = rows
+            if settings.eval.harness.ablate:
+                intact |= task_scores(scored.metrics)
+        if ablation_k:
+            score = ablation_scorer(toy, harness if settings.eval.harness.ablate else None, model, tokenizer)
+            point.ablation = tail_ablation(model, measured.covariances[-1], ablation_k, score, intact)
+            point.metrics.update(
+                {M.ablation(key): value for key, value in point.ablation.items() if not key.startswith("full/")}
+            )
         if sampling is not None and checkpoint.step in sample_at:
             values, point.tables = sampling.update(model, tokenizer, checkpoint.step)
             point.metrics.update(values)

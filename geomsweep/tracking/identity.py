@@ -39,6 +39,7 @@ ADDED_FIELDS = {
         "batch_size": 16,
         "log_samples": False,
         "bootstrap_iters": 1000,
+        "ablate": True,
     },
     **{("model", "toy", name): before for name, before in TOY_ADDED_FIELDS.items()},
 }
