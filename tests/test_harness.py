@@ -73,6 +73,14 @@ def test_a_trace_logs_each_checkpoints_downstream_accuracy_with_one_load_per_che
     samples = client.download_artifacts(run.info.run_id, "downstream/samples_step40_toy_recall.json", str(tmp_path))
     items = (task_dir / "toy_recall.jsonl").read_text().splitlines()
     assert len(json.loads(Path(samples).read_text())) == len(items)
+    # the paper's Figure 1 for this trace, and each behavioural metric's change within each phase, paired over items
+    assert "plots/trace.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    by_phase = pd.read_csv(client.download_artifacts(run.info.run_id, "downstream/by_phase.csv", str(tmp_path)))
+    recall = by_phase[by_phase["metric"] == "toy_recall/acc"]
+    assert list(recall["start_step"])[0] == 0 and list(recall["end_step"])[-1] == 40
+    first = recall.iloc[0]
+    assert first["change"] == pytest.approx(history[first["end_step"]] - history[first["start_step"]])
+    assert (recall["change_se"] > 0).any()
 
 
 @pytest.mark.parametrize(

@@ -110,3 +110,12 @@ def test_the_contract_fails_on_an_upward_import(tmp_path, module, upward):
         f.write(f"\nimport {upward}  # an upward import\n")
     illegal = contract(root)["illegal"]
     assert len(illegal) == 1 and upward.rsplit(".", 1)[0] in illegal[0]
+
+
+def test_the_wheel_ships_every_package():
+    """A folder missing from pyproject's package list installs nowhere: the wheel would fail on import."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "geomsweep").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -35,6 +35,19 @@ class HarnessResult:
     results: dict  # lm-eval's results (the JSON it would write), samples left out
     samples: dict[str, list[dict]]  # per task, each item's scores (what paired changes are computed from)
 
+    def item_scores(self) -> dict[str, list[float]]:
+        """``<task>/<metric>`` -> each item's score in item order, for every metric the task reports per item."""
+        scores = {}
+        for task, rows in self.samples.items():
+            rows = sorted(rows, key=lambda row: row["doc_id"])
+            for key in self.metrics:
+                if not key.startswith(f"{M.DOWNSTREAM}{task}/") or "_stderr" in key:
+                    continue
+                metric = key.removeprefix(f"{M.DOWNSTREAM}{task}/")
+                if rows and isinstance(rows[0].get(metric), int | float):
+                    scores[f"{task}/{metric}"] = [float(row[metric]) for row in rows]
+        return scores
+
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
 from geomsweep.core.definitions import PhaseRule
+from geomsweep.core.phases import NAMES as PHASE_NAMES
 from geomsweep.core.phases import Phases, detect
 from geomsweep.keys import metrics as M
 from geomsweep.keys.tags import TAG_PHASE_BOUNDARIES, TAG_PHASES
@@ -129,6 +131,38 @@ def summarize_trace(
             accuracy=accuracy,
         )
     return TraceSummary(list(steps), phases, figure)
+
+
+def by_phase_table(steps: Sequence[int], labels: Sequence[int], series: dict[str, list[float]], items=None):
+    """Each behavioural metric's change within each detected phase: its value at the phase's first and last
+    checkpoint, the change, and its SE. Where per-item scores exist (the harness's tasks: ``items``, metric ->
+    one list of item scores per checkpoint) the SE is paired over the same items, sd(after - before) / sqrt(n);
+    elsewhere it is left empty (a toy accuracy has no per-item record here)."""
+    rows, start = [], 0
+    for end in range(1, len(labels) + 1):
+        if end < len(labels) and labels[end] == labels[start]:
+            continue
+        first, last = start, end - 1
+        for metric, values in series.items():
+            se = float("nan")
+            per_item = (items or {}).get(metric)
+            if per_item and per_item[first] and per_item[last] and len(per_item[first]) == len(per_item[last]) > 1:
+                diff = np.asarray(per_item[last]) - np.asarray(per_item[first])
+                se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+            rows.append(
+                {
+                    "metric": metric,
+                    "phase": PHASE_NAMES.get(labels[start], str(labels[start])),
+                    "start_step": steps[first],
+                    "end_step": steps[last],
+                    "start": values[first],
+                    "end": values[last],
+                    "change": values[last] - values[first],
+                    "change_se": se,
+                }
+            )
+        start = end
+    return pd.DataFrame(rows)
 
 
 def ablation_table(points, phases: Phases | None) -> pd.DataFrame | None:

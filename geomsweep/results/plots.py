@@ -78,6 +78,7 @@ def trajectory(
     names: tuple[str, str] = ("RankMe", "α-ReQ"),
     log_x: bool = True,
     accuracy: dict[str, Sequence[float]] | None = None,
+    accuracy_label: str = "accuracy",
 ):
     """RankMe and alpha-ReQ (and the loss, when given) against step on a symlog axis (``log_x``: pretraining's
     log-spaced checkpoints; else linear, for post-training's evenly spaced steps); shaded by phase if given.
@@ -90,7 +91,7 @@ def trajectory(
     if loss is not None:
         panels.append(("loss", loss, "tab:gray", None))
     if accuracy:
-        panels.append(("accuracy", accuracy, None, None))
+        panels.append((accuracy_label, accuracy, None, None))
     fig = Figure(figsize=(7, 2.2 * len(panels)))
     axes = fig.subplots(len(panels), 1, sharex=True)
     for ax, (name, values, color, se) in zip(axes, panels):
@@ -117,7 +118,8 @@ def trajectory(
     elif spans or not log_x:  # post-training steps: evenly spaced
         axes[-1].set_xlabel(xlabel)
     else:
-        axes[-1].set_xscale("symlog", linthresh=1)
+        # linear only below the first checkpoint after 0 (step 1, or the tokens it had seen): log above it
+        axes[-1].set_xscale("symlog", linthresh=min((x for x in steps if x > 0), default=1))
         axes[-1].set_xlabel(xlabel)
     axes[0].set_title(_titled(title, "Representation geometry over training"))
     fig.tight_layout()

@@ -41,6 +41,7 @@ class Point:
     ablation: dict[str, float] | None = None  # spectral-tail ablation results (core/ablation.py)
     weights: list[MatrixSpectrum] = field(default_factory=list)  # probe.weights: each block matrix's spectrum
     documents: dict[str, object] = field(default_factory=dict)  # JSON artifacts by path (the harness's results)
+    items: dict[str, list[float]] = field(default_factory=dict)  # the harness's per-item scores, by task/metric
 
 
 def toy_evaluation(settings) -> ToyEvaluation | None:
@@ -143,6 +144,7 @@ def trace(
             scored = harness.evaluate(model, tokenizer)
             point.metrics.update(scored.metrics)
             point.documents[f"downstream/results_step{checkpoint.step}.json"] = scored.results
+            point.items = scored.item_scores()
             if settings.eval.harness.log_samples:
                 for task, rows in scored.samples.items():
                     point.documents[f"downstream/samples_step{checkpoint.step}_{task}.json"] = rows

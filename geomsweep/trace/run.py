@@ -43,6 +43,20 @@ def accuracies(points) -> dict[str, list[float]] | None:
     return {key.removeprefix(M.EVAL): [p.metrics.get(key, float("nan")) for p in points] for key in keys} or None
 
 
+def behaviour(points) -> dict[str, list[float]]:
+    """Every behavioural metric at each checkpoint (NaN where one was not measured): the harness's downstream
+    metrics (``<task>/<metric>``), the toy's accuracies and its n-gram alignment."""
+    keys = sorted(
+        key
+        for key in {key for p in points for key in p.metrics}
+        if (key.startswith(M.DOWNSTREAM) and "_stderr" not in key.rsplit("/")[-1])
+        or (key.startswith(M.EVAL) and key.endswith("_acc"))
+        or key == M.NGRAM_ALIGNMENT
+    )
+    label = lambda key: key.removeprefix(M.DOWNSTREAM).removeprefix(M.EVAL)  # noqa: E731
+    return {label(key): [p.metrics.get(key, float("nan")) for p in points] for key in keys}
+
+
 def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe: ProbeSet, log: RunLogger) -> None:
     """method=none: each checkpoint's metrics logged at its step as soon as it is measured, then the trace's
     phases, spectra, figures and tables."""
@@ -110,6 +124,34 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe:
     )
     if summary.figure is not None:
         log.figure(summary.figure, "plots/trajectory.png")
+    log_figure_one(points, summary, settings, log)
     table = artifacts.ablation_table(points, summary.phases)
     if table is not None:
         log.table(table, "ablation/tail_ablation.csv")
+
+
+def log_figure_one(points, summary, settings: Config, log: RunLogger) -> None:
+    """The paper's Figure 1 for this trace, ``plots/trace.png`` (probe loss, RankMe, α-ReQ and every behavioural
+    metric against tokens seen, phases shaded), and ``downstream/by_phase.csv``: each behavioural metric's change
+    within each phase."""
+    if len(points) < 2:
+        return
+    layer, series = headline_layer(settings.probe.layers), behaviour(points)
+    tokens = [p.checkpoint.tokens for p in points]
+    known = all(t is not None for t in tokens)
+    figure = plots.trajectory(
+        tokens if known else [p.checkpoint.step for p in points],
+        [p.geometry[layer].rankme for p in points],
+        [p.geometry[layer].fit.alpha for p in points],
+        loss=[p.loss for p in points] if settings.probe.loss else None,
+        phases=summary.phases.labels if summary.phases else None,
+        xlabel="tokens seen" if known else "step",
+        title=log.name,
+        accuracy=series or None,
+        accuracy_label="behaviour",
+    )
+    log.figure(figure, "plots/trace.png")
+    if summary.phases and series:
+        items = {metric: [p.items.get(metric) for p in points] for metric in series}
+        table = artifacts.by_phase_table(summary.steps, summary.phases.labels, series, items)
+        log.table(table, "downstream/by_phase.csv")
