@@ -14,11 +14,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
 from transformers.integrations import MLflowCallback
 
+from geomsweep.behavior.harness import harness_for
 from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.definitions import headline_layer
@@ -174,6 +176,8 @@ class Measurer:
         self.task = load_task(settings.task, seed=settings.seed)
         self.base = None  # the first measurement's geometry: changes are measured from it
         self.latest = None  # the last measurement's
+        self.harness = harness_for(settings) if processes.is_main() else None  # lm-eval's tasks, at both ends
+        self.base_items: dict[str, list[float]] | None = None  # the base model's per-item harness scores
 
     def geometry(self, model) -> dict[str, float]:
         """The probe geometry, and its change since the first measurement (the base model) with paired SEs."""
@@ -224,7 +228,29 @@ class Measurer:
             for path, table in tables.items():
                 self.log.json_table(table, path)
             metrics |= values
+        if self.harness is not None:
+            metrics |= self.downstream(model, step)
         return metrics
+
+    def downstream(self, model, step: int) -> dict[str, float]:
+        """lm-eval's tasks on the model as it is, and after the base their change from it, paired over the same
+        items: ``downstream/<task>/<metric>_change`` and ``_change_se`` (sd of the per-item differences / sqrt n)."""
+        scored = self.harness.evaluate(model, self.tokenizer)
+        self.log.document(scored.results, f"downstream/results_step{step}.json")
+        items = scored.item_scores()
+        if self.base_items is None:
+            self.base_items = items
+            return scored.metrics
+        changes = {}
+        for name, after in items.items():
+            before = self.base_items.get(name)
+            if before is None or len(before) != len(after):
+                continue
+            diff = np.asarray(after) - np.asarray(before)
+            key = M.change(M.DOWNSTREAM + name)
+            changes[key] = float(diff.mean())
+            changes[M.se(key)] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        return scored.metrics | changes
 
 
 def train_stage(settings, model, tokenizer, measure: Measurer, log, device: str, offset: int = 0, prefix: str = ""):

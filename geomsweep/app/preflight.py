@@ -55,8 +55,7 @@ def check_memory(settings: Config) -> None:
 def check_harness(settings: Config) -> None:
     """lm-evaluation-harness's tasks built now (a missing task, a task without data, a YAML it cannot read: one
     line before any run opens); the job then reuses them."""
-    if settings.method.name == "none":
-        harness_for(settings)
+    harness_for(settings)
 
 
 def run(cfg: DictConfig, settings: Config) -> None:

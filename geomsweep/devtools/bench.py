@@ -19,6 +19,8 @@
     error bars) against RankMe + alpha-ReQ on the final layer, the same texts: time ratio, target <= 1.5x; TwoNN's
     cost apart; probe.weights' cost (every block matrix's spectrum and power-law fit) against the same baseline, and
     the fit against powerlaw.Fit's on the same spectra where powerlaw is installed.
+(j) lm-evaluation-harness per checkpoint (eval.harness: its tasks on the loaded model) against the geometry of the
+    probe texts: the toy's two tasks on the toy, a local English task on SmolLM2: time ratio.
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
 
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
+from geomsweep.behavior.toy_harness_tasks import TOY_TASKS, write_toy_tasks
 from geomsweep.config.choices import VLLM_ENGINES
 from geomsweep.core.extract import accumulate, encode_batches
 from geomsweep.core.spectra import spectral_geometry
 from geomsweep.devtools.baselines import BATCH, MAX_LEN, bare_forward, paper_procedure, timed
-from geomsweep.devtools.bench_real import jackknife_ratio, real_model_ratios
+from geomsweep.devtools.bench_real import harness_ratio, jackknife_ratio, real_model_ratios
 from geomsweep.sources.checkpoints import loaded
 from geomsweep.sources.revisions import local_revisions
 from geomsweep.sources.tasks import arithmetic_task
@@ -235,4 +239,6 @@ def command(args: argparse.Namespace) -> None:
         f"(h) toy trace: measured over plan=true's time {t_in_turn / planned:6.2f}x ({t_in_turn:.2f}s vs "
         f"{planned:.2f}s; small matrices run far below the throughput of large ones)"
     )
+    toy_tasks = write_toy_tasks(bench_toy(), Path(cache_dir) / "harness-tasks" / bench_toy().key(), 300, 7)
+    print(harness_ratio(model, tokenizer, texts[:512], MAX_LEN, "toy", (toy_tasks, list(TOY_TASKS))))
     print(real_model_ratios(cache_dir))

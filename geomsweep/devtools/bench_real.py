@@ -1,14 +1,19 @@
-"""``make bench`` (f), (g), (h) and (i) on a real model: SmolLM2-135M offline, on English text."""
+"""``make bench`` (f), (g), (h), (i) and (j) on a real model: SmolLM2-135M offline, on English text."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import random
+import tempfile
 import time
+from pathlib import Path
 
 from hydra import compose, initialize_config_module
 
+from geomsweep.behavior.harness import Harness
 from geomsweep.config.checks import check
-from geomsweep.config.measurement import ProbeConfig
+from geomsweep.config.measurement import HarnessConfig, ProbeConfig
 from geomsweep.core.definitions import METRICS
 from geomsweep.core.extract import accumulate, encode_batches, eval_mode
 from geomsweep.core.measure import measure_model
@@ -44,6 +49,7 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
         jackknife = jackknife_ratio(model, batches)
         tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
         suite = suite_ratios(model, tokenizer, texts, max_length)
+        harness = harness_ratio(model, tokenizer, texts, max_length, "SmolLM2-135M")
     planned = 2 * model.num_parameters() * tokens / (measure_tflops("cpu") * 1e12)
     return (
         f"(f) SmolLM2-135M (d={model.config.hidden_size}), {n} English texts x {max_length} tokens: "
@@ -52,7 +58,7 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
         f"(g) SmolLM2-135M with jackknife error bars (probe.jackknife=10) vs without: {jackknife:6.3f}x time"
         f"   target <= 1.3x\n"
         f"(h) SmolLM2-135M: measured over plan=true's time {t_ours / planned:6.2f}x ({t_ours:.1f}s vs {planned:.1f}s)\n"
-        f"{suite}"
+        f"{suite}\n{harness}"
     )
 
 
@@ -118,3 +124,38 @@ def jackknife_ratio(model, batches, groups: int = 10) -> float:
         t_plain = min(t_plain, timed(plain, repeat=1))
         t_errors = min(t_errors, timed(with_errors, repeat=1))
     return t_errors / t_plain
+
+
+def english_next_word(folder: Path, texts: list[str], n: int = 100) -> Path:
+    """A local lm-eval task over English text: 4-way choice of a window's last word (offline, for timing)."""
+    rng, rows = random.Random(0), []
+    pool = [w for text in texts[n:] for w in text.split()[:25]]
+    for text in texts[:n]:
+        words = text.split()[:25]
+        choices = [words[-1], *rng.sample([w for w in pool if w != words[-1]], 3)]
+        rng.shuffle(choices)
+        rows.append({"context": " ".join(words[:-1]), "choices": choices, "label": choices.index(words[-1])})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "english_next_word.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "english_next_word.yaml").write_text(
+        "task: english_next_word\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {folder / 'english_next_word.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{context}}'\ndoc_to_choice: choices\ndoc_to_target: label\n"
+    )
+    return folder
+
+
+def harness_ratio(model, tokenizer, texts, max_length: int, name: str, tasks: tuple[Path, list[str]] | None = None):
+    """(j): lm-evaluation-harness's time per checkpoint (its tasks on the loaded model) against the geometry's
+    (RankMe + alpha on the same texts), best of 2."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, names = tasks or (english_next_word(Path(scratch), texts), ["english_next_word"])
+        harness = Harness(HarnessConfig(tasks=names), [folder])
+        probe = ProbeConfig(n_sequences=len(texts), max_length=max_length, batch_size=32, loss=False)
+        t_geometry = min(timed(measure_model, model, tokenizer, texts, probe, False, repeat=1) for _ in range(2))
+        t_harness = min(timed(harness.evaluate, model, tokenizer, repeat=1) for _ in range(2))
+        items = sum(len(rows) for rows in harness.evaluate(model, tokenizer).samples.values())
+    return (
+        f"(j) {name}: lm-evaluation-harness ({', '.join(names)}: {items} items) per checkpoint vs the geometry of "
+        f"{len(texts)} texts: {t_harness / t_geometry:6.3f}x time ({t_harness:.2f}s vs {t_geometry:.2f}s)"
+    )
