@@ -48,6 +48,7 @@ def test_single_run_logs_the_trace(tmp_path, cache_dir, tiny_checkpoints, store)
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
         "plots/eigenspectrum.png",
         "plots/trajectory.png",
+        "plots/trace.png",
         "plots/pass_at_k.png",
     }
     # sampler.at=last: the completions of the last checkpoint only

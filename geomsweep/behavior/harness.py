@@ -189,14 +189,14 @@ def harness_for(settings) -> Harness | None:
     cfg = settings.eval.harness
     tasks, paths = list(cfg.tasks), [Path(cfg.include_path).expanduser()] if cfg.include_path else []
     toy_tasks = [task for task in tasks if task in TOY_TASKS]
+    if toy_tasks and not settings.eval.toy_n_docs:  # the toy's evaluation is off
+        tasks, toy_tasks = [task for task in tasks if task not in TOY_TASKS], []
     if toy_tasks and not model_source(settings.model).toy_world:
         raise ConfigError(
             f"eval.harness.tasks {toy_tasks} are the toy world's tasks, in its language: model.source=toy only; "
             f"valid for model={settings.model.name}: lm-eval tasks, or your own (eval.harness.include_path)"
         )
-    if toy_tasks and not settings.eval.toy_n_docs:
-        tasks = [task for task in tasks if task not in TOY_TASKS]
-    elif toy_tasks:
+    if toy_tasks:
         toy = ToyConfig.from_cfg(settings.model.toy)
         folder = Path(settings.cache_dir).expanduser() / "harness-tasks" / toy.key()
         paths.append(write_toy_tasks(toy, folder, settings.eval.toy_n_docs, settings.seed + 7))

@@ -23,24 +23,16 @@ LOGISTICS_KEYS = ("tracking", "cache_dir", "progress", "prefetch", "plan", "tflo
 # Where a dotted path in the config now starts -> how it was spelled when identities were first made.
 FIRST_SPELLING = {"geomsweep.post_training.": "post_training."}
 MAX_PARAM_CHARS = 6000
-# Config fields added after cells were first made -> the value that computes what cells made before them computed:
-# left out of the identity at that value, so those cells are found again (and a new default makes new cells).
+# Config fields added after cells were first made -> the value that computes what cells made before them computed
+# (or a test of the value): left out of the identity there, so those cells are found again (and a new default makes
+# new cells).
 ADDED_FIELDS = {
     ("data", "document_field"): None,
     ("probe", "jackknife_groups"): "interleaved",
     ("probe", "metrics"): ["rankme", "alpha_req"],
     ("probe", "reservoir"): 2048,
     ("probe", "weights"): False,
-    ("eval", "harness"): {  # lm-evaluation-harness off: what every cell before it computed
-        "tasks": [],
-        "include_path": None,
-        "num_fewshot": None,
-        "limit": None,
-        "batch_size": 16,
-        "log_samples": False,
-        "bootstrap_iters": 1000,
-        "ablate": True,
-    },
+    ("eval", "harness"): lambda harness: not harness.get("tasks"),  # lm-evaluation-harness off, whatever else
     **{("model", "toy", name): before for name, before in TOY_ADDED_FIELDS.items()},
 }
 
@@ -84,7 +76,7 @@ def config_hash(cfg: DictConfig, without: tuple[str, ...] = (), data: str = "") 
         node = container
         for name in parents:
             node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node and node[key] == before:
+        if isinstance(node, dict) and key in node and (before(node[key]) if callable(before) else node[key] == before):
             node.pop(key)
     canonical = OmegaConf.to_yaml(OmegaConf.create(first_spelling(container)))
     return hashlib.sha256((canonical + data).encode()).hexdigest()[:16]
