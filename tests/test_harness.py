@@ -13,7 +13,7 @@ from lm_eval.tasks import TaskManager
 from transformers import AutoModelForCausalLM
 
 from geomsweep.behavior.harness import Harness
-from geomsweep.behavior.toy_harness_tasks import TOY_TASKS, write_toy_tasks
+from geomsweep.behavior.harness_tasks import TOY_TASKS, write_english_next_word, write_toy_tasks
 from geomsweep.config.measurement import HarnessConfig
 from geomsweep.config.toy import ToyConfig
 from geomsweep.sources.checkpoints import Checkpoint
@@ -119,29 +119,6 @@ def test_the_toy_tasks_are_the_toy_worlds_only(tmp_path, cache_dir):
     )
 
 
-def english_task(folder: Path, n: int = 40) -> Path:
-    """A local 4-way next-word task over the English texts every Debian system has (offline)."""
-    import random
-
-    from geomsweep.sources.data import english_texts
-
-    texts, rng, rows = english_texts(), random.Random(0), []
-    for text in texts[:n]:
-        words = text.split()[:25]
-        others = [w for other in texts[n : n + 200] for w in other.split()[:25] if w != words[-1]]
-        choices = [words[-1], *rng.sample(others, 3)]
-        rng.shuffle(choices)
-        rows.append({"context": " ".join(words[:-1]), "choices": choices, "label": choices.index(words[-1])})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "english_next_word.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "english_next_word.yaml").write_text(
-        "task: english_next_word\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {folder / 'english_next_word.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
-        "doc_to_text: '{{context}}'\ndoc_to_choice: choices\ndoc_to_target: label\n"
-    )
-    return folder
-
-
 def test_the_ablation_scores_the_harness_tasks_too(tmp_path, cache_dir, tiny_checkpoints, store):
     args = [*GEOMETRY, "eval.harness.tasks=[toy_recall]", "eval.harness.ablate=true", "eval.ablation_k=[2,8]"]
     run_app([*args, "eval.toy_n_docs=60"], tmp_path, cache_dir, store)
@@ -161,7 +138,7 @@ def test_the_ablation_scores_the_harness_tasks_too(tmp_path, cache_dir, tiny_che
 @pytest.mark.real
 def test_smollm2_scores_a_local_task_offline_with_table_1(tmp_path, cache_dir, store):
     pytest.importorskip("gguf", reason="model=smollm2-135m needs the smollm2 extra (make install)")
-    folder = english_task(tmp_path / "tasks")
+    folder = write_english_next_word(tmp_path / "tasks", n=40)
     args = ["model=smollm2-135m", "data=english", "probe.n_sequences=128", "probe.max_length=32", "checkpoint=final"]
     args += [f"eval.harness.include_path={folder}", "eval.harness.tasks=[english_next_word]", "eval.ablation_k=[10,50]"]
     run_app([*args, "sampler.n=0", "progress=false"], tmp_path, cache_dir, store)

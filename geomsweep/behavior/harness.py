@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from geomsweep.behavior.toy_harness_tasks import TOY_TASKS, write_toy_tasks
+from geomsweep.behavior.harness_tasks import TOY_TASKS, write_toy_tasks
 from geomsweep.config.errors import ConfigError
 from geomsweep.config.measurement import HarnessConfig
 from geomsweep.config.toy import ToyConfig

@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
+from geomsweep.behavior.harness_tasks import TOY_TASKS, write_toy_tasks
 from geomsweep.behavior.sampling import HFSampler, SampleSettings, VLLMSampler
-from geomsweep.behavior.toy_harness_tasks import TOY_TASKS, write_toy_tasks
 from geomsweep.config.choices import VLLM_ENGINES
 from geomsweep.core.extract import accumulate, encode_batches
 from geomsweep.core.spectra import spectral_geometry

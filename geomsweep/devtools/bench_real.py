@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 
 from geomsweep.behavior.harness import Harness
+from geomsweep.behavior.harness_tasks import write_english_next_word
 from geomsweep.config.checks import check
 from geomsweep.config.measurement import HarnessConfig, ProbeConfig
 from geomsweep.core.definitions import METRICS
@@ -126,30 +125,11 @@ def jackknife_ratio(model, batches, groups: int = 10) -> float:
     return t_errors / t_plain
 
 
-def english_next_word(folder: Path, texts: list[str], n: int = 100) -> Path:
-    """A local lm-eval task over English text: 4-way choice of a window's last word (offline, for timing)."""
-    rng, rows = random.Random(0), []
-    pool = [w for text in texts[n:] for w in text.split()[:25]]
-    for text in texts[:n]:
-        words = text.split()[:25]
-        choices = [words[-1], *rng.sample([w for w in pool if w != words[-1]], 3)]
-        rng.shuffle(choices)
-        rows.append({"context": " ".join(words[:-1]), "choices": choices, "label": choices.index(words[-1])})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "english_next_word.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (folder / "english_next_word.yaml").write_text(
-        "task: english_next_word\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {folder / 'english_next_word.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
-        "doc_to_text: '{{context}}'\ndoc_to_choice: choices\ndoc_to_target: label\n"
-    )
-    return folder
-
-
 def harness_ratio(model, tokenizer, texts, max_length: int, name: str, tasks: tuple[Path, list[str]] | None = None):
     """(j): lm-evaluation-harness's time per checkpoint (its tasks on the loaded model) against the geometry's
     (RankMe + alpha on the same texts), best of 2."""
     with tempfile.TemporaryDirectory() as scratch:
-        folder, names = tasks or (english_next_word(Path(scratch), texts), ["english_next_word"])
+        folder, names = tasks or (write_english_next_word(Path(scratch)), ["english_next_word"])
         harness = Harness(HarnessConfig(tasks=names), [folder])
         probe = ProbeConfig(n_sequences=len(texts), max_length=max_length, batch_size=32, loss=False)
         t_geometry = min(timed(measure_model, model, tokenizer, texts, probe, False, repeat=1) for _ in range(2))

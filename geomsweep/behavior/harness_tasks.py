@@ -1,21 +1,28 @@
-"""The toy world's tasks as lm-evaluation-harness tasks: JSON Lines generated from the toy language and a task YAML
-each, written once into a folder beside the toy's checkpoints, so one evaluation path serves the toy and real models.
+"""Task folders geomsweep writes for lm-evaluation-harness (JSON Lines and a task YAML each, readable offline).
+
+The toy world's tasks, generated from the toy language and written once into a folder beside the toy's cache, so one
+evaluation path serves the toy and real models:
 
 - ``toy_recall``: the subject a document opened with, recalled after ``so`` dozens of tokens later (the long-range
   dependency), as 4-way multiple choice among the language's subjects.
 - ``toy_arithmetic``: ``sum a plus b is`` -> ``a + b`` for every operand pair of the pretraining range, 4-way
   multiple choice among the sum and sums 1 to 3 away.
+
+And ``english_next_word``, for a real model offline: the last word of a window of the English texts every Debian
+system has (``sources/data.english_texts``), 4-way.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 
 from geomsweep.behavior.toy_eval import dependency_items
 from geomsweep.config.toy import ToyConfig
+from geomsweep.sources.data import english_texts
 from geomsweep.sources.tasks import arithmetic_prompt
 from geomsweep.sources.toy.pretrain import language
 
@@ -72,15 +79,33 @@ def shuffled(context: str, target: str, wrong: list[str], rng: np.random.Generat
     return {"context": context, "choices": choices, "label": choices.index(target)}
 
 
+def write_task(folder: Path, task: str, items: list[dict]) -> None:
+    data = folder / f"{task}.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    (folder / f"{task}.yaml").write_text(TASK_YAML.format(task=task, data=data.resolve()))
+
+
+def write_english_next_word(folder: Path, n: int = 100) -> Path:
+    """``english_next_word`` in ``folder`` (an ``eval.harness.include_path``): ``n`` windows, 4 choices each."""
+    texts, rng = english_texts(), random.Random(0)
+    pool = [word for text in texts[n:] for word in text.split()[:25]]
+    items = []
+    for text in texts[:n]:
+        words = text.split()[:25]
+        wrong = rng.sample([word for word in pool if word != words[-1]], CHOICES - 1)
+        items.append(shuffled(" ".join(words[:-1]), words[-1], wrong, np.random.default_rng(len(items))))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_task(folder, "english_next_word", items)
+    return folder
+
+
 def write_toy_tasks(toy: ToyConfig, folder: Path, n_docs: int, seed: int) -> Path:
     """The toy's task folder (an ``eval.harness.include_path``), written once per world, item count and seed."""
     target = folder / f"{n_docs}-{seed}"
     if (target / "COMPLETE").exists():
         return target
     target.mkdir(parents=True, exist_ok=True)
-    for task, items in (("toy_recall", recall_items(toy, n_docs, seed)), ("toy_arithmetic", arithmetic_items(seed))):
-        data = target / f"{task}.jsonl"
-        data.write_text("".join(json.dumps(item) + "\n" for item in items))
-        (target / f"{task}.yaml").write_text(TASK_YAML.format(task=task, data=data.resolve()))
+    write_task(target, "toy_recall", recall_items(toy, n_docs, seed))
+    write_task(target, "toy_arithmetic", arithmetic_items(seed))
     (target / "COMPLETE").write_text("")
     return target
