@@ -70,6 +70,20 @@ def quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def no_dataset_bars() -> Iterator[None]:
+    """``datasets``' bar while a task loads its data (once per job), off for the block."""
+    from datasets.utils import logging as datasets_logging  # noqa: PLC0415
+
+    shown = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets_logging.enable_progress_bar()
+
+
 @functools.cache
 def quiet_hflm() -> type:
     """lm-eval's HFLM without its per-call progress bars (the trace has its own, one step per checkpoint)."""
@@ -97,7 +111,7 @@ class Harness:
         self.cfg = cfg
         unreadable(include_paths)
         paths = [str(p) for p in include_paths]
-        with quiet():
+        with quiet(), no_dataset_bars():
             manager = TaskManager(include_path=paths or None, include_defaults=False)
             if any(task not in manager.all_tasks + manager.all_groups + manager.all_tags for task in cfg.tasks):
                 manager = TaskManager(include_path=paths or None, include_defaults=True)
