@@ -37,10 +37,10 @@ lint: install
 test-demo: install
 	$(BIN)/python -m pytest -m demo tests/test_demo.py
 
-# Faults injected mid-run: jobs (multi-process too) stopped by SIGTERM, Ctrl-C and SIGHUP, a frozen tracking server,
-# two identical sweeps at once (tests/test_faults.py).
+# Faults injected mid-run: jobs (multi-process too) stopped by SIGTERM, Ctrl-C and SIGHUP, a frozen or dying tracking
+# server, parallel writers into one server, two identical sweeps at once (marker faults; most in tests/test_faults.py).
 test-faults: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m faults tests/test_faults.py
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m faults
 
 # A real pretrained model offline (SmolLM2-135M from its GGUF, converted once): SFT -> DPO -> RLVR with LoRA, real
 # English text end to end, the memory plan against the measured peak.

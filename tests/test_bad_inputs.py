@@ -41,7 +41,7 @@ def wait_for_a_running_job(proc: subprocess.Popen, store: str) -> None:
     assert proc.poll() is None, "the process ended before it could be signalled"
 
 
-@pytest.mark.slow
+@pytest.mark.faults
 def test_sigterm_ends_the_run_killed_and_a_rerun_completes_the_cell(tmp_path, cache_dir, tiny_checkpoints, store):
     env = {**os.environ, "GEOMSWEEP_CACHE": str(cache_dir), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
     with open(tmp_path / "job.log", "w") as log:

@@ -94,6 +94,7 @@ def test_a_sweep_killed_mid_way_resumes_without_duplicates_or_gaps(tmp_path, cac
     )
 
 
+@pytest.mark.faults
 def test_parallel_jobs_into_a_local_server_lose_nothing(tmp_path, cache_dir, tiny_checkpoints):
     """Four jobs writing at once into one server (twice the cores here: more workers would only queue)."""
     port = free_port()
@@ -251,7 +252,7 @@ def test_the_mlflow_ui_shows_the_sweep_and_the_rankme_chart(tmp_path, cache_dir,
     )
 
 
-@pytest.mark.slow
+@pytest.mark.faults
 def test_a_tracking_server_that_dies_mid_job_ends_the_job_in_one_line_within_seconds(
     tmp_path, cache_dir, tiny_checkpoints
 ):

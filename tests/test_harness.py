@@ -169,3 +169,34 @@ def test_post_training_scores_the_tasks_at_base_and_end_with_a_paired_change(
     assert run.data.metrics["downstream/toy_recall/acc_change_se"] >= 0
     listed = {a.path for a in client.list_artifacts(run.info.run_id, "downstream")}
     assert {"downstream/results_step0.json", "downstream/results_step2.json"} <= listed
+
+
+def test_a_sweep_over_methods_compares_downstream_changes_on_its_parent_and_view(
+    tmp_path, cache_dir, tiny_checkpoints, store
+):
+    from geomsweep.results import ui_view
+
+    fast = ["++method.args.max_steps=2", "++method.geometry_every=1", "++method.args.per_device_train_batch_size=4"]
+    args = ["-m", *GEOMETRY, "method=sft,dpo", *fast, "eval.harness.tasks=[toy_recall]", "eval.harness.limit=30"]
+    run_app(args, tmp_path, cache_dir, store)
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs(["1"])
+    (parent,) = [r for r in runs if r.data.tags.get("geomsweep.role") == "sweep"]
+    sft = next(r for r in runs if r.data.params.get("cfg.method.name") == "sft")
+    # one seed: the group's change is the cell's paired change, its 95% half-width the normal quantile of its SE
+    change, se = (sft.data.metrics[f"downstream/toy_recall/acc_change{s}"] for s in ("", "_se"))
+    assert parent.data.metrics["sft/toy_recall/acc_change"] == pytest.approx(change, rel=1e-3)  # 4 figures
+    assert parent.data.metrics["sft/toy_recall/acc_change_ci95"] == pytest.approx(1.959964 * se, rel=1e-3)
+    assert "toy_recall/acc " in parent.data.tags["geomsweep.verdict.sft"]
+    assert "toy_recall/acc change" in parent.data.tags["mlflow.note.content"]
+    (state,) = [state for _, state in ui_view_states(client, ui_view)]
+    columns = state["selectedColumns"]
+    assert (
+        "metrics.`downstream/toy_recall/acc_change`" in columns
+        and "metrics.`sft/toy_recall/acc_change_ci95`" in columns
+    )
+
+
+def ui_view_states(client, ui_view):
+    tags = client.get_experiment("1").tags
+    return [ui_view.read_envelope(v) for k, v in tags.items() if k.startswith(ui_view.VIEW_TAG_PREFIX)]

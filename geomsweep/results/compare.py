@@ -63,7 +63,15 @@ def cell_row(client, run, swept: list[str]) -> dict:
     for key, value in run.data.metrics.items():
         if match := PASS_AT.fullmatch(key):  # runs written before the intervals table also carry _lo / _hi here
             row[f"pass_at_{match.group(1)}{match.group(2) or ''}"] = value
+        elif key.startswith(M.DOWNSTREAM) and key.endswith("_change"):  # paired over the same items by the job
+            name = key.removeprefix(M.DOWNSTREAM)
+            row[name], row[f"{name}_se"] = value, run.data.metrics.get(M.se(key), math.nan)
     return row | pass_at_k_intervals(client, run)
+
+
+def downstream_names(columns) -> list[str]:
+    """The harness's measures whose change a table holds (``toy_recall/acc`` for ``toy_recall/acc_change``)."""
+    return sorted(c.removesuffix("_change") for c in columns if "/" in c and c.endswith("_change"))
 
 
 def pass_at_k_intervals(client, run) -> dict[str, float]:
@@ -162,12 +170,14 @@ def over_seeds(cells: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
 def change_verdicts(group: pd.DataFrame) -> pd.Series:
     """For each geometric change of one group's seeds: its uncertainty, 95% half-width and verdict."""
     row = {}
-    for name in [*GEOMETRY, *SUITE]:
+    downstream = downstream_names(group.columns)
+    for name in [*GEOMETRY, *SUITE, *downstream]:
         change = f"{name}_change"
         if change not in group:
             continue
         ses = group[f"{change}_se"] if f"{change}_se" in group else [math.nan] * len(group)
-        shared = PROBE in group and group[PROBE].notna().all() and group[PROBE].nunique() == 1
+        # seeds that share their probe texts share its noise; the harness's tasks are the same items for every seed
+        shared = name in downstream or (PROBE in group and group[PROBE].notna().all() and group[PROBE].nunique() == 1)
         judged = seed_change(group[change], ses, shared)
         row[f"{change}_uncertainty"], row[f"{change}_ci95"] = judged.uncertainty, judged.halfwidth
         one_point = f"{name}_points" in group and (group[f"{name}_points"] < 2).any()
@@ -269,11 +279,12 @@ def group_verdicts(folded: pd.DataFrame, swept: list[str]) -> dict[str, str]:
     keys = [key for key in swept if key != SEED and key in folded]
     tags = {}
     for _, row in folded.iterrows():
+        labelled = [("rankme", "RankMe"), ("alpha_req", "α-ReQ"), *((n, n) for n in downstream_names(row.index))]
         parts = [
             f"{label} {plus_minus(row[f'{name}_change'], row[f'{name}_change_ci95'])} "
             + str(row[f"{name}_change_verdict"]).split(" (indicative")[0]
-            for name, label in (("rankme", "RankMe"), ("alpha_req", "α-ReQ"))
-            if f"{name}_change_verdict" in row
+            for name, label in labelled
+            if f"{name}_change_verdict" in row and isinstance(row[f"{name}_change_verdict"], str)
         ]
         seeds = int(row["seeds"])
         if seeds < FEW_SEEDS:
@@ -290,15 +301,16 @@ def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:
     ks = sorted({int(m.group(1)) for c in folded.columns if (m := re.fullmatch(r"pass_at_(\d+)_change", c))})
     passes = ks[:1] + ks[-1:] if len(ks) > 1 else ks
     suite = [name for name in SUITE if f"{name}_change_verdict" in folded]
-    names = [*GEOMETRY, *suite]
-    header = ["group", "seeds", "RankMe change", "α-ReQ change", *(f"{n} change" for n in suite)]
+    downstream = downstream_names(folded.columns)
+    names = [*GEOMETRY, *suite, *downstream]
+    header = ["group", "seeds", "RankMe change", "α-ReQ change", *(f"{n} change" for n in [*suite, *downstream])]
     header = [*header[:2], *(f"{h} (± 95%)" for h in header[2:])]
     header += [f"pass@{k} change" for k in passes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in folded.iterrows():
         cells = [" ".join(f"{key}={row[key]}" for key in keys) or "all cells", str(row["seeds"])]
         for name in names:
-            if f"{name}_change_verdict" in row:
+            if isinstance(row.get(f"{name}_change_verdict"), str):
                 interval = plus_minus(row[f"{name}_change"], row[f"{name}_change_ci95"])
                 cells.append(f"{interval}: {row[f'{name}_change_verdict']}")
             else:
@@ -310,8 +322,9 @@ def comparison_markdown(folded: pd.DataFrame, swept: list[str]) -> str:
     return "\n".join(
         [
             "**Comparison**: each group's mean change from its cells' first to last step, ± its 95% interval "
-            "(Student's t on seeds - 1 degrees of freedom over the spread between seeds and each run's own jackknife "
-            "SE); up or down only outside it, and indicative below 3 seeds. pass@k: bootstrap 95% intervals.",
+            "(Student's t on seeds - 1 degrees of freedom over the spread between seeds and each run's own SE: "
+            "jackknife for the geometry, paired over the same items for the harness's tasks); up or down only "
+            "outside it, and indicative below 3 seeds. pass@k: bootstrap 95% intervals.",
             "",
             *lines,
         ]

@@ -195,25 +195,29 @@ def trace_view(cells, parent=None) -> dict:
 
 
 def post_training_view(cells, parent=None) -> dict:
-    """Post-training: the paired changes of RankMe and α-ReQ, pass@1 and pass@n and their changes in the table; the
-    changes as bars grouped by the swept values (averaged over seeds); RankMe and α-ReQ against post-training step
-    on a log axis (the base, at step 0, is what the bars measure from); for an ablation (a swept value beside
-    method and seed), parallel coordinates of the swept params against the changes.
-    A run's own paired SE is shown for a lone run only: grouped, the page would average SEs over seeds, which is
-    the uncertainty of nothing. A sweep's uncertainty is the parent's: each group's change, the half-width of its
-    95% interval and its verdict (app/compare.py's noise rule) are the parent row's columns."""
+    """Post-training: the paired changes of RankMe and α-ReQ (and of the harness's tasks), pass@1 and pass@n and their
+    changes in the table; the changes as bars grouped by the swept values (averaged over seeds); RankMe and α-ReQ
+    against post-training step on a log axis (the base, at step 0, is what the bars measure from); for an ablation
+    (a swept value beside method and seed), parallel coordinates of the swept params against the changes.
+    A run's own paired SE is shown for a lone run only: grouped, the page would average SEs over seeds, which is the
+    uncertainty of nothing. A sweep's uncertainty is the parent's: each group's change, the half-width of its 95%
+    interval and its verdict (results/compare.py's noise rule) are the parent row's columns."""
     swept = [key for key in swept_keys(parent) if key != SEED]
     group_by = [p for key in swept if (p := swept_param(cells, key))] or ["cfg.method.name"]
     passes = pass_at_keys(cells)
-    changes = [*CHANGES, *(f"{key}_change" for key in passes)]
+    downstream = sorted(
+        {k for run in cells for k in run.data.metrics if k.startswith(M.DOWNSTREAM) and k.endswith("_change")}
+    )
+    changes = [*CHANGES, *(f"{key}_change" for key in passes), *downstream]
     metrics = [
-        *(key for change in CHANGES for key in ((change,) if parent is not None else (change, f"{change}_se"))),
+        *(key for change in [*CHANGES, *downstream] for key in ((change,) if parent else (change, f"{change}_se"))),
         *(key for passed in passes for key in (passed, f"{passed}_change")),
     ]
     columns = [column("metrics", key) for key in metrics] + [column("params", param) for param in group_by]
     if parent is not None:  # the parent's row: each group's verdict first, then its change and 95% half-width
         verdicts = [column("tags", key) for key in sorted(parent.data.tags) if key.startswith(TAG_VERDICT_PREFIX)]
-        geometric = tuple(f"{name}{end}" for name in ("rankme_change", "alpha_req_change") for end in ("", "_ci95"))
+        names = ("rankme_change", "alpha_req_change", *(key.removeprefix(M.DOWNSTREAM) for key in downstream))
+        geometric = tuple(f"{name}{end}" for name in names for end in ("", "_ci95"))
         columns = verdicts + columns
         columns += [column("metrics", key) for key in sorted(parent.data.metrics) if key.endswith(geometric)]
     bars, lines = (
