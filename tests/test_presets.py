@@ -175,3 +175,16 @@ def test_the_offline_english_texts_fill_the_probe_of_a_real_model(cache_dir):
     texts = probe_texts(cfg.data, None, cfg.probe.n_sequences, tokenizer=tokenizer)
     assert len(texts) == cfg.probe.n_sequences == 768 and cfg.probe.max_length == 128
     assert min(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) >= 128
+
+
+@pytest.mark.parametrize(
+    ("gpu", "model", "tasks"), [(True, "pythia-1b", ["sciq", "triviaqa"]), (False, "pythia-1b", [])]
+)
+def test_hub_presets_score_the_papers_tasks_on_a_cuda_machine(tmp_path, monkeypatch, gpu, model, tasks):
+    if gpu:  # a machine with a CUDA GPU has nvidia-smi on its PATH
+        (tmp_path / "nvidia-smi").write_text("#!/bin/sh\n")
+        (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path) if gpu else "/nonexistent")
+    assert check(composed(f"model={model}")).eval.harness.tasks == tasks
+    assert check(composed("model=local", "model.path=/x")).eval.harness.tasks == []  # the hub's presets only
+    assert check(composed()).eval.harness.tasks == ["toy_recall", "toy_arithmetic"]  # the toy's own

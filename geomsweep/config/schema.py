@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from geomsweep.config.choices import (
     VLLM_ENGINES,
     Backend,
     Extractor,
     SampleAt,
+    Source,
     Split,
     TaskSchema,
     TaskSource,
@@ -276,10 +278,21 @@ def sharded_by(args) -> str | None:
     return "FSDP" if args.get("fsdp") else "ZeRO-3" if zero.get("stage") == 3 else None
 
 
+PAPER_TASKS = ["sciq", "triviaqa"]  # the paper's downstream tasks (SciQ zero-shot; TriviaQA)
+
+
+def paper_tasks(source: str) -> list[str]:
+    """``${geomsweep.paper_tasks:${model.source}}``: the paper's tasks for a hub model on a machine with a CUDA GPU
+    (``nvidia-smi`` on the PATH: no torch import while the config is checked), else none. ``--cfg job --resolve``
+    shows what a machine picks."""
+    return list(PAPER_TASKS) if source == Source.hub and shutil.which("nvidia-smi") else []
+
+
 def register() -> None:
     """The schema of the whole config, as ``schema`` (``conf/config.yaml`` lists it first): every group's YAML
-    preset merges onto its typed field."""
+    preset merges onto its typed field; and the resolver the presets use."""
     ConfigStore.instance().store(name="schema", node=Config)
+    OmegaConf.register_new_resolver("geomsweep.paper_tasks", paper_tasks, replace=True)
 
 
 register()  # at import, as Hydra's own plugins register their configs
