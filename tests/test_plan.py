@@ -19,9 +19,20 @@ def test_the_plan_in_closed_form():
 def test_plan_true_prints_a_paper_trace_of_pythia_1b_without_loading_or_a_run(tmp_path, cache_dir):
     proc = run_app(["model=pythia-1b", "checkpoint=pythia_paper", "plan=true", "tflops=300"], tmp_path, cache_dir)
     header, row, total = proc.stdout.strip().splitlines()[-3:]
-    assert row.split()[:6] == ["model=pythia-1b", "checkpoint=pythia_paper", "pythia-1b", "31", "7680000", "1,011.4M"]
+    cells = row.split()
+    assert cells[:7] == ["model=pythia-1b", "checkpoint=pythia_paper", "pythia-1b", "31", "7680000", "0", "1,011.4M"]
     assert "1.55e+04" in row  # TFLOP per checkpoint: 2 x 1.01e9 parameters x 15,000 x 512 tokens
     assert total.startswith("total: 1 cells (0 skipped as FINISHED), 31 checkpoints, 482 PFLOP, 0.446 device-hours")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_plan_counts_the_harness_calls_of_each_checkpoint(tmp_path, cache_dir):
+    """The default toy scores its two tasks, 100 items each, 4 choices an item: 800 calls per checkpoint, each
+    costed as a probe sequence at most."""
+    proc = run_app(["plan=true", "tflops=1"], tmp_path, cache_dir)
+    header, row, _ = proc.stdout.strip().splitlines()[-3:]
+    at = header.split().index("calls/ckpt") - 1  # "harness calls/ckpt" is one column of two words
+    assert row.split()[at] == "800"
     assert not (tmp_path / "mlflow.db").exists()
 
 

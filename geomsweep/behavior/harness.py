@@ -146,6 +146,16 @@ class Harness:
                 loaded[key].update(one[key])
         return loaded
 
+    def requests(self) -> int:
+        """The model calls one checkpoint's evaluation makes (lm-eval's instances: one per choice of a multiple-choice
+        item), for a plan; built as the evaluation builds them, without a model."""
+        total = 0
+        with quiet():
+            for task in self.tasks["tasks"].values():
+                task.build_all_requests(limit=self.cfg.limit, rank=0, world_size=1)
+                total += len(task.instances)
+        return total
+
     def evaluate(self, model, tokenizer) -> HarnessResult:
         """Every task scored on ``model`` as it is (lm-eval's HFLM around the loaded object)."""
         from lm_eval.evaluator import evaluate  # noqa: PLC0415

@@ -2,7 +2,8 @@
 is created: checkpoints, probe tokens, forward FLOPs, bytes to fetch, time on this device and peak disk.
 
 The figures: a checkpoint's forward pass costs 2 x parameters x tokens FLOPs (tokens: probe.n_sequences x
-probe.max_length, an upper bound as shorter texts pad less); time is that over the device's throughput, measured
+probe.max_length, an upper bound as shorter texts pad less, plus lm-evaluation-harness's calls at up to
+probe.max_length tokens each); time is that over the device's throughput, measured
 once per machine with a matrix product and cached (or ``tflops=`` as given); a hub checkpoint weighs its
 parameters x the bytes of its stored dtype, and with ``cache.evict`` at most two are on disk at once (the one
 measured and the one prefetched), without it all of them.
@@ -20,6 +21,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from geomsweep.behavior.harness import harness_for
+from geomsweep.config.errors import ConfigError
 from geomsweep.core.measure import resolve_device, resolve_dtype
 from geomsweep.estimate.memory import BYTES, model_shape, plan_memory
 from geomsweep.sources.hub_cache import evicts
@@ -43,11 +46,13 @@ class TracePlan:
     evict: bool
     prefetch: bool
     tflops: float  # the device's sustained throughput the times assume
+    harness_requests: int | None = 0  # lm-eval's model calls per checkpoint (None: its tasks cannot be built here)
+    max_length: int = 0  # tokens per harness call, at most (the probe's max_length)
 
     @property
     def flops(self) -> float:
-        """Forward FLOPs of one checkpoint's probe set."""
-        return 2.0 * (self.parameters or 0) * self.tokens
+        """Forward FLOPs of one checkpoint: its probe set, and lm-eval's calls at up to ``max_length`` tokens each."""
+        return 2.0 * (self.parameters or 0) * (self.tokens + (self.harness_requests or 0) * self.max_length)
 
     @property
     def seconds(self) -> float:
@@ -67,6 +72,7 @@ class TracePlan:
             "model": self.model,
             "checkpoints": self.checkpoints,
             "tokens/ckpt": self.tokens,
+            "harness calls/ckpt": "?" if self.harness_requests is None else self.harness_requests,
             "params": f"{self.parameters / 1e6:,.1f}M" if known else "unknown",
             "TFLOP/ckpt": f"{self.flops / 1e12:.3g}" if known else "?",
             "GB/ckpt": f"{self.checkpoint_bytes / GB:.3g}" if self.downloads and known else "-",
@@ -104,7 +110,19 @@ def plan_trace(settings, cell: str, tflops: float) -> TracePlan:
         evict=evicts(settings),
         prefetch=resolve_prefetch(settings.prefetch, device),
         tflops=tflops,
+        harness_requests=harness_requests(settings),
+        max_length=probe.max_length,
     )
+
+
+def harness_requests(settings) -> int | None:
+    """lm-evaluation-harness's calls per checkpoint, or None when its tasks cannot be built here (a hub task
+    offline: the job itself would say why)."""
+    try:
+        harness = harness_for(settings)
+    except ConfigError:
+        return None
+    return harness.requests() if harness is not None else 0
 
 
 def throughput(settings) -> float:
