@@ -22,9 +22,18 @@ class GeometryCallback(TrainerCallback):
     Each measurement is logged as soon as it is taken (a crash keeps what was measured) and kept in
     ``history`` (step -> metrics) for the job's artifacts."""
 
-    def __init__(self, measure_geometry: Callable, measure_behavior: Callable, log, every: int, offset: int = 0):
+    def __init__(
+        self,
+        measure_geometry: Callable,
+        measure_behavior: Callable,
+        log,
+        every: int,
+        offset: int = 0,
+        measure_between: Callable | None = None,
+    ):
         """``offset``: where this training starts on the job's step axis (a pipeline's later stages), so a stage
-        goes on from where the last one ended and its start, measured as the last one's end, is not measured again."""
+        goes on from where the last one ended and its start, measured as the last one's end, is not measured again.
+        ``measure_between(model, step) -> metrics``: what else is measured at the geometry steps between the ends."""
         if every < 1:
             raise ValueError(f"method.geometry_every must be >= 1, got {every}")
         self.measure_geometry, self.measure_behavior, self.log, self.every = (
@@ -33,7 +42,7 @@ class GeometryCallback(TrainerCallback):
             log,
             every,
         )
-        self.offset = offset
+        self.offset, self.measure_between = offset, measure_between
         self.history: dict[int, dict[str, float]] = {}
 
     def _record(self, step: int, model, with_behavior: bool) -> None:
@@ -48,6 +57,8 @@ class GeometryCallback(TrainerCallback):
                 )
             if with_behavior:
                 metrics |= self.measure_behavior(model, step)
+            elif self.measure_between is not None:
+                metrics |= self.measure_between(model, step)
         self.history.setdefault(step, {}).update(metrics)
         self.log.metrics(metrics, step=step)
 

@@ -232,6 +232,13 @@ class Measurer:
             metrics |= self.downstream(model, step)
         return metrics
 
+    def between(self, model, step: int) -> dict[str, float]:
+        """lm-eval's tasks at a geometry step between the ends, where ``eval.harness.every`` divides it."""
+        every = self.settings.eval.harness.every
+        if self.harness is None or not every or step % every:
+            return {}
+        return self.downstream(model, step)
+
     def downstream(self, model, step: int) -> dict[str, float]:
         """lm-eval's tasks on the model as it is, and after the base their change from it, paired over the same
         items: ``downstream/<task>/<metric>_change`` and ``_change_se`` (sd of the per-item differences / sqrt n)."""
@@ -261,7 +268,9 @@ def train_stage(settings, model, tokenizer, measure: Measurer, log, device: str,
     extra = {"reward_funcs": get_method(method.reward)(settings.task.extractor)} if method.reward else {}
     if method.peft == "lora":
         extra["peft_config"] = lora_config(method.lora)
-    callback = GeometryCallback(measure.geometry, measure.behavior, log, method.geometry_every, offset)
+    callback = GeometryCallback(
+        measure.geometry, measure.behavior, log, method.geometry_every, offset, measure_between=measure.between
+    )
     with tempfile.TemporaryDirectory(prefix=f"geomsweep-{method.name}-") as output_dir:
         # after a pipeline's first stage the trainer's own MLflow reporting is off: it would log its params again,
         # with other values, and MLflow params cannot change

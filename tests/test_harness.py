@@ -154,16 +154,17 @@ def test_smollm2_scores_a_local_task_offline_with_table_1(tmp_path, cache_dir, s
     assert {"top10_only", "without_top10", "top50_only", "without_top50"} <= set(row)
 
 
+@pytest.mark.parametrize(("every", "steps"), [(None, [0, 2]), (1, [0, 1, 2])])
 def test_post_training_scores_the_tasks_at_base_and_end_with_a_paired_change(
-    tmp_path, cache_dir, tiny_checkpoints, store
+    tmp_path, cache_dir, tiny_checkpoints, store, every, steps
 ):
     fast = ["++method.args.max_steps=2", "++method.geometry_every=1", "++method.args.per_device_train_batch_size=4"]
     args = [*GEOMETRY, "method=sft", *fast, "eval.harness.tasks=[toy_recall]", "eval.harness.limit=30"]
-    run_app(args, tmp_path, cache_dir, store)
+    run_app([*args, f"eval.harness.every={every or 'null'}"], tmp_path, cache_dir, store)
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs(["1"])
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "downstream/toy_recall/acc")}
-    assert sorted(history) == [0, 2]  # the base and the end, not every geometry step
+    assert sorted(history) == steps  # the base and the end, and each geometry step eval.harness.every divides
     change = run.data.metrics["downstream/toy_recall/acc_change"]
     assert change == pytest.approx(history[2] - history[0], abs=1e-9)  # the mean of per-item differences
     assert run.data.metrics["downstream/toy_recall/acc_change_se"] >= 0

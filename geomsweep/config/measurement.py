@@ -227,6 +227,7 @@ class HarnessConfig:
     log_samples: bool = False  # each item's scores as downstream/samples_step<N>_<task>.json
     bootstrap_iters: int = 1000  # lm-eval's bootstrap of the stderr of metrics without a closed form
     ablate: bool = True  # eval.ablation_k scores these tasks too (each K: two more evaluations per checkpoint)
+    every: int | None = None  # post-training: also at each geometry step divisible by this (null: base and end only)
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip()]
@@ -238,6 +239,7 @@ class HarnessConfig:
             f"eval.harness.num_fewshot={self.num_fewshot}; valid: null or >= 0",
         )
         require(self.bootstrap_iters >= 0, f"eval.harness.bootstrap_iters={self.bootstrap_iters} must be >= 0")
+        require(self.every is None or self.every >= 1, f"eval.harness.every={self.every}; valid: null or >= 1")
 
 
 @dataclass
