@@ -223,7 +223,12 @@ def harness_for(settings) -> Harness | None:
     if toy_tasks:
         toy = ToyConfig.from_cfg(settings.model.toy)
         folder = Path(settings.cache_dir).expanduser() / "harness-tasks" / toy.key()
-        paths.append(write_toy_tasks(toy, folder, settings.eval.toy_n_docs, settings.seed + 7))
+        try:
+            paths.append(write_toy_tasks(toy, folder, settings.eval.toy_n_docs, settings.seed + 7))
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write the toy's task files into {folder} ({err.strerror or err}): cache_dir must be writable"
+            ) from None
     for path in paths:
         if not path.is_dir():
             raise ConfigError(f"eval.harness.include_path={str(path)!r} is not a folder; {LOCAL_HINT}")
