@@ -14,13 +14,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pandas as pd
 from hydra.utils import get_class, get_method
 from peft import LoraConfig, PeftModel
 from transformers.integrations import MLflowCallback
 
-from geomsweep.behavior.harness import harness_for
+from geomsweep.behavior.harness import harness_for, paired_change
 from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.definitions import headline_layer
@@ -253,10 +252,8 @@ class Measurer:
             before = self.base_items.get(name)
             if before is None or len(before) != len(after):
                 continue
-            diff = np.asarray(after) - np.asarray(before)
             key = M.change(M.DOWNSTREAM + name)
-            changes[key] = float(diff.mean())
-            changes[M.se(key)] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+            changes[key], changes[M.se(key)] = paired_change(before, after)
         return scored.metrics | changes
 
 

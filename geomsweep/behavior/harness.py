@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from geomsweep.behavior.harness_tasks import TOY_TASKS, write_toy_tasks
 from geomsweep.config.errors import ConfigError
 from geomsweep.config.measurement import HarnessConfig
@@ -113,7 +115,7 @@ class Harness:
         paths = [str(p) for p in include_paths]
         with quiet(), no_dataset_bars():
             manager = TaskManager(include_path=paths or None, include_defaults=False)
-            if any(task not in manager.all_tasks + manager.all_groups + manager.all_tags for task in cfg.tasks):
+            if not set(cfg.tasks) <= known_names(manager):
                 manager = TaskManager(include_path=paths or None, include_defaults=True)
             self.tasks = self._load(manager)
         for task in self.tasks["tasks"].values():
@@ -125,7 +127,7 @@ class Harness:
 
     def _load(self, manager) -> dict:
         """Each task built with its data, or one line naming the task that cannot be had and what to do."""
-        known = set(manager.all_tasks + manager.all_groups + manager.all_tags)
+        known = known_names(manager)
         for task in self.cfg.tasks:
             if task not in known:
                 where = f" or in {self.cfg.include_path}" if self.cfg.include_path else ""
@@ -172,6 +174,17 @@ class Harness:
             )
         samples = out.pop("samples", {})
         return HarnessResult(downstream_metrics(out["results"]), out, samples)
+
+
+def known_names(manager) -> set[str]:
+    """Every task, group and tag name a TaskManager has indexed."""
+    return set(manager.all_tasks + manager.all_groups + manager.all_tags)
+
+
+def paired_change(before, after) -> tuple[float, float]:
+    """The mean change over the same items and its SE, sd(after - before) / sqrt(n) (NaN below two items)."""
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
 
 
 def unreadable(folders: list[Path]) -> None:

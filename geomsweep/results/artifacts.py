@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 
+from geomsweep.behavior.harness import paired_change
 from geomsweep.core.definitions import PhaseRule
 from geomsweep.core.phases import NAMES as PHASE_NAMES
 from geomsweep.core.phases import Phases, detect
@@ -147,8 +147,7 @@ def by_phase_table(steps: Sequence[int], labels: Sequence[int], series: dict[str
             se = float("nan")
             per_item = (items or {}).get(metric)
             if per_item and per_item[first] and per_item[last] and len(per_item[first]) == len(per_item[last]) > 1:
-                diff = np.asarray(per_item[last]) - np.asarray(per_item[first])
-                se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+                _, se = paired_change(per_item[first], per_item[last])
             rows.append(
                 {
                     "metric": metric,
