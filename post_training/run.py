@@ -20,6 +20,7 @@ from peft import LoraConfig, PeftModel
 from transformers.integrations import MLflowCallback
 
 from geomsweep.behavior.harness import harness_for, paired_change
+from geomsweep.behavior.memorization import memorization_for
 from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.core import processes
 from geomsweep.core.definitions import headline_layer
@@ -177,6 +178,8 @@ class Measurer:
         self.latest = None  # the last measurement's
         self.harness = harness_for(settings) if processes.is_main() else None  # lm-eval's tasks, at both ends
         self.base_items: dict[str, list[float]] | None = None  # the base model's per-item harness scores
+        self.memorization = memorization_for(settings) if processes.is_main() else None  # at both ends too
+        self.base_memorized: pd.DataFrame | None = None  # the base model's per-item memorization table
 
     def geometry(self, model) -> dict[str, float]:
         """The probe geometry, and its change since the first measurement (the base model) with paired SEs."""
@@ -229,7 +232,18 @@ class Measurer:
             metrics |= values
         if self.harness is not None:
             metrics |= self.downstream(model, step)
+        if self.memorization is not None:
+            metrics |= self.memorized(model, step)
         return metrics
+
+    def memorized(self, model, step: int) -> dict[str, float]:
+        """Memorization on the model as it is, and after the base its change, paired over the same items."""
+        scored = self.memorization.measure(model, self.tokenizer)
+        self.log.table(scored.table, f"{M.MEMORIZATION_ITEMS_TABLE}{step}.csv")
+        if self.base_memorized is None:
+            self.base_memorized = scored.table
+            return scored.metrics
+        return scored.metrics | self.memorization.change(self.base_memorized, scored.table)
 
     def between(self, model, step: int) -> dict[str, float]:
         """lm-eval's tasks at a geometry step between the ends, where ``eval.harness.every`` divides it."""

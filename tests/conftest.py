@@ -24,8 +24,8 @@ SMALL = OmegaConf.load(REPO / "conf/experiment/small.yaml")
 TINY = ["+experiment=small"]
 TINY_TOY = OmegaConf.to_container(SMALL.model.toy)
 TINY_PROBE = [f"probe.{key}={value}" for key, value in SMALL.probe.items()]  # for a real model, without the toy
-# Geometry only: no toy-task evaluation, no sampling (for tests of the tracking and launch machinery).
-GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
+# Geometry only: no toy-task evaluation, no memorization, no sampling (for tests of the tracking and launch machinery).
+GEOMETRY_ONLY = [*TINY, "eval.toy_n_docs=0", "eval.memorization.items=null", "sampler.n=0"]
 
 
 @pytest.fixture(scope="session")

@@ -135,8 +135,8 @@ def test_toy_models_get_long_and_short_range_accuracy(tmp_path, cache_dir, tiny_
     for key in ("eval/long_range_acc", "eval/short_range_acc"):
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert history.keys() == {0, 40} and all(0.0 <= v <= 1.0 for v in history.values())
-    alignment = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "behavior/ngram_alignment")}
-    assert alignment.keys() == {0, 40} and alignment[40] > alignment[0]  # training pulls the model to the corpus
+    memorized = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "behavior/memorization")}
+    assert memorized.keys() == {0, 40} and memorized[40] > memorized[0]  # training pulls the model to the corpus
     for key in ("top2_only", "without_top2", "top8_only", "without_top8"):
         assert len(client.get_metric_history(run.info.run_id, f"ablation/{key}/long_range_acc")) == 2
     path = client.download_artifacts(run.info.run_id, "ablation/tail_ablation.csv", str(tmp_path))

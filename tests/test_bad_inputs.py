@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO, TINY, TINY_PROBE, run_app, runs_of
 
-GEOMETRY = [*TINY, "eval.toy_n_docs=0", "sampler.n=0"]
+GEOMETRY = [*TINY, "eval.toy_n_docs=0", "eval.memorization.items=null", "sampler.n=0"]
 
 
 @pytest.mark.parametrize("where", ["/proc/geomsweep-x.db", "FILE/mlflow.db"], ids=["under-proc", "under-a-file"])
@@ -395,8 +395,12 @@ def test_a_folder_of_texts_beside_a_readme_is_read_and_hashed_by_its_texts_alone
 
     folder = a_folder(tmp_path, ["a.txt", "b.txt", "README"])
     assert data_files(str(folder)) == ([folder / "a.txt", folder / "b.txt"], ".txt")
+    from geomsweep.config.measurement import EvalConfig
+
     settings = SimpleNamespace(
-        data=SimpleNamespace(source="files", path=str(folder)), task=SimpleNamespace(source="arithmetic", ood=None)
+        data=SimpleNamespace(source="files", path=str(folder)),
+        task=SimpleNamespace(source="arithmetic", ood=None),
+        eval=EvalConfig(),
     )
     before = data_files_digest(settings)
     (folder / "README").write_text("edited: not a probe text")
@@ -410,11 +414,13 @@ def test_the_english_windows_are_part_of_a_cells_identity(monkeypatch):
     changed cut, another system's licences) make another cell; the toy world adds nothing."""
     from types import SimpleNamespace
 
+    from geomsweep.config.measurement import EvalConfig
     from geomsweep.sources import data
     from geomsweep.tracking import identity
 
     def settings(source):
-        return SimpleNamespace(data=SimpleNamespace(source=source), task=SimpleNamespace(source="arithmetic", ood=None))
+        task = SimpleNamespace(source="arithmetic", ood=None)
+        return SimpleNamespace(data=SimpleNamespace(source=source), task=task, eval=EvalConfig())
 
     english, toy = identity.data_files_digest(settings("english")), identity.data_files_digest(settings("toy"))
     assert english != toy and identity.data_files_digest(settings("english")) == english

@@ -19,7 +19,7 @@ from geomsweep.config.toy import ToyConfig
 from geomsweep.sources.checkpoints import Checkpoint
 from tests.conftest import TINY, TINY_TOY, run_app
 
-GEOMETRY = [*TINY, "sampler.n=0", "eval.ngram_order=0", "eval.ablation_k=[]"]
+GEOMETRY = [*TINY, "sampler.n=0", "eval.memorization.items=null", "eval.ablation_k=[]"]
 
 
 def by_itself(checkpoint_dir, task_dir, tasks, limit=None) -> dict:
@@ -172,13 +172,14 @@ def test_post_training_scores_the_tasks_at_base_and_end_with_a_paired_change(
     assert {"downstream/results_step0.json", "downstream/results_step2.json"} <= listed
 
 
-def test_a_sweep_over_methods_compares_downstream_changes_on_its_parent_and_view(
+def test_a_sweep_over_methods_compares_downstream_and_memorization_changes_on_its_parent_and_view(
     tmp_path, cache_dir, tiny_checkpoints, store
 ):
     from geomsweep.results import ui_view
 
     fast = ["++method.args.max_steps=2", "++method.geometry_every=1", "++method.args.per_device_train_batch_size=4"]
     args = ["-m", *GEOMETRY, "method=sft,dpo", *fast, "eval.harness.tasks=[toy_recall]", "eval.harness.limit=30"]
+    args += ["eval.memorization.items=toy", "eval.memorization.limit=100"]
     run_app(args, tmp_path, cache_dir, store)
     client = mlflow.MlflowClient(store)
     runs = client.search_runs(["1"])
@@ -190,11 +191,18 @@ def test_a_sweep_over_methods_compares_downstream_changes_on_its_parent_and_view
     assert parent.data.metrics["sft/toy_recall/acc_change_ci95"] == pytest.approx(1.959964 * se, rel=1e-3)
     assert "toy_recall/acc " in parent.data.tags["geomsweep.verdict.sft"]
     assert "toy_recall/acc change" in parent.data.tags["mlflow.note.content"]
+    # memorization's change is paired over the same items too, and compared the same way
+    change, se = (sft.data.metrics[f"behavior/memorization_change{s}"] for s in ("", "_se"))
+    assert parent.data.metrics["sft/memorization_change"] == pytest.approx(change, rel=1e-3)
+    assert parent.data.metrics["sft/memorization_change_ci95"] == pytest.approx(1.959964 * se, rel=1e-3)
+    assert "memorization " in parent.data.tags["geomsweep.verdict.sft"]
     (state,) = [state for _, state in ui_view_states(client, ui_view)]
     columns = state["selectedColumns"]
     assert (
         "metrics.`downstream/toy_recall/acc_change`" in columns
         and "metrics.`sft/toy_recall/acc_change_ci95`" in columns
+        and "metrics.`behavior/memorization_change`" in columns
+        and "metrics.`sft/memorization_change_ci95`" in columns
     )
 
 

@@ -22,10 +22,10 @@ FAST = [  # exactly as the store was made
     "++method.args.per_device_train_batch_size=4",
     "++method.args.logging_steps=1",
 ]
-# the jackknife groups those cells were measured with, and no lm-evaluation-harness tasks; the defaults have since
-# become contiguous blocks and the toy's two tasks (new computations, so new cells), and at these values the fields
-# are left out of the identity (identity.ADDED_FIELDS)
-AS_THEN = ["probe.jackknife_groups=interleaved", "eval.harness.tasks=[]"]
+# the jackknife groups those cells were measured with, no lm-evaluation-harness tasks and no ∞-gram memorization; the
+# defaults have since become contiguous blocks, the toy's two tasks and its memorization items (new computations, so
+# new cells), and at these values the fields are left out of the identity (identity.ADDED_FIELDS)
+AS_THEN = ["probe.jackknife_groups=interleaved", "eval.harness.tasks=[]", "eval.memorization.items=null"]
 SWEEP = ["-m", "method=none,sft", "checkpoint=final", *GEOMETRY_ONLY, *FAST, *AS_THEN]
 RLVR = ["method=rlvr", *GEOMETRY_ONLY, *FAST, "method.args.num_generations=4", *AS_THEN]
 
@@ -76,9 +76,10 @@ def test_a_sweep_finished_before_the_move_reruns_no_cell(tmp_path, pre_move_stor
 def test_the_default_trace_finished_before_the_reorganisation_is_not_run_again(tmp_path):
     store = restored(tmp_path, "pre_reorg_store.sql.gz", "/tmp/base")
     empty_cache = tmp_path / "cache"  # a re-run would pretrain the toy here first
-    proc = run_app(["eval.harness.tasks=[]"], tmp_path, empty_cache, store)  # as it was: no harness
+    as_then = ["eval.harness.tasks=[]", "eval.memorization.items=null"]  # no harness, no ∞-gram memorization
+    proc = run_app(as_then, tmp_path, empty_cache, store)
     assert (
-        "geomsweep: skipped eval.harness.tasks=[]: this cell (config hash 3dfcf7b11b5a5c8a) already FINISHED"
+        f"geomsweep: skipped {','.join(as_then)}: this cell (config hash 3dfcf7b11b5a5c8a) already FINISHED"
         in proc.stdout
     )
     assert not empty_cache.exists() or not list(empty_cache.glob("toy-*"))

@@ -244,3 +244,19 @@ def test_a_trace_view_carries_whichever_suite_measures_the_run_logged(experiment
     assert "metrics.`geometry/twonn`" not in state["selectedColumns"]  # not logged, not shown
     charts = {c["metricKey"]: c["xAxisScaleType"] for c in state["compareRunCharts"]}
     assert charts == {"geometry/rankme": "log", "geometry/participation_ratio": "log", "weights/alpha": "log"}
+
+
+def test_a_trace_view_carries_memorization_with_its_error_where_the_run_logged_it(experiment):
+    client, exp = experiment
+    metrics = {"geometry/rankme": {1: 9.0, 100: 12.0}}
+    plain = make_run(client, exp, "plain", {"cfg.method.name": "none"}, metrics)
+    metrics |= {"behavior/memorization": {1: 0.1, 100: 0.5}, "behavior/memorization_se": {1: 0.03, 100: 0.02}}
+    memorized = make_run(client, exp, "memorized", {"cfg.method.name": "none"}, metrics)
+    ((_, without),) = ui_view.save_views(client, exp, [plain])
+    ((_, with_it),) = ui_view.save_views(client, exp, [memorized])
+    views = views_in(client, exp)
+    assert "metrics.`behavior/memorization`" not in views[without][1]["selectedColumns"]
+    state = views[with_it][1]
+    assert {"metrics.`behavior/memorization`", "metrics.`behavior/memorization_se`"} <= set(state["selectedColumns"])
+    charts = {c["metricKey"]: c["xAxisScaleType"] for c in state["compareRunCharts"]}
+    assert charts == {"geometry/rankme": "log", "behavior/memorization": "log"}

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from geomsweep.app.job import run_job
+from geomsweep.behavior import memorization
 from geomsweep.behavior.harness import harness_for
 from geomsweep.behavior.sampling import vllm_platform
 from geomsweep.config.errors import ConfigError
@@ -58,6 +59,13 @@ def check_harness(settings: Config) -> None:
     harness_for(settings)
 
 
+def check_memorization(settings: Config) -> None:
+    """eval.memorization's items and engine loaded now (a missing file or index, an unreachable API: one line
+    before any run opens); the job then reuses them."""
+    if settings.eval.memorization.items is not None:
+        memorization.setup(settings, build=False)
+
+
 def run(cfg: DictConfig, settings: Config) -> None:
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         # MLflow logs each database error with its traceback before raising it; geomsweep reports it in one line
@@ -70,6 +78,7 @@ def run(cfg: DictConfig, settings: Config) -> None:
             raise SystemExit(0)
         check_memory(settings)
         check_harness(settings)
+        check_memorization(settings)
     except (ConfigError, ValueError, RuntimeError) as err:
         raise SystemExit(f"geomsweep: invalid config: {err}") from None
     if settings.method.name == "none" and settings.method.args:  # e.g. shared by a sweep over methods

@@ -1,6 +1,6 @@
 """Behavioral probes that the toy grammar makes exact: next-word accuracy where the answer depends on a
 long-range dependency (the subject recalled after ``so``, dozens of tokens back) and where it depends on the
-previous word alone (the fixed pairs); and n-gram memorization against the pretraining corpus."""
+previous word alone (the fixed pairs)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from geomsweep.behavior.ngram import KneserNeyLM, NgramReference, ngram_alignment
 from geomsweep.config.toy import ToyConfig
 from geomsweep.core.extract import eval_mode, last_token_index
-from geomsweep.keys import metrics as M
 from geomsweep.sources.toy.corpus import RECALL_MARKER
-from geomsweep.sources.toy.pretrain import documents, language, train_documents
+from geomsweep.sources.toy.pretrain import documents, language
 
 
 @dataclass(frozen=True)
@@ -86,28 +84,15 @@ def next_word_accuracy(model, encoded: EncodedItems) -> float:
 
 
 class ToyEvaluation:
-    """Everything a toy checkpoint is scored on, built once per job: ``tasks`` (the accuracies, also used by the
-    spectral-tail ablation) and ``behavior`` (tasks plus n-gram alignment)."""
+    """The toy's own tasks, built once per job and scored on every checkpoint (and by the spectral-tail ablation)."""
 
-    def __init__(self, toy: ToyConfig, n_docs: int, ngram_order: int, seed: int):
-        self.toy, self.ngram_order = toy, ngram_order
+    def __init__(self, toy: ToyConfig, n_docs: int, seed: int):
+        self.toy = toy
         self.long_range, self.short_range = dependency_items(toy, n_docs, seed=seed)
-        self.held_out = held_out_documents(toy, n_docs, seed=seed + 1)
-        self._references: dict[str, NgramReference] = {}
         self._encoded: dict[str, dict[str, EncodedItems]] = {}
 
     def tasks(self, model, tokenizer) -> dict[str, float]:
         return {name: next_word_accuracy(model, items) for name, items in self._items(tokenizer).items()}
-
-    def behavior(self, model, tokenizer, tasks: dict[str, float] | None = None) -> dict[str, float]:
-        """``tasks``: this model's accuracies where already measured (they are not measured twice)."""
-        tasks = self.tasks(model, tokenizer) if tasks is None else tasks
-        metrics = {M.EVAL + name: value for name, value in tasks.items()}
-        if self.ngram_order:
-            metrics[M.NGRAM_ALIGNMENT] = ngram_alignment(
-                model, self._ngram_reference(tokenizer), tokenizer.pad_token_id
-            )
-        return metrics
 
     def _items(self, tokenizer) -> dict[str, EncodedItems]:
         """The task items in this tokenizer's tokens, encoded on first use (every checkpoint of a toy world
@@ -119,18 +104,3 @@ class ToyEvaluation:
                 "short_range_acc": encode_items(tokenizer, self.short_range),
             }
         return self._encoded[key]
-
-    @staticmethod
-    def _encode(tokenizer, docs: list[str]) -> list[list[int]]:
-        """Each document as the model saw it in pretraining: after an EOS, the corpus's document separator."""
-        return [[tokenizer.eos_token_id, *ids] for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]]
-
-    def _ngram_reference(self, tokenizer) -> NgramReference:
-        """The held-out documents scored by Kneser-Ney over the exact pretraining documents, in this tokenizer's
-        tokens: fitted and scored on first use, then shared by every checkpoint with the tokenizer."""
-        key = tokenizer.backend_tokenizer.to_str()
-        if key not in self._references:
-            corpus = self._encode(tokenizer, train_documents(self.toy))
-            ngram = KneserNeyLM(self.ngram_order, vocab_size=len(tokenizer)).fit(corpus)
-            self._references[key] = NgramReference.of(ngram, self._encode(tokenizer, self.held_out))
-        return self._references[key]

@@ -77,3 +77,13 @@ VLLM_ENGINES: dict[str, dict[str, Any]] = {
     # no graph compilation (it adds ~25 s to each engine start on 2 cores for short samples); a 1 GiB KV cache
     "cpu": {"enforce_eager": True, "kv_cache_memory_bytes": 1 << 30},
 }
+
+
+class NgramEngine(StrEnum):  # where eval.memorization's ∞-gram probabilities come from
+    local = "local"  # infini-gram's engine over an index folder on this machine
+    api = "api"  # the public infini-gram API (the paper's index)
+
+
+class MemorizationItems(StrEnum):  # named item sets; anything else is a JSONL path
+    toy = "toy"  # the toy's held-out documents: each word after its prefix
+    triviaqa = "triviaqa"  # TriviaQA rc validation, as the paper

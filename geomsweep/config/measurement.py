@@ -13,6 +13,7 @@ from omegaconf import MISSING
 
 from geomsweep.config.choices import (
     DataSource,
+    NgramEngine,
     Selection,
     Source,
 )
@@ -242,17 +243,53 @@ class HarnessConfig:
         require(self.every is None or self.every >= 1, f"eval.harness.every={self.every}; valid: null or >= 1")
 
 
+PAPER_INDEX = "v4_piletrain_llama"  # the Pile's training split, Llama-2 tokens: the index the paper queried
+PAPER_INDEX_TOKENIZER = "hf-internal-testing/llama-tokenizer"  # Llama-2's tokenizer, ungated
+
+
+@dataclass
+class MemorizationConfig:
+    """Distributional memorization (behavior/memorization): the Spearman correlation, across question/answer items,
+    of the answer's log-probability under the model and under an ∞-gram model of the pretraining corpus."""
+
+    items: str | None = None  # toy | triviaqa | a JSONL file with question and answer fields (null: off)
+    engine: NgramEngine = NgramEngine.local  # local: an index folder here; api: the public infini-gram API
+    index: str | None = None  # local: the index folder (null: the toy's own); api: the index name
+    tokenizer: str | None = None  # api: the index's tokenizer (null: Llama-2's, the paper's index); local: unused
+    api_url: str = "https://api.infini-gram.io/"
+    retries: int = 5  # api: tries per query before the measure fails, 2 s apart
+    limit: int | None = 1000  # items (null: all; the paper used all 17,944 of TriviaQA's)
+    jackknife: int = 20  # groups for the standard error (items of one document stay together)
+
+    def __post_init__(self) -> None:
+        require(self.retries >= 1, f"eval.memorization.retries={self.retries} must be >= 1")
+        require(self.limit is None or self.limit >= 3, f"eval.memorization.limit={self.limit}; valid: null or >= 3")
+        require(self.jackknife >= 2, f"eval.memorization.jackknife={self.jackknife} must be >= 2")
+        require(
+            self.engine == NgramEngine.local or bool(self.api_url.strip()),
+            "eval.memorization.api_url is empty; valid: the infini-gram API's URL",
+        )
+
+    @property
+    def index_name(self) -> str:
+        """The API's index (the paper's unless set)."""
+        return self.index or PAPER_INDEX
+
+    @property
+    def index_tokenizer(self) -> str:
+        return self.tokenizer or PAPER_INDEX_TOKENIZER
+
+
 @dataclass
 class EvalConfig:
-    toy_n_docs: int = 300  # held-out toy documents for the toy tasks and n-gram alignment (0: off)
-    ngram_order: int = 3  # Kneser-Ney order for behavior/ngram_alignment (0: off)
+    toy_n_docs: int = 300  # held-out toy documents for the toy tasks (0: off)
     ablation_k: list[int] = field(default_factory=lambda: [10, 50])  # spectral-tail ablation K ([]: off)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
 
     def __post_init__(self) -> None:
         require(
             self.toy_n_docs == 0 or self.toy_n_docs >= MIN_TOY_DOCS,
             f"eval.toy_n_docs={self.toy_n_docs}; valid: 0 (off) or at least {MIN_TOY_DOCS} held-out documents",
         )
-        require(self.ngram_order >= 0, f"eval.ngram_order={self.ngram_order} must be >= 0")
         require(all(k >= 1 for k in self.ablation_k), f"eval.ablation_k={self.ablation_k}: each K must be >= 1")

@@ -10,6 +10,7 @@ Each default lives here once; the YAML presets under ``conf/`` set what differs,
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from geomsweep.config.choices import (
     VLLM_ENGINES,
     Backend,
     Extractor,
+    MemorizationItems,
+    NgramEngine,
     SampleAt,
     Source,
     Split,
@@ -288,11 +291,25 @@ def paper_tasks(source: str) -> list[str]:
     return list(PAPER_TASKS) if source == Source.hub and shutil.which("nvidia-smi") else []
 
 
+def paper_memorization(source: str) -> str | None:
+    """``${geomsweep.paper_memorization:${model.source}}``: the paper's memorization items (TriviaQA, against its ∞-gram
+    index through the infini-gram API) where the paper's tasks run and the hub is not declared offline, else none."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    return MemorizationItems.triviaqa.value if paper_tasks(source) and not offline else None
+
+
+def paper_engine(source: str) -> str:
+    """``${geomsweep.paper_engine:${model.source}}``: a hub model's ∞-gram comes from the API (the paper's index)."""
+    return (NgramEngine.api if source == Source.hub else NgramEngine.local).value
+
+
 def register() -> None:
     """The schema of the whole config, as ``schema`` (``conf/config.yaml`` lists it first): every group's YAML
     preset merges onto its typed field; and the resolver the presets use."""
     ConfigStore.instance().store(name="schema", node=Config)
     OmegaConf.register_new_resolver("geomsweep.paper_tasks", paper_tasks, replace=True)
+    OmegaConf.register_new_resolver("geomsweep.paper_memorization", paper_memorization, replace=True)
+    OmegaConf.register_new_resolver("geomsweep.paper_engine", paper_engine, replace=True)
 
 
 register()  # at import, as Hydra's own plugins register their configs

@@ -21,6 +21,10 @@
     the fit against powerlaw.Fit's on the same spectra where powerlaw is installed.
 (j) lm-evaluation-harness per checkpoint (eval.harness: its tasks on the loaded model) against the geometry of the
     probe texts: the toy's two tasks on the toy, a local English task on SmolLM2: time ratio.
+(k) memorization per checkpoint (eval.memorization: the model's side over its items, against a local infini-gram
+    index) against the geometry of the probe texts: the toy's items and index on the toy, English words after
+    their prefixes against an index of the English texts on SmolLM2: time ratio; the index's side, once per job,
+    apart.
 """
 
 from __future__ import annotations
@@ -47,11 +51,13 @@ from geomsweep.config.choices import VLLM_ENGINES
 from geomsweep.core.extract import accumulate, encode_batches
 from geomsweep.core.spectra import spectral_geometry
 from geomsweep.devtools.baselines import BATCH, MAX_LEN, bare_forward, paper_procedure, timed
-from geomsweep.devtools.bench_real import harness_ratio, jackknife_ratio, real_model_ratios
+from geomsweep.devtools.bench_real import harness_ratio, jackknife_ratio, memorization_ratio, real_model_ratios
 from geomsweep.sources.checkpoints import loaded
+from geomsweep.sources.corpus_index import toy_index
+from geomsweep.sources.qa_items import toy_items
 from geomsweep.sources.revisions import local_revisions
 from geomsweep.sources.tasks import arithmetic_task
-from geomsweep.sources.toy.pretrain import ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
+from geomsweep.sources.toy.pretrain import EOS, ToyConfig, default_cache_dir, ensure_pretrained, probe_documents
 from geomsweep.trace.plan import measure_tflops
 
 
@@ -241,4 +247,8 @@ def command(args: argparse.Namespace) -> None:
     )
     toy_tasks = write_toy_tasks(bench_toy(), Path(cache_dir) / "harness-tasks" / bench_toy().key(), 300, 7)
     print(harness_ratio(model, tokenizer, texts[:512], MAX_LEN, "toy", (toy_tasks, list(TOY_TASKS))))
+    world = ensure_pretrained(bench_toy(), cache_dir)
+    items = toy_items(bench_toy(), 2000, EOS)  # as conf/eval/toy.yaml
+    index = toy_index(bench_toy(), world, world / "step0")
+    print(memorization_ratio(model, tokenizer, texts[:512], MAX_LEN, "toy", items, index))
     print(real_model_ratios(cache_dir))

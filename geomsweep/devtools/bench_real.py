@@ -1,4 +1,4 @@
-"""``make bench`` (f), (g), (h), (i) and (j) on a real model: SmolLM2-135M offline, on English text."""
+"""``make bench`` (f), (g), (h), (i), (j) and (k) on a real model: SmolLM2-135M offline, on English text."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_module
 
 from geomsweep.behavior.harness import Harness
 from geomsweep.behavior.harness_tasks import write_english_next_word
+from geomsweep.behavior.infinigram import LocalEngine
+from geomsweep.behavior.memorization import Memorization, encoder, infgram_side
 from geomsweep.config.checks import check
 from geomsweep.config.measurement import HarnessConfig, ProbeConfig
 from geomsweep.core.definitions import METRICS
@@ -20,8 +22,11 @@ from geomsweep.core.spectra import jackknife_errors, spectral_geometry
 from geomsweep.core.states import jackknife_groups
 from geomsweep.core.weights import power_law_fit, weight_spectra
 from geomsweep.devtools.baselines import bare_forward, paper_procedure, timed
+from geomsweep.keys import metrics as M
+from geomsweep.sources.corpus_index import build_index
 from geomsweep.sources.data import english_texts
 from geomsweep.sources.models import available
+from geomsweep.sources.qa_items import QAItem
 from geomsweep.trace.plan import measure_tflops
 
 
@@ -49,6 +54,11 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
         tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
         suite = suite_ratios(model, tokenizer, texts, max_length)
         harness = harness_ratio(model, tokenizer, texts, max_length, "SmolLM2-135M")
+        with tempfile.TemporaryDirectory() as scratch:
+            index = build_index(english_texts(), Path(scratch) / "index", tokenizer, tokenizer.name_or_path)
+            memorization = memorization_ratio(
+                model, tokenizer, texts, max_length, "SmolLM2-135M", english_items(), index
+            )
     planned = 2 * model.num_parameters() * tokens / (measure_tflops("cpu") * 1e12)
     return (
         f"(f) SmolLM2-135M (d={model.config.hidden_size}), {n} English texts x {max_length} tokens: "
@@ -57,7 +67,7 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
         f"(g) SmolLM2-135M with jackknife error bars (probe.jackknife=10) vs without: {jackknife:6.3f}x time"
         f"   target <= 1.3x\n"
         f"(h) SmolLM2-135M: measured over plan=true's time {t_ours / planned:6.2f}x ({t_ours:.1f}s vs {planned:.1f}s)\n"
-        f"{suite}\n{harness}"
+        f"{suite}\n{harness}\n{memorization}"
     )
 
 
@@ -138,4 +148,32 @@ def harness_ratio(model, tokenizer, texts, max_length: int, name: str, tasks: tu
     return (
         f"(j) {name}: lm-evaluation-harness ({', '.join(names)}: {items} items) per checkpoint vs the geometry of "
         f"{len(texts)} texts: {t_harness / t_geometry:6.3f}x time ({t_harness:.2f}s vs {t_geometry:.2f}s)"
+    )
+
+
+def english_items(n_texts: int = 100, per_text: int = 10) -> list[QAItem]:
+    """(k)'s items on SmolLM2: words of the English texts after their first few, each the answer to its prefix."""
+    items = []
+    for number, text in enumerate(english_texts()[:n_texts]):
+        words = text.split()
+        items += [QAItem(" ".join(words[:cut]), words[cut], number) for cut in range(5, min(5 + per_text, len(words)))]
+    return items
+
+
+def memorization_ratio(model, tokenizer, texts, max_length: int, name: str, items: list[QAItem], index: Path) -> str:
+    """(k): memorization's time per checkpoint (the model's side over its items; the ∞-gram side is computed once
+    per job and reported apart) against the geometry's (RankMe + alpha on the same texts), best of 2."""
+    engine = LocalEngine(str(index))
+    start = time.perf_counter()
+    reference = infgram_side(items, engine, encoder(engine.info.tokenizer, "the bench index's tokenizer"))
+    t_infgram = time.perf_counter() - start
+    measure = Memorization(items, reference, groups=20)
+    probe = ProbeConfig(n_sequences=len(texts), max_length=max_length, batch_size=32, loss=False)
+    t_geometry = min(timed(measure_model, model, tokenizer, texts, probe, False, repeat=1) for _ in range(2))
+    t_memorization = min(timed(measure.measure, model, tokenizer, repeat=1) for _ in range(2))
+    rho = measure.measure(model, tokenizer).metrics[M.MEMORIZATION]
+    return (
+        f"(k) {name}: memorization ({len(items)} items, rho {rho:.3f}) per checkpoint vs the geometry of {len(texts)} "
+        f"texts: {t_memorization / t_geometry:6.3f}x time ({t_memorization:.2f}s vs {t_geometry:.2f}s); its "
+        f"infini-gram side, once per job: {t_infgram:.2f}s"
     )

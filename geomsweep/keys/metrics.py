@@ -22,7 +22,10 @@ ALPHA_R2, ALPHA_R2_WIDE = "geometry/alpha_r2", "geometry/alpha_r2_wide"  # the p
 N_EIGS = "geometry/n_eigs"
 PHASE = "geometry/phase"  # the phase label (an integer) at each step of a trace
 PROBE_LOSS = "eval/probe_loss"
-NGRAM_ALIGNMENT = "behavior/ngram_alignment"  # the toy: model vs n-gram log-probabilities (Spearman)
+MEMORIZATION = "behavior/memorization"  # Spearman ρ of model vs ∞-gram answer log-probabilities (eval.memorization)
+MEMORIZATION_SE = "behavior/memorization_se"  # its jackknife standard error over items
+MEMORIZATION_ITEMS = "behavior/memorization_items"  # the items with an ∞-gram estimate, that ρ is over
+MEMORIZATION_ITEMS_TABLE = "memorization/items_step"  # + <step>.csv: each item's two log-probabilities (artifact)
 WEIGHTS_ALPHA = "weights/alpha"  # probe.weights: the mean power-law alpha of the block matrices
 STAGE = "post_training/stage"  # a pipeline's stage (0, 1, ...) at each measured step
 POST_TRAINING_SECONDS = "post_training/seconds"
@@ -48,6 +51,15 @@ def se(key: str) -> str:
 def change(key: str) -> str:
     """The key of ``key``'s paired change from the base model."""
     return key + "_change"
+
+
+def paired_over_items(key: str) -> str | None:
+    """The name a change paired over the same items by its job goes by in comparisons (``toy_recall/acc_change``
+    for ``downstream/toy_recall/acc_change``, ``memorization_change`` for ``behavior/memorization_change``), or None
+    for any other key: seeds share those items, so their noise is shared."""
+    if key.startswith(DOWNSTREAM) and key.endswith("_change"):
+        return key.removeprefix(DOWNSTREAM)
+    return key.removeprefix(BEHAVIOR) if key == change(MEMORIZATION) else None
 
 
 def accuracy(task: str) -> str:

@@ -3,13 +3,12 @@ the ablation table. Built here once; the job, the trace roll-up and the evaluato
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from geomsweep.behavior.harness import paired_change
 from geomsweep.core.definitions import PhaseRule
 from geomsweep.core.phases import NAMES as PHASE_NAMES
 from geomsweep.core.phases import Phases, detect
@@ -133,21 +132,23 @@ def summarize_trace(
     return TraceSummary(list(steps), phases, figure)
 
 
-def by_phase_table(steps: Sequence[int], labels: Sequence[int], series: dict[str, list[float]], items=None):
+def by_phase_table(
+    steps: Sequence[int],
+    labels: Sequence[int],
+    series: dict[str, list[float]],
+    change_se: dict[str, Callable[[int, int], float]] | None = None,
+) -> pd.DataFrame:
     """Each behavioural metric's change within each detected phase: its value at the phase's first and last
-    checkpoint, the change, and its SE. Where per-item scores exist (the harness's tasks: ``items``, metric ->
-    one list of item scores per checkpoint) the SE is paired over the same items, sd(after - before) / sqrt(n);
-    elsewhere it is left empty (a toy accuracy has no per-item record here)."""
+    checkpoint, the change, and its SE. ``change_se`` gives, for the metrics whose checkpoints were scored on the
+    same items (the harness's tasks, memorization), the SE of the change between two checkpoints (by index), paired
+    over those items; elsewhere it is left empty (a toy accuracy has no per-item record here)."""
     rows, start = [], 0
     for end in range(1, len(labels) + 1):
         if end < len(labels) and labels[end] == labels[start]:
             continue
         first, last = start, end - 1
         for metric, values in series.items():
-            se = float("nan")
-            per_item = (items or {}).get(metric)
-            if per_item and per_item[first] and per_item[last] and len(per_item[first]) == len(per_item[last]) > 1:
-                _, se = paired_change(per_item[first], per_item[last])
+            paired = (change_se or {}).get(metric)
             rows.append(
                 {
                     "metric": metric,
@@ -157,7 +158,7 @@ def by_phase_table(steps: Sequence[int], labels: Sequence[int], series: dict[str
                     "start": values[first],
                     "end": values[last],
                     "change": values[last] - values[first],
-                    "change_se": se,
+                    "change_se": paired(first, last) if paired and last > first else float("nan"),
                 }
             )
         start = end

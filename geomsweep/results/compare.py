@@ -63,15 +63,18 @@ def cell_row(client, run, swept: list[str]) -> dict:
     for key, value in run.data.metrics.items():
         if match := PASS_AT.fullmatch(key):  # runs written before the intervals table also carry _lo / _hi here
             row[f"pass_at_{match.group(1)}{match.group(2) or ''}"] = value
-        elif key.startswith(M.DOWNSTREAM) and key.endswith("_change"):  # paired over the same items by the job
-            name = key.removeprefix(M.DOWNSTREAM)
+        elif name := M.paired_over_items(key):  # the harness's tasks, memorization: paired over items by the job
             row[name], row[f"{name}_se"] = value, run.data.metrics.get(M.se(key), math.nan)
     return row | pass_at_k_intervals(client, run)
 
 
 def downstream_names(columns) -> list[str]:
-    """The harness's measures whose change a table holds (``toy_recall/acc`` for ``toy_recall/acc_change``)."""
-    return sorted(c.removesuffix("_change") for c in columns if "/" in c and c.endswith("_change"))
+    """The measures paired over items whose change a table holds: the harness's (``toy_recall/acc`` for
+    ``toy_recall/acc_change``) and memorization."""
+    memorization = M.paired_over_items(M.change(M.MEMORIZATION))
+    return sorted(
+        c.removesuffix("_change") for c in columns if c.endswith("_change") and ("/" in c or c == memorization)
+    )
 
 
 def pass_at_k_intervals(client, run) -> dict[str, float]:

@@ -41,7 +41,7 @@ HEADLINE_METRICS = (
     M.ALPHA_REQ,
     M.PROBE_LOSS,
     M.accuracy("long_range"),
-    M.NGRAM_ALIGNMENT,
+    M.MEMORIZATION,
     M.pass_at(1),
     M.accuracy("id"),
     M.accuracy("ood"),

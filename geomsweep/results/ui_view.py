@@ -176,19 +176,20 @@ def page_state(
 
 
 def trace_view(cells, parent=None) -> dict:
-    """Traces: RankMe, α-ReQ (with their SEs for ungrouped runs; a group's average of SEs is no uncertainty of
-    anything) and the phases in words in the table, and each against pretraining step on a log axis, the phase
-    label (0 warmup, 1 entropy-seeking, 2 compression-seeking) among them, one line per run (the swept values,
-    other than ``seed``, group them)."""
+    """Traces: RankMe, α-ReQ and memorization (with their SEs for ungrouped runs; a group's average of SEs is no
+    uncertainty of anything) and the phases in words in the table, and each against pretraining step on a log axis,
+    the phase label (0 warmup, 1 entropy-seeking, 2 compression-seeking) among them, one line per run (the swept
+    values, other than ``seed``, group them)."""
     group_by = [p for key in swept_keys(parent) if key != SEED and (p := swept_param(cells, key))]
-    metrics = [M.RANKME, M.ALPHA_REQ]
+    behaviour = [M.MEMORIZATION] if has_metric(cells, M.MEMORIZATION) else []
+    metrics = [M.RANKME, M.ALPHA_REQ, *behaviour]
     metrics = metrics if group_by else [key for key in metrics for key in (key, f"{key}_se")]
     extra = suite_metrics(cells)
     columns = [column("metrics", key) for key in [*metrics, M.PROBE_LOSS, *extra]]
     columns += [column("tags", TAG_PHASES)] if any(TAG_PHASES in run.data.tags for run in cells) else []
     columns += [column("params", param) for param in group_by]
     lines = section("geomsweep: geometry against pretraining step (log)")
-    shown = [key for key in [*TRACE_CHARTS, *extra] if has_metric(cells, key)]
+    shown = [key for key in [*TRACE_CHARTS, *extra, *behaviour] if has_metric(cells, key)]
     charts = [line_chart(key, lines["uuid"], log_x=True) for key in shown]
     ids = [run.info.run_id for run in cells] + ([parent.info.run_id] if parent is not None and group_by else [])
     return page_state(ids, columns, [lines], charts, group_by, cells)
@@ -205,9 +206,7 @@ def post_training_view(cells, parent=None) -> dict:
     swept = [key for key in swept_keys(parent) if key != SEED]
     group_by = [p for key in swept if (p := swept_param(cells, key))] or ["cfg.method.name"]
     passes = pass_at_keys(cells)
-    downstream = sorted(
-        {k for run in cells for k in run.data.metrics if k.startswith(M.DOWNSTREAM) and k.endswith("_change")}
-    )
+    downstream = sorted({k for run in cells for k in run.data.metrics if M.paired_over_items(k)})
     changes = [*CHANGES, *(f"{key}_change" for key in passes), *downstream]
     metrics = [
         *(key for change in [*CHANGES, *downstream] for key in ((change,) if parent else (change, f"{change}_se"))),
@@ -216,7 +215,7 @@ def post_training_view(cells, parent=None) -> dict:
     columns = [column("metrics", key) for key in metrics] + [column("params", param) for param in group_by]
     if parent is not None:  # the parent's row: each group's verdict first, then its change and 95% half-width
         verdicts = [column("tags", key) for key in sorted(parent.data.tags) if key.startswith(TAG_VERDICT_PREFIX)]
-        names = ("rankme_change", "alpha_req_change", *(key.removeprefix(M.DOWNSTREAM) for key in downstream))
+        names = ("rankme_change", "alpha_req_change", *(M.paired_over_items(key) for key in downstream))
         geometric = tuple(f"{name}{end}" for name in names for end in ("", "_ci95"))
         columns = verdicts + columns
         columns += [column("metrics", key) for key in sorted(parent.data.metrics) if key.endswith(geometric)]

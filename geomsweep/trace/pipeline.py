@@ -10,9 +10,11 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from geomsweep.behavior.harness import harness_for
+from geomsweep.behavior.memorization import memorization_for
 from geomsweep.behavior.sample_eval import SamplingProbe
 from geomsweep.behavior.toy_eval import ToyEvaluation
 from geomsweep.config.toy import ToyConfig
@@ -42,6 +44,7 @@ class Point:
     weights: list[MatrixSpectrum] = field(default_factory=list)  # probe.weights: each block matrix's spectrum
     documents: dict[str, object] = field(default_factory=dict)  # JSON artifacts by path (the harness's results)
     items: dict[str, list[float]] = field(default_factory=dict)  # the harness's per-item scores, by task/metric
+    memorized: pd.DataFrame | None = None  # memorization's per-item table
 
 
 def toy_evaluation(settings) -> ToyEvaluation | None:
@@ -51,7 +54,6 @@ def toy_evaluation(settings) -> ToyEvaluation | None:
     return ToyEvaluation(
         ToyConfig.from_cfg(settings.model.toy),
         settings.eval.toy_n_docs,
-        settings.eval.ngram_order,
         seed=settings.seed + 7,
     )
 
@@ -106,12 +108,13 @@ def resolve_prefetch(prefetch, device: str) -> bool:
 def trace(
     settings, selected: list[ckpts.Checkpoint], probe: ProbeSet, sampling: SamplingProbe | None, ablation_k: list[int]
 ) -> Iterator[Point]:
-    """Measure each checkpoint of ``selected`` in order: geometry and probe loss, toy behavior and the tail
-    ablation (toy models), sampled behavior at the last (or every) checkpoint."""
+    """Measure each checkpoint of ``selected`` in order: geometry and probe loss, the toy's tasks and the tail
+    ablation, the harness's tasks, memorization, sampled behavior at the last (or every) checkpoint."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device, settings.model.dtype)
     toy = toy_evaluation(settings)
     harness = harness_for(settings)
+    memorization = memorization_for(settings)
     sample_at = {c.step for c in selected} if settings.sampler.at == "all" else {selected[-1].step}
     layer = headline_layer(settings.probe.layers)
     cache = revision_cache(settings)
@@ -139,7 +142,11 @@ def trace(
         intact = {}  # the intact model's task scores, measured once for behaviour and the ablation
         if toy is not None:
             intact = toy.tasks(model, tokenizer)
-            point.metrics.update(toy.behavior(model, tokenizer, intact))
+            point.metrics.update({M.EVAL + name: value for name, value in intact.items()})
+        if memorization is not None:
+            scored = memorization.measure(model, tokenizer)
+            point.metrics.update(scored.metrics)
+            point.memorized = scored.table
         if harness is not None:
             scored = harness.evaluate(model, tokenizer)
             point.metrics.update(scored.metrics)

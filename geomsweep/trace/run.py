@@ -3,6 +3,11 @@ then the trace's phases, spectra, figures and tables, all in the job's run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
+from geomsweep.behavior.harness import paired_change
+from geomsweep.behavior.memorization import rho_change
 from geomsweep.behavior.sample_eval import INTERVALS, sampling_probe
 from geomsweep.config.schema import Config
 from geomsweep.core.definitions import headline_layer
@@ -45,16 +50,21 @@ def accuracies(points) -> dict[str, list[float]] | None:
 
 def behaviour(points) -> dict[str, list[float]]:
     """Every behavioural metric at each checkpoint (NaN where one was not measured): the harness's downstream
-    metrics (``<task>/<metric>``), the toy's accuracies and its n-gram alignment."""
+    metrics (``<task>/<metric>``), the toy's accuracies and memorization."""
     keys = sorted(
         key
         for key in {key for p in points for key in p.metrics}
         if (key.startswith(M.DOWNSTREAM) and "_stderr" not in key.rsplit("/")[-1])
         or (key.startswith(M.EVAL) and key.endswith("_acc"))
-        or key == M.NGRAM_ALIGNMENT
+        or key == M.MEMORIZATION
     )
-    label = lambda key: key.removeprefix(M.DOWNSTREAM).removeprefix(M.EVAL)  # noqa: E731
-    return {label(key): [p.metrics.get(key, float("nan")) for p in points] for key in keys}
+    return {behaviour_label(key): [p.metrics.get(key, float("nan")) for p in points] for key in keys}
+
+
+def behaviour_label(key: str) -> str:
+    """A behavioural metric's name in the figure and the phase table: ``toy_recall/acc``, ``long_range_acc``,
+    ``memorization``."""
+    return key.removeprefix(M.DOWNSTREAM).removeprefix(M.EVAL).removeprefix(M.BEHAVIOR)
 
 
 def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe: ProbeSet, log: RunLogger) -> None:
@@ -77,6 +87,8 @@ def trace_checkpoints(settings: Config, selected: list[ckpts.Checkpoint], probe:
                 log.json_table(table, path)
             for path, document in point.documents.items():
                 log.document(document, path)
+            if point.memorized is not None:
+                log.table(point.memorized, f"{M.MEMORIZATION_ITEMS_TABLE}{point.checkpoint.step}.csv")
             points.append(point)
     if sampling is not None and sampling.curves:
         log.figure(plots.pass_at_k(sampling.curves, sampling.settings.n, log.name), "plots/pass_at_k.png")
@@ -152,6 +164,25 @@ def log_figure_one(points, summary, settings: Config, log: RunLogger) -> None:
     )
     log.figure(figure, "plots/trace.png")
     if summary.phases and series:
-        items = {metric: [p.items.get(metric) for p in points] for metric in series}
-        table = artifacts.by_phase_table(summary.steps, summary.phases.labels, series, items)
+        table = artifacts.by_phase_table(summary.steps, summary.phases.labels, series, paired_errors(points, settings))
         log.table(table, "downstream/by_phase.csv")
+
+
+def paired_errors(points, settings: Config) -> dict[str, Callable[[int, int], float]]:
+    """For each behavioural metric scored on the same items at every checkpoint, the SE of its change between two
+    checkpoints (by index): the harness's tasks (sd of per-item differences / sqrt n), memorization (jackknife)."""
+    harness = {metric: partial(harness_change_se, points, metric) for p in points for metric in p.items}
+    groups = settings.eval.memorization.jackknife
+    return harness | {behaviour_label(M.MEMORIZATION): partial(memorization_change_se, points, groups)}
+
+
+def harness_change_se(points, metric: str, first: int, last: int) -> float:
+    before, after = points[first].items.get(metric), points[last].items.get(metric)
+    return paired_change(before, after)[1] if before and after and len(before) == len(after) > 1 else float("nan")
+
+
+def memorization_change_se(points, groups: int, first: int, last: int) -> float:
+    before, after = points[first].memorized, points[last].memorized
+    if before is None or after is None:
+        return float("nan")
+    return rho_change(before, after, groups)[M.se(M.change(M.MEMORIZATION))]

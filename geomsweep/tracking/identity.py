@@ -15,7 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from geomsweep.config.choices import MemorizationItems, NgramEngine
 from geomsweep.config.toy import ADDED_FIELDS as TOY_ADDED_FIELDS
+from geomsweep.sources.corpus_index import INFO_FILE
 from geomsweep.sources.data import data_files, english_windows
 
 # Parts of the config that say where things go, not what is computed: left out of the run identity.
@@ -33,8 +35,13 @@ ADDED_FIELDS = {
     ("probe", "reservoir"): 2048,
     ("probe", "weights"): False,
     ("eval", "harness"): lambda harness: not harness.get("tasks"),  # lm-evaluation-harness off, whatever else
+    ("eval", "memorization"): lambda memorization: not memorization.get("items"),  # off, whatever else
     **{("model", "toy", name): before for name, before in TOY_ADDED_FIELDS.items()},
 }
+# Config fields removed since cells were first made -> (the field they followed, the value every cell made before
+# the removal that computes what a cell computes now had): put back where they were before hashing. A cell with
+# eval.ngram_order=3 computed everything a cell computes without it (its n-gram alignment is retired).
+RETIRED_FIELDS = {("eval", "ngram_order"): ("toy_n_docs", 3)}
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -65,6 +72,14 @@ def first_spelling(node: Any) -> Any:
     return node
 
 
+def section(container: dict, parents: list[str]) -> dict:
+    """The config's section at ``parents`` ({} where there is none)."""
+    node = container
+    for name in parents:
+        node = node.get(name) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
 def config_hash(cfg: DictConfig, without: tuple[str, ...] = (), data: str = "") -> str:
     """Identity of a cell: a hash of the resolved config without logistics (output dirs, tracking store) and
     without the top-level keys in ``without``, and of ``data``, the digest of the local data files it reads (so
@@ -72,11 +87,16 @@ def config_hash(cfg: DictConfig, without: tuple[str, ...] = (), data: str = "") 
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in (*LOGISTICS_KEYS, *without):
         container.pop(key, None)
+    for (*parents, key), (after, value) in RETIRED_FIELDS.items():
+        node = section(container, parents)
+        if after in node and key not in node:
+            items = list(node.items())
+            at = list(node).index(after) + 1
+            node.clear()
+            node.update([*items[:at], (key, value), *items[at:]])
     for (*parents, key), before in ADDED_FIELDS.items():
-        node = container
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node and (before(node[key]) if callable(before) else node[key] == before):
+        node = section(container, parents)
+        if key in node and (before(node[key]) if callable(before) else node[key] == before):
             node.pop(key)
     canonical = OmegaConf.to_yaml(OmegaConf.create(first_spelling(container)))
     return hashlib.sha256((canonical + data).encode()).hexdigest()[:16]
@@ -87,11 +107,20 @@ def trace_key(cfg: DictConfig, data: str = "") -> str:
     return config_hash(cfg, without=("checkpoint",), data=data)
 
 
+def memorized(settings) -> list[str]:
+    """The local files eval.memorization reads: a JSONL item file, and a local index's record of its corpus."""
+    cfg = settings.eval.memorization
+    if cfg.items is None:
+        return []
+    index = [str(Path(cfg.index) / INFO_FILE)] if cfg.engine == NgramEngine.local and cfg.index else []
+    return [*([] if cfg.items in MemorizationItems.__members__ else [cfg.items]), *index]
+
+
 def data_files_digest(settings) -> str:
     """A digest of the content of the local files a cell reads (data.path: the files it will read; task.path and
-    task.ood.path: every file of a directory), and for ``data=english`` the windows it cuts from this system's
-    licence texts; hub datasets and the toy world are identified by their config alone. A path that cannot be
-    read adds nothing here: the job reports it, naming it."""
+    task.ood.path: every file of a directory; memorization's items and index), and for ``data=english`` the windows
+    it cuts from this system's licence texts; hub datasets and the toy world are identified by their config alone.
+    A path that cannot be read adds nothing here: the job reports it, naming it."""
     files: list[Path] = []
     if settings.data.source == "files":
         try:
@@ -99,7 +128,8 @@ def data_files_digest(settings) -> str:
         except (OSError, ValueError):
             pass
     ood = settings.task.ood or {}
-    for path in [settings.task.path if settings.task.source == "files" else None, ood.get("path")]:
+    task_path = settings.task.path if settings.task.source == "files" else None
+    for path in [task_path, ood.get("path"), *memorized(settings)]:
         if path and (path := Path(str(path)).expanduser()).exists():
             files += [f for f in sorted(path.rglob("*")) if f.is_file()] if path.is_dir() else [path]
     digest = hashlib.sha256()

@@ -37,6 +37,7 @@ from geomsweep.config.toy import COMPLETE_MARKER, ToyConfig
 from geomsweep.sources.toy.corpus import generate_documents, make_language
 
 TRAIN_SEED_OFFSET, PROBE_SEED_OFFSET = 1_000, 2_000
+EOS = "<eos>"  # the toy tokenizer's end of document (and beginning: every document follows one in pretraining)
 
 
 def language(cfg: ToyConfig):
@@ -77,13 +78,11 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     """A BPE tokenizer trained offline with `tokenizers`, wrapped as a transformers fast tokenizer."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<eos>", "<pad>", "<unk>"], show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, "<pad>", "<unk>"], show_progress=False)
     tok.train_from_iterator(docs, trainer=trainer)
     tok.decoder = decoders.BPEDecoder()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", bos_token="<eos>"
+        tokenizer_object=tok, eos_token=EOS, pad_token="<pad>", unk_token="<unk>", bos_token=EOS
     )
 
 
