@@ -265,3 +265,34 @@ def test_an_edited_item_file_or_a_rebuilt_index_is_a_new_cell(tmp_path):
     after_items = data_files_digest(settings)
     build_index(corpus(seed=1), tmp_path / "index")
     assert len({before, after_items, data_files_digest(settings)}) == 3
+
+
+def test_items_that_continue_one_another_share_one_carrier_sequence():
+    from geomsweep.behavior.memorization import carriers
+
+    sequences = [[1, 2], [1, 2, 3], [1, 4], [1, 2, 3, 5], [2], [1, 2, 3]]
+    kept, held = carriers(sequences)
+    assert kept == [[1, 2, 3, 5], [1, 4], [2]]
+    assert [kept[h] for h in held] == [[1, 2, 3, 5], [1, 2, 3, 5], [1, 4], [1, 2, 3, 5], [2], [1, 2, 3, 5]]
+
+
+def test_the_models_side_is_the_answers_log_probability_item_by_item(tiny_checkpoints):
+    import torch
+
+    from geomsweep.behavior.memorization import model_logprobs
+    from geomsweep.config.toy import ToyConfig
+    from geomsweep.sources.checkpoints import Checkpoint
+    from geomsweep.sources.qa_items import toy_items
+    from geomsweep.sources.toy.pretrain import EOS
+    from tests.conftest import TINY_TOY
+
+    model, tokenizer = Checkpoint("final", 0, None, str(tiny_checkpoints / "step40")).load()
+    items = toy_items(ToyConfig(**TINY_TOY), 60, EOS)  # three documents' words: they continue one another
+    ours = model_logprobs(model, tokenizer, items)
+    for item, value in zip(items, ours):  # one forward pass per item, unpadded
+        prompt = tokenizer(item.prompt)["input_ids"]
+        full = tokenizer(f"{item.prompt} {item.answer}")["input_ids"]
+        with torch.inference_mode():
+            logprobs = model(torch.tensor([full])).logits[0].log_softmax(-1)
+        expected = sum(float(logprobs[t - 1, full[t]]) for t in range(len(prompt), len(full)))
+        assert value == pytest.approx(expected, abs=1e-4)

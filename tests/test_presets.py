@@ -188,3 +188,21 @@ def test_hub_presets_score_the_papers_tasks_on_a_cuda_machine(tmp_path, monkeypa
     assert check(composed(f"model={model}")).eval.harness.tasks == tasks
     assert check(composed("model=local", "model.path=/x")).eval.harness.tasks == []  # the hub's presets only
     assert check(composed()).eval.harness.tasks == ["toy_recall", "toy_arithmetic"]  # the toy's own
+
+
+@pytest.mark.parametrize(
+    ("gpu", "offline", "items"), [(True, "", "triviaqa"), (True, "1", None), (False, "", None)], ids=str
+)
+def test_hub_presets_ask_the_infini_gram_api_for_memorization_on_a_cuda_machine_online(
+    tmp_path, monkeypatch, gpu, offline, items
+):
+    if gpu:
+        (tmp_path / "nvidia-smi").write_text("#!/bin/sh\n")
+        (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path) if gpu else "/nonexistent")
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    memorization = check(composed("model=pythia-1b")).eval.memorization
+    assert (memorization.items, memorization.engine) == (items, "api")
+    assert memorization.index_name == "v4_piletrain_llama"  # the Pile, which Pythia saw, as the paper
+    toy = check(composed()).eval.memorization
+    assert (toy.items, toy.engine, toy.index, toy.limit) == ("toy", "local", None, 2000)  # the toy's own index

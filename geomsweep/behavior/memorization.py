@@ -66,21 +66,41 @@ def infgram_side(items: list[QAItem], engine: Engine, encode: Encode, progress: 
     return pd.DataFrame(rows, columns=["infgram_logprob", "suffix_len"])
 
 
+def carriers(sequences: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The fewest sequences that hold every one as a prefix, and which holds each: in sorted order a sequence is a
+    prefix of its successor or of none, so each is held by the first sequence from it on that is no prefix of its
+    successor. A causal model's log-probabilities over a prefix are those over the longer sequence, so items that
+    continue one another (the toy's: each word of a document after its prefix) share one forward pass."""
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+    held, kept = [0] * len(sequences), []
+    pending: list[int] = []
+    for rank, i in enumerate(order):
+        pending.append(i)
+        after = sequences[order[rank + 1]] if rank + 1 < len(order) else None
+        if after is None or after[: len(sequences[i])] != sequences[i]:
+            for j in pending:
+                held[j] = len(kept)
+            kept.append(sequences[i])
+            pending = []
+    return kept, held
+
+
 @torch.inference_mode()
 def model_logprobs(model, tokenizer, items: list[QAItem], batch_size: int = 32) -> list[float]:
-    """Per item: the sum of the answer tokens' log-probabilities under the model, after the prompt."""
-    encode = lambda text: tokenizer(text)["input_ids"]  # noqa: E731  the model's own special tokens
-    spans = [answer_span(encode, item) for item in items]
+    """Per item: the sum of the answer tokens' log-probabilities under the model, after the prompt (the model's own
+    special tokens), from one forward pass per carrier sequence (``carriers``)."""
+    prompts = tokenizer([item.prompt for item in items])["input_ids"]
+    full = tokenizer([f"{item.prompt} {item.answer}" for item in items])["input_ids"]
+    kept, held = carriers(full)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
+    rows = []
     with eval_mode(model):
-        for first in range(0, len(spans), batch_size):
-            chunk = spans[first : first + batch_size]
-            ids = pad_sequence([torch.tensor(s) for s, _ in chunk], batch_first=True, padding_value=pad)
-            mask = pad_sequence([torch.ones(len(s), dtype=torch.long) for s, _ in chunk], batch_first=True)
-            picked = next_token_logprobs(model, ids, mask)  # position t - 1 predicts token t
-            out.extend(float(picked[row, start - 1 : len(s) - 1].sum()) for row, (s, start) in enumerate(chunk))
-    return out
+        for first in range(0, len(kept), batch_size):
+            chunk = kept[first : first + batch_size]
+            ids = pad_sequence([torch.tensor(s) for s in chunk], batch_first=True, padding_value=pad)
+            mask = pad_sequence([torch.ones(len(s), dtype=torch.long) for s in chunk], batch_first=True)
+            rows.extend(next_token_logprobs(model, ids, mask))  # position t - 1 predicts token t
+    return [float(rows[held[i]][len(prompts[i]) - 1 : len(full[i]) - 1].sum()) for i in range(len(items))]
 
 
 def rho_replicates(table: pd.DataFrame, groups: int) -> tuple[float, np.ndarray, int]:
