@@ -180,8 +180,9 @@ class Setup:
 
 def setup(settings, build: bool = True) -> Setup | None:
     """The items and the engine, checked: each fault is one line naming the value and the fix. The preflight calls
-    it with ``build=False`` before any run opens (the API answers one query, so an unreachable service is refused
-    there; the toy's own index, built from its pretrained tokenizer, waits for the job: None then)."""
+    it with ``build=False`` before any run opens (the API answers one query there, so an unreachable service is
+    refused; a toy not yet pretrained has no tokenizer to index its corpus with: its index waits for the job, and
+    None comes back)."""
     cfg, toy_world = settings.eval.memorization, model_source(settings.model).toy_world
     if cfg.items == MemorizationItems.toy and not toy_world:
         raise ConfigError(
@@ -205,23 +206,25 @@ def setup(settings, build: bool = True) -> Setup | None:
             f"{settings.model.name}'s pretraining corpus with `geomsweep-index CORPUS DIR --tokenizer TOKENIZER` and "
             f"set eval.memorization.index=DIR (or eval.memorization.engine=api)"
         )
-    if cfg.index is None and not build:
-        return None
+    if cfg.index is None and not build and not toy.is_pretrained(settings.cache_dir):
+        return None  # the toy's index is built from its tokenizer, once the job has pretrained it
+    index = Path(cfg.index).expanduser() if cfg.index else toys_own_index(toy, settings.cache_dir)
     try:
-        if cfg.index is None:
-            world = toy.directory(settings.cache_dir)
-            index = toy_index(toy, world, world / "step0")
-        else:
-            index = Path(cfg.index).expanduser()
         engine = LocalEngine(str(index))
     except CorpusIndexError as err:
         raise ConfigError(f"eval.memorization.index: {err}") from None
+    return Setup(items, engine, encoder(engine.info.tokenizer, f"the tokenizer of index {index}"), engine.info.corpus)
+
+
+def toys_own_index(toy: ToyConfig, cache_dir: str) -> Path:
+    world = toy.directory(cache_dir)
+    try:
+        return toy_index(toy, world, world / "step0")
     except OSError as err:
         raise ConfigError(
-            f"cannot write the toy's ∞-gram index beside {settings.cache_dir} ({err.strerror or err}); point "
-            f"GEOMSWEEP_CACHE or cache_dir= at a writable folder"
+            f"cannot write the toy's ∞-gram index beside {world} ({err.strerror or err}); point GEOMSWEEP_CACHE or "
+            f"cache_dir= at a writable folder"
         ) from None
-    return Setup(items, engine, encoder(engine.info.tokenizer, f"the tokenizer of index {index}"), engine.info.corpus)
 
 
 def encoder(tokenizer: str, what: str) -> Encode:

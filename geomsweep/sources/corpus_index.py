@@ -76,8 +76,11 @@ def read_corpus(path: str | os.PathLike, field: str = "text") -> Iterator[str]:
             continue
         for number, line in enumerate(file.read_text().splitlines(), 1):
             if line.strip():
-                record = json.loads(line)
-                if not isinstance(record.get(field), str):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise CorpusIndexError(f"{file}:{number} is not JSON ({err.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get(field), str):
                     raise CorpusIndexError(
                         f"{file}:{number} has no string field {field!r}; valid: one JSON object per "
                         f"line with the document in {field!r}"

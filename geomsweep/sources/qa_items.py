@@ -48,8 +48,13 @@ def jsonl_items(path: str | os.PathLike, limit: int | None) -> list[QAItem]:
     for number, line in enumerate(Path(path).expanduser().read_text().splitlines(), 1):
         if not line.strip():
             continue
-        record = json.loads(line)
-        if not all(isinstance(record.get(key), str) and record[key].strip() for key in ("question", "answer")):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number} is not JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not all(
+            isinstance(record.get(key), str) and record[key].strip() for key in ("question", "answer")
+        ):
             raise ValueError(f"{path}:{number} needs non-empty string fields 'question' and 'answer'")
         items.append(QAItem(paper_prompt(record["question"]), record["answer"].strip(), len(items)))
         if len(items) == limit:
