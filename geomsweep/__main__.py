@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from geomsweep import __version__
+from geomsweep.config import reference
 from geomsweep.config.checks import check
 from geomsweep.config.errors import ConfigError
 
@@ -24,9 +25,16 @@ def main(cfg: DictConfig) -> None:
 
 
 def entry() -> None:
-    """The ``geomsweep`` command and ``python -m geomsweep``: Hydra's own flags, and ``--version``."""
+    """The ``geomsweep`` command and ``python -m geomsweep``: Hydra's own flags, ``--version``, and ``--help GROUP``
+    (one group's fields; Hydra's ``--help`` takes no argument)."""
     if sys.argv[1:] == ["--version"]:
         print(f"geomsweep {__version__}")
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--help" and "=" not in sys.argv[2]:
+        try:
+            print(reference.group_help(sys.argv[2]), end="")
+        except KeyError as err:
+            raise SystemExit(f"geomsweep: {err.args[0]}") from None
         return
     try:
         main()

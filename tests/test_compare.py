@@ -60,7 +60,7 @@ def test_cells_that_differ_only_in_seed_fold_into_mean_and_sd_with_a_verdict():
     assert table[4] == "| method=sft | 3 | +0.120 ± 0.075: up | - |"
     assert group_verdicts(folded.reset_index(), ["method", "seed"]) == {
         "geomsweep.verdict.sft": "RankMe +0.120 ± 0.075 up",
-        "geomsweep.verdict.dpo": "RankMe -0.010 ± 0.039 within noise; 1 seed: indicative",
+        "geomsweep.verdict.dpo": "1 seed, indicative: RankMe -0.010 ± 0.039 within noise",
     }
 
 
@@ -129,8 +129,7 @@ def test_a_seed_sweep_parent_is_named_by_its_overrides_and_compares_cells(tmp_pa
     assert {"post/rankme_change", "pre/alpha_req_change_uncertainty", "post/rankme_change_ci95"} <= set(
         parent.data.metrics
     )
-    assert parent.data.tags["geomsweep.verdict.post"].endswith("; 2 seeds: indicative")
-    assert parent.data.tags["geomsweep.verdict.post"].startswith("RankMe ")
+    assert parent.data.tags["geomsweep.verdict.post"].startswith("2 seeds, indicative: RankMe ")
     assert_keys_pinned("sweep_parent_keys", own_keys(parent))
     # the printed link opens the sweep's saved view of the runs page, grouped by the swept value
     tags = client.get_experiment(parent.info.experiment_id).tags

@@ -104,7 +104,7 @@ def test_a_post_training_sweeps_view_shows_its_changes_grouped_by_method(experim
         "method,seed",
         {"sft/rankme_change": {0: 1.0}, "sft/rankme_change_ci95": {0: 2.5}, "sft/rankme_change_uncertainty": {0: 0.2}},
     )
-    client.set_tag(parent.info.run_id, "geomsweep.verdict.sft", "RankMe +1.0 ± 2.5 within noise; 2 seeds: indicative")
+    client.set_tag(parent.info.run_id, "geomsweep.verdict.sft", "2 seeds, indicative: RankMe +1.0 ± 2.5 within noise")
     parent = client.get_run(parent.info.run_id)
     other = make_run(client, exp, "another job", {"cfg.method.name": "sft"}, {"geometry/rankme_change": {1: 5.0}})
     ((name, key),) = ui_view.save_views(client, exp, cells, parent)

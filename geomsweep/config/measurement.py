@@ -6,7 +6,7 @@ groups are checked by ``Config`` (config/schema.py) and ``check`` (config/checks
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import MISSING
@@ -18,6 +18,7 @@ from geomsweep.config.choices import (
     Source,
 )
 from geomsweep.config.errors import require
+from geomsweep.config.option import option
 from geomsweep.config.toy import ToyConfig
 from geomsweep.core.definitions import (
     ALL_LAYERS,
@@ -39,27 +40,33 @@ MIN_TOY_DOCS = 2  # the toy tasks split their held-out documents into two halves
 class StageConfig:
     """One released stage of a post-training pipeline (base, sft, dpo, rlvr, ...)."""
 
-    name: str = MISSING
-    hub_id: str | None = None  # source=hub; a local mirror holds one sub-directory per stage, named after it
+    name: str = option(MISSING, "the stage's name: a sub-directory of a local mirror, and the label of its checkpoints")
+    hub_id: str | None = option(None, "source=hub; a local mirror holds one sub-directory per stage, named after it")
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    source: Source = MISSING
-    hub_id: str | None = None  # source=hub
-    revisions: Any = None  # source=hub: pythia | refs | a list of revision names
-    path: str | None = None  # source=local: a save_pretrained directory, or one sub-directory per revision
-    package: str | None = None  # source=gguf: the Python package shipping the file
-    gguf_file: str | None = None
-    uri: str | None = None  # source=mlflow: runs:/<run id>/model
-    toy: ToyConfig | None = None  # source=toy
-    stages: list[StageConfig] | None = None  # a pipeline's stages, traced in order as the checkpoints of one trace
-    width: int | None = None
-    depth: int | None = None
-    tokens_per_step: int | None = None
-    dtype: Dtype | None = None  # the dtype the model was trained in (dtype=auto uses it on a GPU)
-    trust_remote_code: bool = False
+    name: str = option(
+        MISSING, "the preset's name, shown in run names and messages (model=<name> picks conf/model/<name>.yaml)"
+    )
+    source: Source = option(MISSING, "where the model comes from: toy | local | hub | gguf | mlflow")
+    hub_id: str | None = option(None, "source=hub: the repository, e.g. EleutherAI/pythia-160m")
+    revisions: Any = option(None, "source=hub: pythia | refs | a list of revision names")
+    path: str | None = option(None, "source=local: a save_pretrained directory, or one sub-directory per revision")
+    package: str | None = option(None, "source=gguf: the Python package shipping the file")
+    gguf_file: str | None = option(None, "source=gguf: the GGUF file inside model.package")
+    uri: str | None = option(None, "source=mlflow: runs:/<run id>/model")
+    toy: ToyConfig | None = option(None, "source=toy: the toy world's settings (model.toy.*)")
+    stages: list[StageConfig] | None = option(
+        None, "a pipeline's stages, traced in order as the checkpoints of one trace"
+    )
+    width: int | None = option(None, "the hidden size, where known without loading (the plan's FLOPs and memory)")
+    depth: int | None = option(None, "the number of layers, where known without loading (the plan)")
+    tokens_per_step: int | None = option(None, "tokens seen per pretraining step, for tokens_seen (Pythia: 2,097,152)")
+    dtype: Dtype | None = option(None, "the dtype the model was trained in (dtype=auto uses it on a GPU)")
+    trust_remote_code: bool = option(
+        False, "run code shipped in a model folder (transformers' trust_remote_code); off: refused"
+    )
 
     def __post_init__(self) -> None:
         needs = {
@@ -87,13 +94,13 @@ class ModelConfig:
 
 @dataclass
 class CheckpointConfig:
-    select: Selection = MISSING
-    steps: list[int] | None = None  # select=steps
-    step: int | None = None  # checkpoint=step fills steps with this one step
-    num: int | None = None  # select=log
-    every: int | None = None  # select=every
-    shard: int = 0  # with num_shards: this job measures every num_shards-th checkpoint from here
-    num_shards: int = 1
+    select: Selection = option(MISSING, "which checkpoints a trace measures: all | final | steps | log | every")
+    steps: list[int] | None = option(None, "select=steps: the pretraining steps to measure")
+    step: int | None = option(None, "checkpoint=step fills steps with this one step")
+    num: int | None = option(None, "select=log: how many log-spaced checkpoints to pick")
+    every: int | None = option(None, "select=every: measure every N-th step's checkpoint")
+    shard: int = option(0, "with num_shards: this job measures every num_shards-th checkpoint from here")
+    num_shards: int = option(1, "split the selected checkpoints over this many jobs (a SLURM array, say)")
 
     def __post_init__(self) -> None:
         if self.select == Selection.steps:
@@ -121,17 +128,21 @@ class CheckpointConfig:
 
 @dataclass
 class DataConfig:
-    source: DataSource = DataSource.toy
-    path: str | None = None  # source=files
-    name: str | None = None  # source=hub
-    config: str | None = None
-    split: str = "train"
-    text_field: str = "text"
-    # a column naming the document each text was cut from (chunks of long documents): block jackknife groups keep
-    # each document's texts together; None: the texts are independent
-    document_field: str | None = None
-    min_chars: int = 1
-    min_tokens: int = 0  # keep texts with more than this many tokens (the measured model's tokenizer); 0: all
+    source: DataSource = option(
+        DataSource.toy, "where probe texts come from: toy | english (this system's licence texts) | files | hub"
+    )
+    path: str | None = option(None, "source=files: a text or JSONL file, or a folder of them")
+    name: str | None = option(None, "source=hub: the dataset's hub name")
+    config: str | None = option(None, "source=hub: the dataset's configuration")
+    split: str = option("train", "source=hub: the split to read")
+    text_field: str = option("text", "files (JSONL) or hub: the column holding each text")
+    document_field: str | None = option(
+        None,
+        "a column naming the document each text was cut from (chunks of long documents): block jackknife groups "
+        "keep each document's texts together; null: the texts are independent",
+    )
+    min_chars: int = option(1, "keep texts of at least this many characters")
+    min_tokens: int = option(0, "keep texts with more than this many tokens (the measured model's tokenizer); 0: all")
 
     def __post_init__(self) -> None:
         require(self.min_tokens >= 0, f"data.min_tokens={self.min_tokens} must be >= 0")
@@ -151,24 +162,34 @@ class DataConfig:
 class ProbeConfig:
     """How representations are taken and measured; runs are comparable only when these match."""
 
-    n_sequences: int = 1024
-    max_length: int = 64
-    batch_size: int = 64
-    padding_side: PaddingSide = PaddingSide.right
-    # indices into hidden_states, the first being the headline; or "all": every layer (embeddings included) in the
-    # same passes, the final one the headline
-    layers: Any = field(default_factory=lambda: [-1])
-    norm: Norm = Norm.post
-    rankme: RankMeVariant = RankMeVariant.eigen
-    fit_start: int = REFERENCE_FIT[0]  # alpha-ReQ fit over 1-based ranks fit_start..fit_end, weights 1/k
-    fit_end: int = REFERENCE_FIT[1]
-    max_eigs: int | None = REFERENCE_MAX_EIGS  # keep the largest min(max_eigs, N, D), as the reference; None: all
-    loss: bool = True  # also log eval/probe_loss from the same forward passes
-    jackknife: int = 10  # K disjoint groups -> geometry/rankme_se, geometry/alpha_req_se (0: no error bars)
-    jackknife_groups: JackknifeGroups = JackknifeGroups.block  # contiguous runs of the probe order, or i mod K
-    metrics: list[str] = field(default_factory=lambda: list(PAPER_METRICS))  # the suite's measures (core/suite.py)
-    reservoir: int = 2048  # representations kept (seeded) for TwoNN, when probe.metrics names it
-    weights: bool = False  # also the power-law spectra of each block's weight matrices (data-free; core/weights.py)
+    n_sequences: int = option(1024, "probe texts measured at each checkpoint (N; the paper: 10,000)")
+    max_length: int = option(64, "tokens per probe text (longer texts are cut)")
+    batch_size: int = option(64, "probe texts per forward pass")
+    padding_side: PaddingSide = option(
+        PaddingSide.right, "right | left: where a batch is padded (the last real token is taken either way)"
+    )
+    layers: Any = option(
+        factory=lambda: [-1],
+        help="indices into hidden_states, the first being the headline; or all: every layer (embeddings "
+        "included) in the same passes, the final one the headline",
+    )
+    norm: Norm = option(Norm.post, "post: the final layer after its norm (what the unembedding reads) | pre: before it")
+    rankme: RankMeVariant = option(
+        RankMeVariant.eigen, "eigen: RankMe from covariance eigenvalues (the paper's) | singular: from singular values"
+    )
+    fit_start: int = option(REFERENCE_FIT[0], "alpha-ReQ fit over 1-based ranks fit_start..fit_end, weights 1/k")
+    fit_end: int = option(REFERENCE_FIT[1], "the last rank of the alpha-ReQ fit (see fit_start)")
+    max_eigs: int | None = option(
+        REFERENCE_MAX_EIGS, "keep the largest min(max_eigs, N, D), as the reference; None: all"
+    )
+    loss: bool = option(True, "also log eval/probe_loss from the same forward passes")
+    jackknife: int = option(10, "K disjoint groups -> geometry/rankme_se, geometry/alpha_req_se (0: no error bars)")
+    jackknife_groups: JackknifeGroups = option(JackknifeGroups.block, "contiguous runs of the probe order, or i mod K")
+    metrics: list[str] = option(factory=lambda: list(PAPER_METRICS), help="the suite's measures (core/suite.py)")
+    reservoir: int = option(2048, "representations kept (seeded) for TwoNN, when probe.metrics names it")
+    weights: bool = option(
+        False, "also the power-law spectra of each block's weight matrices (data-free; core/weights.py)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("n_sequences", "max_length", "batch_size"):
@@ -218,17 +239,17 @@ class ProbeConfig:
 class HarnessConfig:
     """lm-evaluation-harness on the model already loaded, at every measured checkpoint (``downstream/<task>/...``)."""
 
-    tasks: list[str] = field(
-        default_factory=list
-    )  # lm-eval task names ([]: off); toy_recall, toy_arithmetic: the toy's
-    include_path: str | None = None  # a folder of your own task YAMLs (dataset_path: json works offline)
-    num_fewshot: int | None = None  # few-shot examples (null: each task's own default, else 0)
-    limit: int | None = None  # items per task (null: all of them)
-    batch_size: int = 16
-    log_samples: bool = False  # each item's scores as downstream/samples_step<N>_<task>.json
-    bootstrap_iters: int = 1000  # lm-eval's bootstrap of the stderr of metrics without a closed form
-    ablate: bool = True  # eval.ablation_k scores these tasks too (each K: two more evaluations per checkpoint)
-    every: int | None = None  # post-training: also at each geometry step divisible by this (null: base and end only)
+    tasks: list[str] = option(factory=list, help="lm-eval task names ([]: off); toy_recall, toy_arithmetic: the toy's")
+    include_path: str | None = option(None, "a folder of your own task YAMLs (dataset_path: json works offline)")
+    num_fewshot: int | None = option(None, "few-shot examples (null: each task's own default, else 0)")
+    limit: int | None = option(None, "items per task (null: all of them)")
+    batch_size: int = option(16, "lm-eval's batch size on the loaded model")
+    log_samples: bool = option(False, "each item's scores as downstream/samples_step<N>_<task>.json")
+    bootstrap_iters: int = option(1000, "lm-eval's bootstrap of the stderr of metrics without a closed form")
+    ablate: bool = option(True, "eval.ablation_k scores these tasks too (each K: two more evaluations per checkpoint)")
+    every: int | None = option(
+        None, "post-training: also at each geometry step divisible by this (null: base and end only)"
+    )
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip()]
@@ -252,14 +273,16 @@ class MemorizationConfig:
     """Distributional memorization (behavior/memorization): the Spearman correlation, across question/answer items,
     of the answer's log-probability under the model and under an ∞-gram model of the pretraining corpus."""
 
-    items: str | None = None  # toy | triviaqa | a JSONL file with question and answer fields (null: off)
-    engine: NgramEngine = NgramEngine.local  # local: an index folder here; api: the public infini-gram API
-    index: str | None = None  # local: the index folder (null: the toy's own); api: the index name
-    tokenizer: str | None = None  # api: the index's tokenizer (null: Llama-2's, the paper's index); local: unused
-    api_url: str = "https://api.infini-gram.io/"
-    retries: int = 5  # api: tries per query before the measure fails, 2 s apart
-    limit: int | None = 1000  # items (null: all; the paper used all 17,944 of TriviaQA's)
-    jackknife: int = 20  # groups for the standard error (items of one document stay together)
+    items: str | None = option(None, "toy | triviaqa | a JSONL file with question and answer fields (null: off)")
+    engine: NgramEngine = option(NgramEngine.local, "local: an index folder here; api: the public infini-gram API")
+    index: str | None = option(None, "local: the index folder (null: the toy's own); api: the index name")
+    tokenizer: str | None = option(
+        None, "api: the index's tokenizer (null: Llama-2's, the paper's index); local: unused"
+    )
+    api_url: str = option("https://api.infini-gram.io/", "engine=api: the infini-gram API's URL")
+    retries: int = option(5, "api: tries per query before the measure fails, 2 s apart")
+    limit: int | None = option(1000, "items (null: all; the paper used all 17,944 of TriviaQA's)")
+    jackknife: int = option(20, "groups for the standard error (items of one document stay together)")
 
     def __post_init__(self) -> None:
         require(self.retries >= 1, f"eval.memorization.retries={self.retries} must be >= 1")
@@ -282,10 +305,15 @@ class MemorizationConfig:
 
 @dataclass
 class EvalConfig:
-    toy_n_docs: int = 300  # held-out toy documents for the toy tasks (0: off)
-    ablation_k: list[int] = field(default_factory=lambda: [10, 50])  # spectral-tail ablation K ([]: off)
-    harness: HarnessConfig = field(default_factory=HarnessConfig)
-    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    toy_n_docs: int = option(300, "held-out toy documents for the toy tasks (0: off)")
+    ablation_k: list[int] = option(factory=lambda: [10, 50], help="spectral-tail ablation K ([]: off)")
+    harness: HarnessConfig = option(
+        factory=HarnessConfig, help="lm-evaluation-harness's tasks on the loaded model (downstream/<task>/<metric>)"
+    )
+    memorization: MemorizationConfig = option(
+        factory=MemorizationConfig,
+        help="distributional memorization against an infini-gram index (behavior/memorization)",
+    )
 
     def __post_init__(self) -> None:
         require(

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -35,6 +35,7 @@ from geomsweep.config.choices import (
 )
 from geomsweep.config.errors import require
 from geomsweep.config.measurement import CheckpointConfig, DataConfig, EvalConfig, ModelConfig, ProbeConfig
+from geomsweep.config.option import option
 from geomsweep.core.definitions import (
     Dtype,
     PhaseRule,
@@ -52,10 +53,10 @@ class Adapter(StrEnum):
 class LoraSettings:
     """peft's LoRA: low-rank adapters on the named linear layers, the rest of the model frozen."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"  # peft's every linear layer but the output head, or a list of names
+    r: int = option(16, "the adapters' rank")
+    alpha: int = option(32, "LoRA's scaling (lora_alpha)")
+    dropout: float = option(0.05, "dropout on the adapters' input")
+    target_modules: Any = option("all-linear", "peft's every linear layer but the output head, or a list of names")
 
     def __post_init__(self) -> None:
         require(self.r >= 1, f"method.lora.r={self.r} must be >= 1")
@@ -65,18 +66,26 @@ class LoraSettings:
 
 @dataclass
 class MethodConfig:
-    name: str = "none"
-    trainer: str | None = None  # the TRL trainer class, e.g. trl.SFTTrainer
-    trainer_config: str | None = None  # its config class, e.g. trl.SFTConfig: method.args are its fields
-    reward: str | None = None  # a reward function factory (RLVR), called with task.extractor
-    runner: str | None = None  # the function that runs a post-training job (geomsweep.post_training.run.post_train)
-    geometry_every: int = 10  # measure the probe set every N optimizer steps (and at step 0 and the end)
-    args: dict[str, Any] = field(default_factory=dict)
-    peft: Adapter | None = None  # lora: train adapters (method.lora) instead of every weight
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    save: bool = False  # keep the post-trained model as the run's artifact "model" (model=mlflow reads it back)
-    stages: list[str] | None = None  # method=pipeline: the methods run in turn, each from the last one's model
-    processes: int = 1  # train in N processes (torchrun: DDP, or FSDP / ZeRO-3 through args; parallel=<preset>)
+    name: str = option("none", "none (a trace of pretraining checkpoints) | sft | dpo | rlvr | pipeline")
+    trainer: str | None = option(None, "the TRL trainer class, e.g. trl.SFTTrainer")
+    trainer_config: str | None = option(None, "its config class, e.g. trl.SFTConfig: method.args are its fields")
+    reward: str | None = option(None, "a reward function factory (RLVR), called with task.extractor")
+    runner: str | None = option(
+        None, "the function that runs a post-training job (geomsweep.post_training.run.post_train)"
+    )
+    geometry_every: int = option(10, "measure the probe set every N optimizer steps (and at step 0 and the end)")
+    args: dict[str, Any] = option(
+        factory=dict,
+        help="the TRL trainer config's own fields (e.g. learning_rate, max_steps), checked against its class "
+        "before anything loads",
+    )
+    peft: Adapter | None = option(None, "lora: train adapters (method.lora) instead of every weight")
+    lora: LoraSettings = option(factory=LoraSettings, help="LoRA's settings when method.peft=lora")
+    save: bool = option(
+        False, 'keep the post-trained model as the run\'s artifact "model" (model=mlflow reads it back)'
+    )
+    stages: list[str] | None = option(None, "method=pipeline: the methods run in turn, each from the last one's model")
+    processes: int = option(1, "train in N processes (torchrun: DDP, or FSDP / ZeRO-3 through args; parallel=<preset>)")
 
     def __post_init__(self) -> None:
         require(self.geometry_every >= 1, f"method.geometry_every={self.geometry_every} must be >= 1")
@@ -109,19 +118,19 @@ class MethodConfig:
 
 @dataclass
 class TaskConfig:
-    source: TaskSource = TaskSource.arithmetic
-    extractor: Extractor = Extractor.first_number  # how an answer is read from a completion
-    max_new_tokens: int = 4  # greedy tokens generated for eval/{id,ood}_acc
-    id_fraction: float = 0.3  # share held out for in-distribution evaluation
-    max_operand: int = 9  # source=arithmetic
-    ood_max_operand: int = 19
-    name: str | None = None  # source=hub
-    config: str | None = None
-    split: str = "train"
-    path: str | None = None  # source=files
-    schema: str | None = None  # files/hub: gsm8k | hh | ultrafeedback
-    limit: int | None = None
-    ood: dict[str, Any] | None = None  # a second dataset, given the same way
+    source: TaskSource = option(TaskSource.arithmetic, "the post-training task: arithmetic (built in) | files | hub")
+    extractor: Extractor = option(Extractor.first_number, "how an answer is read from a completion")
+    max_new_tokens: int = option(4, "greedy tokens generated for eval/{id,ood}_acc")
+    id_fraction: float = option(0.3, "share held out for in-distribution evaluation")
+    max_operand: int = option(9, "source=arithmetic: the largest operand of the training and ID problems")
+    ood_max_operand: int = option(19, "source=arithmetic: the largest operand of the out-of-distribution split")
+    name: str | None = option(None, "source=hub: the dataset's hub name")
+    config: str | None = option(None, "source=hub: the dataset's configuration")
+    split: str = option("train", "source=hub or files: the split to read")
+    path: str | None = option(None, "source=files: a JSONL file or a folder of them")
+    schema: str | None = option(None, "files/hub: gsm8k | hh | ultrafeedback")
+    limit: int | None = option(None, "rows to keep (null: all)")
+    ood: dict[str, Any] | None = option(None, "a second dataset, given the same way")
 
     def __post_init__(self) -> None:
         require(0.0 < self.id_fraction < 1.0, f"task.id_fraction={self.id_fraction} must lie in (0, 1)")
@@ -145,17 +154,19 @@ class TaskConfig:
 
 @dataclass
 class SamplerConfig:
-    name: Backend = Backend.hf
-    n: int = 16  # samples per problem (0: no sampling)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int | None = None  # None: the task's max_new_tokens
-    ks: list[int] | None = None  # pass@k at these k; None: 1, 2, 4, ... and n
-    splits: list[str] = field(default_factory=lambda: ["id", "ood"])
-    at: SampleAt = SampleAt.last
-    batch_size: int = 8  # prompts per generate call (hf)
-    seed: int = 0
-    engine: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(VLLM_ENGINES))  # sampler=vllm only
+    name: Backend = option(Backend.hf, "hf: transformers generate (CPU or GPU) | vllm: vLLM")
+    n: int = option(16, "samples per problem (0: no sampling)")
+    temperature: float = option(1.0, "sampling temperature (> 0)")
+    top_p: float = option(1.0, "nucleus sampling's probability mass")
+    max_tokens: int | None = option(None, "None: the task's max_new_tokens")
+    ks: list[int] | None = option(None, "pass@k at these k; None: 1, 2, 4, ... and n")
+    splits: list[str] = option(factory=lambda: ["id", "ood"], help="the task's splits sampled: id, ood")
+    at: SampleAt = option(SampleAt.last, "method=none: sample at the last measured checkpoint or at all of them")
+    batch_size: int = option(8, "prompts per generate call (hf)")
+    seed: int = option(0, "the sampler's seed")
+    engine: dict[str, dict[str, Any]] = option(
+        factory=lambda: dict(VLLM_ENGINES), help="sampler=vllm: vllm.LLM(...) arguments by platform (cuda, cpu)"
+    )
 
     def __post_init__(self) -> None:
         require(self.n >= 0, f"sampler.n={self.n} must be >= 0 (0: no sampling)")
@@ -192,19 +203,23 @@ class SamplerConfig:
 
 @dataclass
 class ServerConfig:
-    start: bool = True
-    host: str = "127.0.0.1"
-    port: int = 5000
-    backend_store_uri: str = "sqlite:///mlflow.db"
-    artifacts_destination: str = "mlartifacts"
+    start: bool = option(True, "start a local mlflow server for the sweep (stopped at its end)")
+    host: str = option("127.0.0.1", "the server's host (127.0.0.1: this machine only)")
+    port: int = option(5000, "the server's port")
+    backend_store_uri: str = option(
+        "sqlite:///mlflow.db", "the server's backend store (sqlite, or PostgreSQL for many writers)"
+    )
+    artifacts_destination: str = option("mlartifacts", "where the server keeps artifacts")
 
 
 @dataclass
 class CacheConfig:
     """The Hugging Face cache during a hub trace (HF_HOME / HF_HUB_CACHE say where it is)."""
 
-    evict: Any = "auto"  # delete a revision once measured, unless cached before the job; auto: on for hub traces
-    reserve_gib: float = 2.0  # a download must leave this much disk free, else the job stops before it
+    evict: Any = option(
+        "auto", "delete a revision once measured, unless cached before the job; auto: on for hub traces"
+    )
+    reserve_gib: float = option(2.0, "a download must leave this much disk free, else the job stops before it")
 
     def __post_init__(self) -> None:
         require(self.evict in (True, False, "auto"), f"cache.evict={self.evict!r}; valid: auto, true, false")
@@ -213,10 +228,12 @@ class CacheConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "geomsweep"
-    force: bool = False  # run cells again even when a FINISHED run of the same config exists
-    server: ServerConfig | None = None
+    uri: str = option(
+        "sqlite:///mlflow.db", "the MLflow tracking URI: sqlite:///mlflow.db, http://host:port, postgresql://..."
+    )
+    experiment: str = option("geomsweep", "the MLflow experiment the runs go to")
+    force: bool = option(False, "run cells again even when a FINISHED run of the same config exists")
+    server: ServerConfig | None = option(None, "a local mlflow server for parallel writers (tracking=server)")
 
     def __post_init__(self) -> None:
         require(bool(self.experiment.strip()), f"tracking.experiment={self.experiment!r} must name an experiment")
@@ -235,26 +252,32 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 @dataclass
 class Config:
-    model: ModelConfig = MISSING
-    checkpoint: CheckpointConfig = MISSING
-    method: MethodConfig = MISSING
-    task: TaskConfig = MISSING
-    sampler: SamplerConfig = MISSING
-    data: DataConfig = MISSING
-    probe: ProbeConfig = MISSING
-    eval: EvalConfig = MISSING
-    tracking: TrackingConfig = MISSING
-    phases: PhaseRule = field(default_factory=PhaseRule)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:<n>
-    dtype: Dtype = Dtype.float32
-    device_map: Any = None  # auto, or a dict: accelerate spreads a model too large for one GPU
-    cache_dir: str = MISSING
-    progress: bool = True
-    prefetch: bool | str = "auto"  # auto: on a GPU only
-    plan: bool = False  # print the plan (a trace's cost; post-training's memory) and stop: nothing loads, no run
-    tflops: float | None = None  # plan=true: the device's sustained TFLOP/s (None: measured once, cached)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    model: ModelConfig = option(MISSING, "the model and its checkpoints' source (model=<preset>)")
+    checkpoint: CheckpointConfig = option(MISSING, "which checkpoints a trace measures, or post-training starts from")
+    method: MethodConfig = option(MISSING, "none (a trace) or a post-training method through TRL")
+    task: TaskConfig = option(MISSING, "post-training's task: training data, ID and OOD evaluation")
+    sampler: SamplerConfig = option(MISSING, "sampled behavior: pass@k and diversity")
+    data: DataConfig = option(MISSING, "the probe texts the representations are taken on")
+    probe: ProbeConfig = option(MISSING, "how representations are taken and measured")
+    eval: EvalConfig = option(
+        MISSING, "behavior beside the geometry: toy tasks, Table 1's ablation, the harness, memorization"
+    )
+    tracking: TrackingConfig = option(MISSING, "where runs go (MLflow)")
+    phases: PhaseRule = option(factory=PhaseRule, help="how a RankMe trajectory is cut into phases")
+    seed: int = option(0, "the job's seed (probe sampling, training, sampling)")
+    device: str = option("auto", "where models run: auto (a GPU where there is one) | cpu | cuda | cuda:<n>")
+    dtype: Dtype = option(Dtype.float32, "float32 | bfloat16 | float16 | auto (the model's own dtype on a GPU)")
+    device_map: Any = option(None, "auto, or a dict: accelerate spreads a model too large for one GPU")
+    cache_dir: str = option(MISSING, "where geomsweep keeps the toy's checkpoints and indexes (GEOMSWEEP_CACHE)")
+    progress: bool = option(True, "show progress bars")
+    prefetch: bool | str = option(
+        "auto", "load the next checkpoint while this one is measured: auto (on a GPU only) | true | false"
+    )
+    plan: bool = option(
+        False, "print the plan (a trace's cost; post-training's memory) and stop: nothing loads, no run"
+    )
+    tflops: float | None = option(None, "plan=true: the device's sustained TFLOP/s (None: measured once, cached)")
+    cache: CacheConfig = option(factory=CacheConfig, help="the Hugging Face cache during a hub trace")
 
     def __post_init__(self) -> None:
         require(bool(DEVICE_RE.match(self.device)), f"device={self.device!r}; valid: auto, cpu, cuda, cuda:<n>")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from geomsweep.config.choices import LRScheduler
+from geomsweep.config.option import option
 
 COMPLETE_MARKER = "COMPLETE"  # written last into a toy world's directory, once every checkpoint is saved
 # Fields added after worlds were cached: at these values a world keeps the key (and the cache) it had before them.
@@ -25,28 +26,30 @@ ADDED_FIELDS = {"min_words": 12, "max_words": 40}
 
 @dataclass
 class ToyConfig:
-    n_words: int = 3000
-    n_subjects: int = 40
-    zipf_exponent: float = 1.1
-    n_successors: int = 4  # preferred successors per word (short-range structure)
-    follow_prob: float = 0.7  # how often the next word is a preferred successor rather than a fresh Zipf draw
-    n_train_docs: int = 20_000
-    min_words: int = 12  # a document's body length in words: the recall after ``so`` spans it
-    max_words: int = 40
-    vocab_size: int = 2048
-    hidden_size: int = 16  # the bottleneck: d << vocabulary
-    num_layers: int = 2
-    num_heads: int = 2
-    seq_len: int = 64
-    batch_size: int = 32
-    max_steps: int = 6000
-    learning_rate: float = 3e-3
-    warmup_steps: int = 30
-    lr_scheduler: str = "constant_with_warmup"
-    weight_decay: float = 0.01
-    n_checkpoints: int = 30  # log-spaced checkpoint targets (plus step 0 and the last step)
-    extra_steps: list[int] = field(default_factory=list)
-    seed: int = 0
+    n_words: int = option(3000, "the toy language's vocabulary of words")
+    n_subjects: int = option(40, "names that open documents and are recalled at their end")
+    zipf_exponent: float = option(1.1, "the Zipf law of word frequencies")
+    n_successors: int = option(4, "preferred successors per word (short-range structure)")
+    follow_prob: float = option(0.7, "how often the next word is a preferred successor rather than a fresh Zipf draw")
+    n_train_docs: int = option(20_000, "documents in the pretraining corpus")
+    min_words: int = option(12, "a document's body length in words: the recall after ``so`` spans it")
+    max_words: int = option(40, "the longest document body in words")
+    vocab_size: int = option(2048, "the BPE tokenizer's vocabulary")
+    hidden_size: int = option(16, "the bottleneck: d << vocabulary")
+    num_layers: int = option(2, "transformer layers")
+    num_heads: int = option(2, "attention heads")
+    seq_len: int = option(64, "tokens per training block (the model's context)")
+    batch_size: int = option(32, "blocks per optimizer step")
+    max_steps: int = option(6000, "pretraining steps")
+    learning_rate: float = option(3e-3, "AdamW's learning rate")
+    warmup_steps: int = option(30, "the schedule's warmup steps")
+    lr_scheduler: str = option(
+        "constant_with_warmup", "transformers' schedule: constant | constant_with_warmup | cosine | linear"
+    )
+    weight_decay: float = option(0.01, "AdamW's weight decay")
+    n_checkpoints: int = option(30, "log-spaced checkpoint targets (plus step 0 and the last step)")
+    extra_steps: list[int] = option(factory=list, help="more steps to save checkpoints at")
+    seed: int = option(0, "the world's seed: language, corpus, tokenizer and model")
 
     def __post_init__(self) -> None:
         positive = (

@@ -6,7 +6,7 @@ StrEnum members compare equal to, and print as, their plain string values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 # The reference (the study's code): PCA keeps min(2048, N, D) components; alpha is fit over 1-based ranks 12..100.
@@ -75,8 +75,10 @@ def choice(enum: type[StrEnum], value, key: str):
 class PhaseRule:
     """How a RankMe trajectory is cut into phases (the ``phases`` config group's schema and defaults)."""
 
-    min_change: float = 0.15  # a swing counts as a phase when RankMe moves by at least this fraction
-    bandwidth: float = 0.25  # smoothing width in log(step + 1)
+    min_change: float = field(
+        default=0.15, metadata={"help": "a swing counts as a phase when RankMe moves by at least this fraction"}
+    )
+    bandwidth: float = field(default=0.25, metadata={"help": "smoothing width in log(step + 1) (0: none)"})
 
     def __post_init__(self) -> None:
         if not self.min_change > 0:

@@ -5,6 +5,7 @@ bench-gpu  the memory plan and the geometry against CUDA's peak, on a GPU (``mak
 ui-check   what a person sees in the MLflow UI, checked in headless Chromium (``make ui-check``)
 report     plots and a table comparing an experiment's runs
 rollup     trace runs for the sharded jobs of an existing experiment
+docs       the docs' generated pages: the config reference, metric and tag keys, benchmarks (``make docs``)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {  # name -> the module that holds its arguments() and command()
     "ui-check": "geomsweep.devtools.ui_check",
     "report": "geomsweep.results.report",
     "rollup": "geomsweep.results.rollup",
+    "docs": "geomsweep.devtools.docs",
 }
 
 

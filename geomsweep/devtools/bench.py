@@ -30,9 +30,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import functools
+import io
 import json
 import os
 import platform
@@ -149,9 +151,48 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=2000, help="sequences for the speed comparisons")
     parser.add_argument("--peak-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--vllm-only", action="store_true", help="(d)'s vLLM figures only (in .venv-vllm)")
+    parser.add_argument("--json", default=None, help="also write the lines, dated, to this file (docs/benchmarks.json)")
+
+
+class Tee(io.TextIOBase):
+    """Standard output that also keeps every line printed (``--json``)."""
+
+    def __init__(self, out):
+        self.out, self.text = out, []
+
+    def write(self, text: str) -> int:
+        self.text.append(text)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def command(args: argparse.Namespace) -> None:
+    if args.json is None or args.peak_rss is not None:
+        measure(args)
+        return
+    tee = Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        measure(args)
+    lines = [line for line in "".join(tee.text).splitlines() if line.strip()]
+    path = Path(args.json)
+    if args.vllm_only and path.is_file():  # make bench's second step, in .venv-vllm: its lines join the first's
+        kept = json.loads(path.read_text())
+        kept["lines"] += lines
+    else:
+        kept = {"date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "machine": machine(), "lines": lines}
+    path.write_text(json.dumps(kept, indent=1) + "\n")
+
+
+def machine() -> str:
+    return (
+        f"{platform.node()}: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
+
+
+def measure(args: argparse.Namespace) -> None:
     cache_dir = args.cache_dir or default_cache_dir()
     if args.vllm_only:
         print(vllm_ratios(*final_checkpoint(cache_dir)))
@@ -159,10 +200,7 @@ def command(args: argparse.Namespace) -> None:
     if args.peak_rss is not None:
         print(json.dumps({"peak_rss_mb": peak_rss_mb(args.peak_rss, cache_dir)}))
         return
-    print(
-        f"make bench, {datetime.datetime.now():%Y-%m-%d %H:%M}, on {platform.node()}: {platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    )
+    print(f"make bench, {datetime.datetime.now():%Y-%m-%d %H:%M}, on {machine()}")
     torch.manual_seed(0)
     model, tokenizer = final_checkpoint(cache_dir)
     texts = probe_documents(bench_toy(), args.n, seed=7)
@@ -188,7 +226,7 @@ def command(args: argparse.Namespace) -> None:
 
     def rss(n: int) -> float:
         out = subprocess.run(
-            [sys.executable, "-m", "geomsweep.devtools.bench", "--cache-dir", cache_dir, "--peak-rss", str(n)],
+            [sys.executable, "-m", "geomsweep.devtools", "bench", "--cache-dir", cache_dir, "--peak-rss", str(n)],
             capture_output=True,
             text=True,
             check=True,

@@ -7,7 +7,7 @@ the runs, their histories and a post-training run's before/after eigenspectrum a
 
 - the links geomsweep printed (the saved views of the runs page): the post-training view's table shows the change
   columns with numbers in them, grouped by method, no run's own SE averaged into a group, and the sweep parent's
-  95% interval of each group's change with its verdict (two seeds: indicative); its charts show the changes as
+  95% interval of each group's change with its verdict (led by "2 seeds, indicative"); its charts show the changes as
   bars, one per method; the trace view's table names the phases and its charts draw ``geometry/rankme`` and the
   phase label against a logarithmic step axis;
 - the experiment from the Experiments list (it must open on its runs), and the sweep parent's Overview (the
@@ -160,7 +160,7 @@ def check_post_training_view(page, uri: str, experiment_id: str, key: str, out: 
         interval = f"metrics.`{method}/rankme_change_ci95`"
         assert [t for c, t in cells if c == interval and re.match(r"\d", t)], f"no number in the parent's {interval}"
         verdict = f"tags.`geomsweep.verdict.{method}`"
-        assert [t for c, t in cells if c == verdict and "RankMe" in t and "2 seeds: indicative" in t], (
+        assert [t for c, t in cells if c == verdict and t.startswith("2 seeds, indicative: RankMe")], (
             f"no two-seed verdict in {verdict}"
         )
     shots = [out / f"view-{key}-table.png", out / f"view-{key}-charts.png"]

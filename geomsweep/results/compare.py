@@ -277,8 +277,9 @@ def group_metrics(folded: pd.DataFrame, swept: list[str]) -> dict[str, float]:
 
 
 def group_verdicts(folded: pd.DataFrame, swept: list[str]) -> dict[str, str]:
-    """Each group's answer in one tag of the sweep parent (``geomsweep.verdict.sft``: ``RankMe -1.9 ± 3.5 within
-    noise; α-ReQ +0.09 ± 0.62 within noise; 2 seeds: indicative``), a column the saved view shows first."""
+    """Each group's answer in one tag of the sweep parent (``geomsweep.verdict.sft``: ``2 seeds, indicative: RankMe
+    -1.9 ± 3.5 within noise; α-ReQ +0.09 ± 0.62 within noise``), a column the saved view shows first: with few
+    seeds the caveat leads, so a table cell cut short still shows it."""
     keys = [key for key in swept if key != SEED and key in folded]
     tags = {}
     for _, row in folded.iterrows():
@@ -290,10 +291,9 @@ def group_verdicts(folded: pd.DataFrame, swept: list[str]) -> dict[str, str]:
             if f"{name}_change_verdict" in row and isinstance(row[f"{name}_change_verdict"], str)
         ]
         seeds = int(row["seeds"])
-        if seeds < FEW_SEEDS:
-            parts.append(f"{seeds} seed{'s' if seeds > 1 else ''}: indicative")
+        caveat = f"{seeds} seed{'s' if seeds > 1 else ''}, indicative: " if seeds < FEW_SEEDS else ""
         if parts:
-            tags[f"{TAG_VERDICT_PREFIX}{group_label(row, keys)}"] = "; ".join(parts)
+            tags[f"{TAG_VERDICT_PREFIX}{group_label(row, keys)}"] = caveat + "; ".join(parts)
     return tags
 
 
