@@ -85,7 +85,7 @@ bench: install install-vllm
 # The docs site (mkdocs-material) into site/; --strict: a broken link or a page missing from the nav fails.
 docs: install
 	$(INSTALL) $(VENV) -e ".[docs]"
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # On one CUDA GPU (nothing downloaded: Pythia-1B- and OLMo-2-7B-shaped models with random weights):
 # extraction against bare forward passes and the authors' procedure, vLLM against the hf sampler, a LoRA DPO step's

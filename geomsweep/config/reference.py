@@ -138,7 +138,7 @@ def markdown() -> str:
         if presets(group):
             out += [f"Presets: {', '.join(f'`{group}={p}`' for p in presets(group))}", ""]
         out += ["| field | type | default | help |", "|---|---|---|---|"]
-        cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+        cell = lambda text: str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")  # noqa: E731
         out += [f"| `{r.key}` | {cell(r.type)} | `{cell(r.default)}` | {cell(r.help)} |" for r in members]
         out.append("")
     return "\n".join(out)

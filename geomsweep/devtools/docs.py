@@ -48,8 +48,11 @@ def constants(module) -> list[tuple[str, str, str]]:
 
 def keys_table(module, prefix: str = "") -> list[str]:
     rows = ["| key | constant | meaning |", "|---|---|---|"]
+    escape = lambda text: text.replace("<", "&lt;").replace(">", "&gt;")  # noqa: E731  not HTML tags
     rows += [
-        f"| `{value}` | `{name}` | {comment} |" for name, value, comment in constants(module) if name.startswith(prefix)
+        f"| `{value}` | `{name}` | {escape(comment)} |"
+        for name, value, comment in constants(module)
+        if name.startswith(prefix)
     ]
     return rows
 
