@@ -88,6 +88,10 @@ def test_the_index_command_indexes_a_corpus_folder_and_refuses_an_empty_one(tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="geomsweep-index: corpus .*empty has no documents; valid: a .jsonl file"):
         index_command([str(tmp_path / "empty"), str(tmp_path / "nothing")])
+    (folder / "c.jsonl").write_text("not json\n")
+    with pytest.raises(SystemExit, match=r"c.jsonl:1 is not JSON"):
+        index_command([str(folder), str(tmp_path / "broken")])
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "broken").exists()  # nothing left behind
 
 
 def test_the_authors_rule_for_an_answers_infgram_log_probability():

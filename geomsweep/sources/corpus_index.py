@@ -108,6 +108,21 @@ def build_index(texts: Iterable[str], out: str | os.PathLike, tokenizer=None, to
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        dtype, eos, vocab, n_docs, n_tokens, digest = write_tokenized(texts, tokenizer, staging)
+        suffix_array(staging, dtype, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a corpus that cannot be indexed leaves nothing behind
+        raise
+    info = IndexInfo(dtype, eos, vocab, tokenizer_name, n_docs, n_tokens, digest)
+    (staging / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return info
+
+
+def write_tokenized(texts: Iterable[str], tokenizer, staging: Path) -> tuple[str, int, int, int, int, str]:
+    """The corpus as infini-gram's indexer leaves its first step: ``tokenized.0`` and ``offset.0``."""
     docs, dtype, eos, vocab = token_ids(texts, tokenizer)
     separator = np.iinfo(DTYPES[dtype]).max
     digest, n_docs, n_tokens, position = hashlib.sha256(), 0, 0, 0
@@ -119,18 +134,21 @@ def build_index(texts: Iterable[str], out: str | os.PathLike, tokenizer=None, to
             digest.update(record)
             position, n_docs, n_tokens = position + len(record), n_docs + 1, n_tokens + len(doc)
     if not n_docs:
-        raise CorpusIndexError(f"nothing to index for {out}: the corpus has no documents")
+        raise CorpusIndexError(
+            f"nothing to index in {staging.name.removesuffix('.partial')}: the corpus has no documents"
+        )
+    return dtype, eos, vocab, n_docs, n_tokens, digest.hexdigest()[:16]
+
+
+def suffix_array(staging: Path, dtype: str, out: Path) -> None:
+    """infini-gram's indexer over the tokenized shard: it finds its first step done and builds ``table.0``."""
     indexer = [sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(staging), "--save_dir", str(staging)]
-    memory_gib = max(1, (position * 12) // 2**30 + 1)  # the suffix array's working set, ample
+    size = (staging / "tokenized.0").stat().st_size
+    memory_gib = max(1, (size * 12) // 2**30 + 1)  # the suffix array's working set, ample
     args = ["--token_dtype", dtype, "--cpus", "1", "--mem", str(memory_gib), "--ulimit", "1024"]
     done = subprocess.run([*indexer, *args], capture_output=True, text=True, check=False)
     if done.returncode or not (staging / "table.0").is_file():
         raise CorpusIndexError(f"infini-gram's indexer failed on {out}: {(done.stderr or done.stdout).strip()[-400:]}")
-    info = IndexInfo(dtype, eos, vocab, tokenizer_name, n_docs, n_tokens, digest.hexdigest()[:16])
-    (staging / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    return info
 
 
 def toy_index(toy: ToyConfig, world: Path, tokenizer_dir: Path) -> Path:
