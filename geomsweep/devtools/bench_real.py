@@ -56,7 +56,8 @@ def real_model_ratios(cache_dir: str, n: int = 256, max_length: int = 128) -> st
         harness = harness_ratio(model, tokenizer, texts, max_length, "SmolLM2-135M")
         with tempfile.TemporaryDirectory() as scratch:
             corpus = english_texts()[ENGLISH_ITEM_TEXTS:]  # the items' texts held out of the index
-            index = build_index(corpus, Path(scratch) / "index", tokenizer, tokenizer.name_or_path)
+            index = Path(scratch) / "index"
+            build_index(corpus, index, tokenizer, tokenizer.name_or_path)
             memorization = memorization_ratio(
                 model, tokenizer, texts, max_length, "SmolLM2-135M", english_items(), index
             )
