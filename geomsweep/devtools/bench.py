@@ -38,6 +38,7 @@ import io
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -175,7 +176,8 @@ def command(args: argparse.Namespace) -> None:
     tee = Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
         measure(args)
-    lines = [line for line in "".join(tee.text).splitlines() if line.strip()]
+    logged = re.compile(r"^\(\w+ pid=\d+\)")  # vLLM's own log lines, which reach standard output too
+    lines = [line for line in "".join(tee.text).splitlines() if line.strip() and not logged.match(line)]
     path = Path(args.json)
     if args.vllm_only and path.is_file():  # make bench's second step, in .venv-vllm: its lines join the first's
         kept = json.loads(path.read_text())
