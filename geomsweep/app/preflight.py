@@ -60,8 +60,8 @@ def check_harness(settings: Config) -> None:
 
 
 def check_memorization(settings: Config) -> None:
-    """eval.memorization's items and engine loaded now (a missing file or index, an unreachable API: one line
-    before any run opens); the job then reuses them."""
+    """eval.memorization's items and engine checked now (a missing file or index, an unreachable API: one line
+    before any run opens); the job loads them again, from the caches this fills."""
     if settings.eval.memorization.items is not None:
         memorization.setup(settings, build=False)
 
