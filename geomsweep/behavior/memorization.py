@@ -158,13 +158,8 @@ class Memorization:
         return MemorizationResult(metrics, table)
 
     def change(self, before: pd.DataFrame, after: pd.DataFrame) -> dict[str, float]:
-        """ρ's change between two checkpoints scored on these items, and its SE paired over the same groups:
-        ``behavior/memorization_change`` and ``_change_se``."""
-        (rho_before, reps_before, _), (rho_after, reps_after, _) = (
-            rho_replicates(t, self.groups) for t in (before, after)
-        )
-        key = M.change(M.MEMORIZATION)
-        return {key: rho_after - rho_before, M.se(key): standard_error(reps_after - reps_before)}
+        """ρ's change between two checkpoints scored on these items, paired over the same groups (``rho_change``)."""
+        return rho_change(before, after, self.groups)
 
 
 @dataclass(frozen=True)
